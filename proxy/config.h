@@ -1,0 +1,34 @@
+/* Command-line configuration. Parsed once in main(), then read-only and
+ * shared by every thread. */
+#ifndef PGW_CONFIG_H
+#define PGW_CONFIG_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#define PGW_MAX_LISTEN 16
+
+typedef struct pgw_endpoint {
+    int is_unix;
+    char text[300];                 /* as given, for messages */
+    struct sockaddr_storage sa;     /* TCP: resolved address */
+    socklen_t salen;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];  /* unix: socket file */
+} pgw_endpoint_t;
+
+typedef struct pgw_config {
+    pgw_endpoint_t listen[PGW_MAX_LISTEN];
+    int nlisten;
+    pgw_endpoint_t upstream;
+    int threads;                    /* loop threads */
+    double drain_timeout;           /* seconds to let sessions finish on SIGTERM */
+    uint32_t max_message_size;      /* length-word cap for regular messages */
+    int log_level;
+} pgw_config_t;
+
+/* Parses argv into cfg. Returns 0 to run, 1 when --help/--version was
+ * handled (exit 0), -1 on an error already reported on stderr (exit 2). */
+int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv);
+
+#endif

@@ -1,0 +1,212 @@
+/* pgwarden: process start-up, signals and shutdown. The main thread owns a
+ * small loop of its own for signals and the drain timer; the loop threads
+ * (worker.c) do all the forwarding. */
+#include <errno.h>
+#include <stdatomic.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "config.h"
+#include "log.h"
+#include "worker.h"
+
+typedef struct proxy {
+    pgw_config_t cfg;
+    pgw_worker_t *workers;
+    int nworkers;
+    uv_loop_t loop;
+    uv_signal_t sigint, sigterm;
+    uv_timer_t drain_timer;
+    uv_async_t done;
+    int stopping;
+} proxy_t;
+
+/* ---- listening sockets, opened before any thread starts so that errors
+ * reach the operator at once ---------------------------------------------- */
+
+static int open_tcp_listener(const pgw_endpoint_t *ep)
+{
+    int fd = socket(ep->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    if (fd < 0)
+        return -1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    /* One socket per thread on the same address: the kernel spreads
+     * incoming connections over the threads' accept queues. */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (ep->sa.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&ep->sa, ep->salen) || listen(fd, 1024)) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+/* A socket file left by a dead process is removed; a live one is not. */
+static int unix_path_in_use(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) || !S_ISSOCK(st.st_mode))
+        return 0;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
+    int live = connect(fd, (struct sockaddr *)&sun, sizeof sun) == 0;
+    close(fd);
+    if (!live)
+        unlink(path);
+    return live;
+}
+
+static int open_unix_listener(const pgw_endpoint_t *ep)
+{
+    if (unix_path_in_use(ep->path)) {
+        errno = EADDRINUSE;
+        return -1;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", ep->path);
+    if (bind(fd, (struct sockaddr *)&sun, sizeof sun) || listen(fd, 1024)) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    chmod(ep->path, 0777);   /* like PostgreSQL's default unix_socket_permissions */
+    return fd;
+}
+
+/* fds[worker][listener]; unix sockets are shared through dup(). */
+static int open_listeners(const pgw_config_t *cfg, int nworkers, int (*fds)[PGW_MAX_LISTEN])
+{
+    for (int i = 0; i < cfg->nlisten; i++) {
+        const pgw_endpoint_t *ep = &cfg->listen[i];
+        for (int k = 0; k < nworkers; k++) {
+            int fd;
+            if (ep->is_unix)
+                fd = k == 0 ? open_unix_listener(ep) : dup(fds[0][i]);
+            else
+                fd = open_tcp_listener(ep);
+            if (fd < 0) {
+                fprintf(stderr, "pgwarden: cannot listen on %s: %s\n",
+                        ep->is_unix ? ep->path : ep->text, strerror(errno));
+                return -1;
+            }
+            fds[k][i] = fd;
+        }
+        pgw_info("listening on %s", ep->is_unix ? ep->path : ep->text);
+    }
+    return 0;
+}
+
+/* ---- shutdown ------------------------------------------------------------ */
+
+static void broadcast(proxy_t *p, int cmd)
+{
+    for (int i = 0; i < p->nworkers; i++)
+        pgw_worker_command(&p->workers[i], cmd);
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    proxy_t *p = t->data;
+    pgw_warn("drain timeout (%gs) reached: closing the remaining sessions", p->cfg.drain_timeout);
+    broadcast(p, PGW_CMD_FORCE);
+}
+
+static void on_signal(uv_signal_t *sig, int signum)
+{
+    proxy_t *p = sig->data;
+    if (p->stopping) {
+        pgw_warn("second %s: closing all sessions now", strsignal(signum));
+        broadcast(p, PGW_CMD_FORCE);
+        return;
+    }
+    p->stopping = 1;
+    pgw_info("%s: no longer accepting; draining sessions for up to %gs",
+             strsignal(signum), p->cfg.drain_timeout);
+    broadcast(p, PGW_CMD_DRAIN);
+    uv_timer_start(&p->drain_timer, on_drain_timeout, (uint64_t)(p->cfg.drain_timeout * 1000), 0);
+}
+
+static void on_worker_done(uv_async_t *a)
+{
+    proxy_t *p = a->data;
+    /* Sends may coalesce: count the threads that have really finished. */
+    int done = 0;
+    for (int i = 0; i < p->nworkers; i++)
+        done += atomic_load(&p->workers[i].finished);
+    if (done < p->nworkers)
+        return;
+    uv_close((uv_handle_t *)&p->sigint, NULL);
+    uv_close((uv_handle_t *)&p->sigterm, NULL);
+    uv_close((uv_handle_t *)&p->drain_timer, NULL);
+    uv_close((uv_handle_t *)&p->done, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    static proxy_t p;
+    int rc = pgw_config_from_args(&p.cfg, argc, argv);
+    if (rc)
+        return rc > 0 ? 0 : 2;
+    pgw_log_level = p.cfg.log_level;
+    signal(SIGPIPE, SIG_IGN);
+
+    p.nworkers = p.cfg.threads;
+    p.workers = calloc((size_t)p.nworkers, sizeof *p.workers);
+    int (*fds)[PGW_MAX_LISTEN] = calloc((size_t)p.nworkers, sizeof *fds);
+    if (!p.workers || !fds) {
+        fprintf(stderr, "pgwarden: out of memory\n");
+        return 1;
+    }
+    if (open_listeners(&p.cfg, p.nworkers, fds))
+        return 1;
+
+    uv_loop_init(&p.loop);
+    p.done.data = p.sigint.data = p.sigterm.data = p.drain_timer.data = &p;
+    uv_async_init(&p.loop, &p.done, on_worker_done);
+    uv_signal_init(&p.loop, &p.sigint);
+    uv_signal_init(&p.loop, &p.sigterm);
+    uv_timer_init(&p.loop, &p.drain_timer);
+    uv_signal_start(&p.sigint, on_signal, SIGINT);
+    uv_signal_start(&p.sigterm, on_signal, SIGTERM);
+
+    for (int i = 0; i < p.nworkers; i++) {
+        if (pgw_worker_init(&p.workers[i], i, &p.cfg, fds[i], &p.done) ||
+            pgw_worker_start(&p.workers[i])) {
+            fprintf(stderr, "pgwarden: cannot start loop thread %d\n", i);
+            return 1;
+        }
+    }
+    free(fds);
+    pgw_info("pgwarden %s: %d thread(s), upstream %s%s%s", PGW_VERSION, p.nworkers,
+             p.cfg.upstream.text, p.cfg.upstream.is_unix ? " -> " : "",
+             p.cfg.upstream.is_unix ? p.cfg.upstream.path : "");
+
+    uv_run(&p.loop, UV_RUN_DEFAULT);
+
+    for (int i = 0; i < p.nworkers; i++) {
+        uv_thread_join(&p.workers[i].thread);
+        pgw_worker_destroy(&p.workers[i]);
+    }
+    for (int i = 0; i < p.cfg.nlisten; i++)
+        if (p.cfg.listen[i].is_unix)
+            unlink(p.cfg.listen[i].path);
+    uv_loop_close(&p.loop);
+    free(p.workers);
+    pgw_info("stopped");
+    return 0;
+}

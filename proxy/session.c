@@ -1,0 +1,489 @@
+#include "session.h"
+
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "pgwarden/protocol.h"
+#include "transport.h"
+
+/* Backpressure: once this many bytes wait to be written to one side, stop
+ * reading the other side; resume when the backlog falls under the low mark.
+ * With PGW_BUF_SIZE reads this bounds a session's buffers to a few hundred
+ * KiB whatever the result size or the client's speed. */
+#define PGW_WATER_HIGH (256 * 1024)
+#define PGW_WATER_LOW (64 * 1024)
+
+enum session_state { S_STARTUP, S_CONNECTING, S_FORWARDING, S_FINISHING, S_CLOSED };
+static const char *const state_names[] = { "startup", "connecting", "forwarding", "finishing", "closed" };
+
+typedef struct pgw_session pgw_session_t;
+
+typedef struct pgw_session {
+    pgw_link_t link;                /* in worker->sessions */
+    pgw_worker_t *w;
+    uint64_t id;
+    enum session_state state;
+    pgw_leg_t client, server;
+    pgw_framer_t fe, be;            /* frontend (client->server), backend */
+    uv_connect_t connect_req;
+
+    uint8_t *early;                 /* startup packet + bytes after it, until connected */
+    size_t early_len;
+    uint32_t startup_code;
+    int after_ssl_request;          /* an SSLRequest/GSSENCRequest was answered */
+
+    char peer[64];                  /* client address, for messages */
+    char user[64], database[64];
+    uint32_t backend_pid;
+    const char *close_reason;
+} pgw_session_t;
+
+#define slog(level, s, fmt, ...) \
+    pgw_log(level, "session %d-%llu [%s%s%s]: " fmt, (s)->w->index, (unsigned long long)(s)->id, \
+            (s)->peer, (s)->user[0] ? " " : "", (s)->user, ##__VA_ARGS__)
+
+static void session_close(pgw_session_t *s, const char *reason);
+static void session_finish(pgw_session_t *s, const char *reason);
+static void upstream_connect(pgw_session_t *s);
+static void cancel_forward(pgw_worker_t *w, const uint8_t pkt[16]);
+
+static void set_state(pgw_session_t *s, enum session_state st)
+{
+    slog(PGW_LOG_DEBUG, s, "%s -> %s", state_names[s->state], state_names[st]);
+    s->state = st;
+}
+
+/* ---- sending what the proxy itself says ------------------------------- */
+
+/* Copies n bytes into an owned write on leg: for the few messages pgwarden
+ * composes itself (the SSL answer, FATAL errors). */
+static int send_copy(pgw_leg_t *leg, const void *p, size_t n)
+{
+    pgw_buf_t *b = pgw_buf_get(&leg->w->pool);
+    if (!b || n > b->cap) {
+        if (b)
+            pgw_buf_release(&leg->w->pool, b);
+        return -1;
+    }
+    memcpy(b->data, p, n);
+    int rc = pgw_leg_write(leg, b, b->data, n);
+    pgw_buf_release(&leg->w->pool, b);
+    return rc;
+}
+
+/* A FATAL ErrorResponse to the client, then the session ends once it is
+ * delivered. The message is also the log line, so operators see what the
+ * client saw. */
+static void fatal_to_client(pgw_session_t *s, const char *sqlstate, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void fatal_to_client(pgw_session_t *s, const char *sqlstate, const char *fmt, ...)
+{
+    char msg[512];
+    uint8_t pkt[640];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    slog(PGW_LOG_INFO, s, "refused: %s (SQLSTATE %s)", msg, sqlstate);
+    ssize_t n = pgw_build_error(pkt, sizeof pkt, "FATAL", sqlstate, msg);
+    if (n > 0 && s->client.open)
+        (void)send_copy(&s->client, pkt, (size_t)n);
+    session_finish(s, msg);
+}
+
+/* ---- backpressure ---------------------------------------------------- */
+
+static pgw_leg_t *other_leg(pgw_session_t *s, pgw_leg_t *leg)
+{
+    return leg == &s->client ? &s->server : &s->client;
+}
+
+/* Called by the transport after a write to dst completed. */
+static void on_drained(pgw_leg_t *dst)
+{
+    pgw_session_t *s = dst->owner;
+    if (s->state == S_FINISHING) {
+        if (pgw_leg_idle(&s->client) && pgw_leg_idle(&s->server))
+            session_close(s, s->close_reason);
+        return;
+    }
+    pgw_leg_t *src = other_leg(s, dst);
+    if (src->paused && pgw_leg_backlog(dst) <= PGW_WATER_LOW && s->state == S_FORWARDING) {
+        src->paused = 0;
+        pgw_leg_read_start(src);
+    }
+}
+
+static void forward(pgw_session_t *s, pgw_leg_t *src, pgw_buf_t *b, size_t n)
+{
+    pgw_leg_t *dst = other_leg(s, src);
+    if (pgw_leg_write(dst, b, b->data, n)) {
+        session_close(s, "write failed");
+        return;
+    }
+    if (pgw_leg_backlog(dst) > PGW_WATER_HIGH && !src->paused) {
+        src->paused = 1;
+        pgw_leg_read_stop(src);
+    }
+}
+
+/* ---- frontend ------------------------------------------------------------ */
+
+static int fe_message(void *ud, const pgw_msg_t *m)
+{
+    pgw_session_t *s = ud;
+    if (s->state != S_STARTUP)
+        return 0;
+
+    /* Keep the packet: its body may live in the framer's assembly buffer,
+     * which is only valid during this call. */
+    free(s->early);
+    s->early_len = 8 + (size_t)m->body_len;
+    s->early = malloc(s->early_len);
+    if (!s->early)
+        return 1;
+    uint32_t be_len = htonl(m->len), be_code = htonl(m->code);
+    memcpy(s->early, &be_len, 4);
+    memcpy(s->early + 4, &be_code, 4);
+    if (m->body_len)
+        memcpy(s->early + 8, m->body, m->body_len);
+    s->startup_code = m->code;
+
+    if (m->code >> 16 == 3) {
+        pgw_startup_t st;
+        if (pgw_parse_startup(m, &st) == 0) {
+            snprintf(s->user, sizeof s->user, "%s", st.user);
+            snprintf(s->database, sizeof s->database, "%s", st.database ? st.database : st.user);
+        } else {
+            s->startup_code = 0;   /* reported by handle_startup */
+        }
+    }
+    return 1;   /* stop: the caller acts on each startup packet in turn */
+}
+
+/* Acts on the startup packet just framed; rest is how many bytes of the
+ * same read follow it. Returns 0 to keep going in the startup phase. */
+static int handle_startup(pgw_session_t *s, size_t rest)
+{
+    uint32_t code = s->startup_code;
+
+    if (s->after_ssl_request && code != PGW_PROTO_V3 && code >> 16 != 3 &&
+        code != PGW_CODE_CANCEL) {
+        fatal_to_client(s, "08P01", "unsupported startup request after SSL/GSS negotiation");
+        return -1;
+    }
+    if (code == PGW_CODE_SSL || code == PGW_CODE_GSSENC) {
+        if (rest) {
+            /* Bytes sent before the answer could have been injected by a
+             * man in the middle: PostgreSQL refuses them the same way. */
+            fatal_to_client(s, "08P01", "received unencrypted data after %s request",
+                            code == PGW_CODE_SSL ? "SSL" : "GSSAPI encryption");
+            return -1;
+        }
+        s->after_ssl_request = 1;
+        if (send_copy(&s->client, "N", 1)) {
+            session_close(s, "write failed");
+            return -1;
+        }
+        return 0;
+    }
+    if (code == PGW_CODE_CANCEL) {
+        if (s->early_len == 16)
+            cancel_forward(s->w, s->early);
+        session_close(s, "cancel request forwarded");
+        return -1;
+    }
+    if (code == 0) {
+        fatal_to_client(s, "28000", "no PostgreSQL user name specified in startup packet");
+        return -1;
+    }
+    if (code >> 16 != 3) {
+        fatal_to_client(s, "0A000", "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
+                        code >> 16, code & 0xffff);
+        return -1;
+    }
+    set_state(s, S_CONNECTING);
+    pgw_leg_read_stop(&s->client);
+    upstream_connect(s);
+    return 0;
+}
+
+static void client_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
+{
+    size_t off = 0;
+    while (s->state == S_STARTUP && off < n) {
+        ssize_t r = pgw_framer_feed(&s->fe, b->data + off, n - off);
+        if (r < 0) {
+            fatal_to_client(s, "08P01", "invalid startup packet: %s", pgw_framer_strerror((int)r));
+            return;
+        }
+        off += (size_t)r;
+        if (!pgw_framer_stopped(&s->fe))
+            return;                 /* a partial packet: wait for more */
+        if (!s->early) {
+            session_close(s, "out of memory");
+            return;
+        }
+        if (handle_startup(s, n - off))
+            return;
+    }
+    if (off == n)
+        return;
+
+    if (s->state == S_CONNECTING) {
+        /* Bytes pipelined behind the StartupMessage wait with it. */
+        ssize_t r = pgw_framer_feed(&s->fe, b->data + off, n - off);
+        uint8_t *grown = r < 0 ? NULL : realloc(s->early, s->early_len + (n - off));
+        if (!grown) {
+            fatal_to_client(s, "08P01", "invalid message from client: %s",
+                            r < 0 ? pgw_framer_strerror((int)r) : "out of memory");
+            return;
+        }
+        memcpy(grown + s->early_len, b->data + off, n - off);
+        s->early = grown;
+        s->early_len += n - off;
+        return;
+    }
+    if (s->state != S_FORWARDING)
+        return;
+
+    ssize_t r = pgw_framer_feed(&s->fe, b->data, n);
+    if (r < 0) {
+        fatal_to_client(s, "08P01", "invalid message from client: %s", pgw_framer_strerror((int)r));
+        return;
+    }
+    forward(s, &s->client, b, n);
+}
+
+/* ---- backend ------------------------------------------------------------- */
+
+static int be_message(void *ud, const pgw_msg_t *m)
+{
+    pgw_session_t *s = ud;
+    if (m->type == 'K') {
+        pgw_keydata_t kd;
+        if (pgw_parse_keydata(m, &kd) == 0)
+            s->backend_pid = kd.pid;
+    } else if (m->type == 'E' && pgw_log_level >= PGW_LOG_DEBUG) {
+        pgw_error_t e;
+        if (pgw_parse_error(m, &e) == 0 && e.severity && strcmp(e.severity, "FATAL") == 0)
+            slog(PGW_LOG_DEBUG, s, "server FATAL %s: %s", e.sqlstate ? e.sqlstate : "?",
+                 e.message ? e.message : "");
+    }
+    return 0;
+}
+
+static void server_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
+{
+    if (s->state != S_FORWARDING)
+        return;
+    int at_boundary = pgw_framer_at_boundary(&s->be);
+    ssize_t r = pgw_framer_feed(&s->be, b->data, n);
+    if (r < 0) {
+        /* An error can only be injected between two messages of the
+         * client's stream; mid-message the client just sees the close. */
+        if (at_boundary) {
+            fatal_to_client(s, "08P01", "invalid message from server: %s", pgw_framer_strerror((int)r));
+        } else {
+            slog(PGW_LOG_WARN, s, "invalid message from server: %s", pgw_framer_strerror((int)r));
+            session_close(s, "invalid message from server");
+        }
+        return;
+    }
+    forward(s, &s->server, b, n);
+}
+
+/* ---- transport callbacks --------------------------------------------- */
+
+static void on_data(pgw_leg_t *leg, pgw_buf_t *b, size_t n)
+{
+    pgw_session_t *s = leg->owner;
+    if (leg == &s->client)
+        client_data(s, b, n);
+    else
+        server_data(s, b, n);
+}
+
+static void on_eof(pgw_leg_t *leg, int status)
+{
+    pgw_session_t *s = leg->owner;
+    int client = leg == &s->client;
+    if (status == UV_EOF)
+        session_finish(s, client ? "client closed the connection" : "server closed the connection");
+    else
+        session_finish(s, uv_strerror(status));
+}
+
+static void on_closed(pgw_leg_t *leg)
+{
+    pgw_session_t *s = leg->owner;
+    if (s->client.open || s->server.open)
+        return;
+    pgw_worker_t *w = s->w;
+    pgw_list_remove(&s->link);
+    w->nsessions--;
+    pgw_framer_free(&s->fe);
+    pgw_framer_free(&s->be);
+    free(s->early);
+    free(s);
+    pgw_worker_maybe_finish(w);
+}
+
+static const pgw_leg_ops_t session_ops = { on_data, on_eof, on_drained, on_closed };
+
+/* ---- lifecycle ----------------------------------------------------------- */
+
+static void session_close(pgw_session_t *s, const char *reason)
+{
+    if (s->state == S_CLOSED)
+        return;
+    s->close_reason = reason;
+    slog(PGW_LOG_DEBUG, s, "closing: %s", reason);
+    set_state(s, S_CLOSED);
+    pgw_leg_close(&s->client);
+    pgw_leg_close(&s->server);
+}
+
+/* Stops reading, lets queued writes reach their sockets, then closes. */
+static void session_finish(pgw_session_t *s, const char *reason)
+{
+    if (s->state >= S_FINISHING)
+        return;
+    s->close_reason = reason;
+    set_state(s, S_FINISHING);
+    pgw_leg_read_stop(&s->client);
+    pgw_leg_read_stop(&s->server);
+    if (pgw_leg_idle(&s->client) && pgw_leg_idle(&s->server))
+        session_close(s, reason);
+}
+
+void pgw_session_abort(pgw_link_t *link, const char *reason)
+{
+    session_close(pgw_container_of(link, pgw_session_t, link), reason);
+}
+
+static void on_upstream_connected(uv_connect_t *req, int status)
+{
+    pgw_session_t *s = req->data;
+    if (s->state != S_CONNECTING)
+        return;                     /* closed meanwhile; the handle close cancels */
+    if (status) {
+        fatal_to_client(s, "08006", "pgwarden could not connect to the upstream server %s: %s",
+                        s->w->cfg->upstream.text, uv_strerror(status));
+        return;
+    }
+    pgw_leg_connected(&s->server);
+    set_state(s, S_FORWARDING);
+    int rc = pgw_leg_write_owned(&s->server, s->early, s->early_len);
+    s->early = NULL;                /* owned by the write now */
+    s->early_len = 0;
+    if (rc) {
+        session_close(s, "write to upstream failed");
+        return;
+    }
+    pgw_leg_read_start(&s->server);
+    pgw_leg_read_start(&s->client);
+}
+
+static void upstream_connect(pgw_session_t *s)
+{
+    s->connect_req.data = s;
+    int rc = pgw_leg_connect(&s->server, &s->w->loop, &s->w->cfg->upstream, &s->connect_req,
+                             on_upstream_connected);
+    if (rc)
+        fatal_to_client(s, "08006", "pgwarden could not connect to the upstream server %s: %s",
+                        s->w->cfg->upstream.text, uv_strerror(rc));
+}
+
+void pgw_session_accept(pgw_listener_t *l)
+{
+    pgw_worker_t *w = l->w;
+    pgw_session_t *s = calloc(1, sizeof *s);
+    if (!s) {
+        pgw_error("out of memory accepting a connection");
+        return;
+    }
+    s->w = w;
+    s->id = ++w->next_session;
+    s->state = S_STARTUP;
+    pgw_list_push(&w->sessions, &s->link);
+    w->nsessions++;
+    pgw_leg_init(&s->client, w, s, &session_ops);
+    pgw_leg_init(&s->server, w, s, &session_ops);
+    pgw_framer_init(&s->fe, PGW_FRONTEND, w->cfg->max_message_size, fe_message, s);
+    pgw_framer_init(&s->be, PGW_BACKEND, w->cfg->max_message_size, be_message, s);
+
+    int rc = pgw_leg_accept(&s->client, l);
+    if (rc) {
+        pgw_warn("accept on %s failed: %s", l->ep->text, uv_strerror(rc));
+        session_close(s, "accept failed");
+        return;
+    }
+    pgw_leg_peer_name(&s->client, s->peer, sizeof s->peer);
+    slog(PGW_LOG_DEBUG, s, "accepted on %s", l->ep->text);
+    pgw_leg_read_start(&s->client);
+}
+
+/* ---- CancelRequest ----------------------------------------------------
+ * The client got the server's real BackendKeyData through the proxy, so
+ * its CancelRequest is passed on unchanged on a connection of its own. */
+
+typedef struct cancel_fwd {
+    pgw_leg_t leg;
+    uv_connect_t req;
+    uint8_t pkt[16];
+} cancel_fwd_t;
+
+static void cancel_closed(pgw_leg_t *leg)
+{
+    pgw_worker_t *w = leg->w;
+    free(leg->owner);
+    w->nhelpers--;
+    pgw_worker_maybe_finish(w);
+}
+
+static void cancel_drained(pgw_leg_t *leg)
+{
+    pgw_leg_close(leg);             /* the server reads it and closes too */
+}
+
+static void cancel_eof(pgw_leg_t *leg, int status)
+{
+    pgw_leg_close(leg);
+}
+
+static const pgw_leg_ops_t cancel_ops = { NULL, cancel_eof, cancel_drained, cancel_closed };
+
+static void cancel_connected(uv_connect_t *req, int status)
+{
+    cancel_fwd_t *c = req->data;
+    if (status) {
+        pgw_warn("cancel request: could not connect to the upstream server %s: %s",
+                 c->leg.w->cfg->upstream.text, uv_strerror(status));
+        pgw_leg_close(&c->leg);
+        return;
+    }
+    pgw_leg_connected(&c->leg);
+    if (send_copy(&c->leg, c->pkt, sizeof c->pkt))
+        pgw_leg_close(&c->leg);
+}
+
+static void cancel_forward(pgw_worker_t *w, const uint8_t pkt[16])
+{
+    cancel_fwd_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    memcpy(c->pkt, pkt, 16);
+    w->nhelpers++;
+    pgw_leg_init(&c->leg, w, c, &cancel_ops);
+    c->req.data = c;
+    int rc = pgw_leg_connect(&c->leg, &w->loop, &w->cfg->upstream, &c->req, cancel_connected);
+    if (rc) {
+        pgw_warn("cancel request: could not connect to the upstream server: %s", uv_strerror(rc));
+        pgw_leg_close(&c->leg);
+    }
+}

@@ -1,0 +1,26 @@
+/* A client session: the client connection, its upstream connection, and the
+ * two framers that watch the bytes as they pass.
+ *
+ * States move only through session_set_state():
+ *   STARTUP     reading the client's startup packets (SSLRequest answered
+ *               'N', CancelRequest forwarded, StartupMessage kept)
+ *   CONNECTING  upstream connect in flight; client reads paused
+ *   FORWARDING  bytes flow both ways from the buffers they were read into
+ *   FINISHING   no more reads; queued writes drain, then CLOSED
+ *   CLOSED      handles closing; memory freed in the last close callback
+ */
+#ifndef PGW_SESSION_H
+#define PGW_SESSION_H
+
+#include <uv.h>
+
+#include "worker.h"
+
+/* A new session for a connection pending on listener l; its handles belong
+ * to the listener's worker. Errors are logged and the connection dropped. */
+void pgw_session_accept(pgw_listener_t *l);
+
+/* Closes the session at once (shutdown past the drain timeout). */
+void pgw_session_abort(pgw_link_t *link, const char *reason);
+
+#endif

@@ -1,0 +1,59 @@
+/* One connection end ("leg") of a session, over TCP or a unix socket: the
+ * one interface the session code uses to read, write and close, whatever
+ * carries the bytes (TLS will sit behind the same calls).
+ *
+ * Ownership: reads land in pool buffers; the buffer is lent to on_data for
+ * the call only (take a reference to keep it). pgw_leg_write() takes its own
+ * reference and drops it when the write completes, then calls on_drained.
+ * The handle's memory is the leg itself, embedded in its owner, which must
+ * live until on_closed. */
+#ifndef PGW_TRANSPORT_H
+#define PGW_TRANSPORT_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "worker.h"
+
+typedef struct pgw_leg pgw_leg_t;
+
+typedef struct pgw_leg_ops {
+    void (*on_data)(pgw_leg_t *leg, pgw_buf_t *b, size_t n);
+    void (*on_eof)(pgw_leg_t *leg, int status);    /* UV_EOF or an error; reading stopped */
+    void (*on_drained)(pgw_leg_t *leg);            /* a write to this leg completed */
+    void (*on_closed)(pgw_leg_t *leg);             /* the handle is closed; last callback */
+} pgw_leg_ops_t;
+
+struct pgw_leg {
+    union { uv_handle_t handle; uv_stream_t stream; uv_tcp_t tcp; uv_pipe_t pipe; } u;
+    pgw_worker_t *w;
+    void *owner;
+    const pgw_leg_ops_t *ops;
+    unsigned inflight;              /* writes not yet completed */
+    unsigned open : 1;              /* handle initialised and not yet closed */
+    unsigned reading : 1;
+    unsigned paused : 1;            /* reading held back by backpressure */
+    unsigned is_unix : 1;
+};
+
+void pgw_leg_init(pgw_leg_t *leg, pgw_worker_t *w, void *owner, const pgw_leg_ops_t *ops);
+int pgw_leg_accept(pgw_leg_t *leg, pgw_listener_t *l);
+int pgw_leg_connect(pgw_leg_t *leg, uv_loop_t *loop, const pgw_endpoint_t *ep,
+                    uv_connect_t *req, uv_connect_cb cb);
+void pgw_leg_connected(pgw_leg_t *leg);
+void pgw_leg_read_start(pgw_leg_t *leg);
+void pgw_leg_read_stop(pgw_leg_t *leg);
+/* Queues n bytes at p, which lie inside b (a reference is taken). */
+int pgw_leg_write(pgw_leg_t *leg, pgw_buf_t *b, const uint8_t *p, size_t n)
+    __attribute__((warn_unused_result));
+/* Queues malloc'd memory, freed when written (also on failure). */
+int pgw_leg_write_owned(pgw_leg_t *leg, void *p, size_t n) __attribute__((warn_unused_result));
+/* Bytes queued and not yet handed to the kernel. */
+size_t pgw_leg_backlog(const pgw_leg_t *leg);
+/* No write in flight (or not open). */
+int pgw_leg_idle(const pgw_leg_t *leg);
+void pgw_leg_close(pgw_leg_t *leg);
+void pgw_leg_peer_name(pgw_leg_t *leg, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,126 @@
+#include "worker.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "session.h"
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    pgw_listener_t *l = server->data;
+    if (status < 0) {
+        pgw_warn("listener %s: %s", l->ep->text, uv_strerror(status));
+        return;
+    }
+    pgw_session_accept(l);
+}
+
+static void close_listeners(pgw_worker_t *w)
+{
+    for (int i = 0; i < w->nlisteners; i++)
+        if (!uv_is_closing(&w->listeners[i].u.handle))
+            uv_close(&w->listeners[i].u.handle, NULL);
+}
+
+void pgw_worker_maybe_finish(pgw_worker_t *w)
+{
+    if (w->draining && w->nsessions == 0 && w->nhelpers == 0 &&
+        !uv_is_closing((uv_handle_t *)&w->wakeup))
+        uv_close((uv_handle_t *)&w->wakeup, NULL);   /* the loop then runs out of handles */
+}
+
+static void on_wakeup(uv_async_t *a)
+{
+    pgw_worker_t *w = a->data;
+    int cmd = atomic_exchange(&w->cmd, 0);
+    if ((cmd & (PGW_CMD_DRAIN | PGW_CMD_FORCE)) && !w->draining) {
+        w->draining = 1;
+        close_listeners(w);
+        if (w->nsessions)
+            pgw_info("thread %d: draining %u session(s)", w->index, w->nsessions);
+    }
+    if (cmd & PGW_CMD_FORCE) {
+        pgw_link_t *n = w->sessions.next;
+        while (n != &w->sessions) {
+            pgw_link_t *next = n->next;   /* closing does not unlink until the close callback */
+            pgw_session_abort(n, "shutdown: drain timeout");
+            n = next;
+        }
+    }
+    pgw_worker_maybe_finish(w);
+}
+
+int pgw_worker_init(pgw_worker_t *w, int index, const pgw_config_t *cfg,
+                    const int *listen_fds, uv_async_t *done)
+{
+    memset(w, 0, sizeof *w);
+    w->index = index;
+    w->cfg = cfg;
+    w->done = done;
+    pgw_list_init(&w->sessions);
+    atomic_init(&w->cmd, 0);
+    atomic_init(&w->finished, 0);
+    int rc = uv_loop_init(&w->loop);
+    if (rc)
+        return rc;
+    w->loop_ready = 1;
+    w->wakeup.data = w;
+    if ((rc = uv_async_init(&w->loop, &w->wakeup, on_wakeup)))
+        return rc;
+    w->wakeup_ready = 1;
+    for (int i = 0; i < cfg->nlisten; i++) {
+        pgw_listener_t *l = &w->listeners[i];
+        l->w = w;
+        l->ep = &cfg->listen[i];
+        l->fd = listen_fds[i];
+        rc = l->ep->is_unix ? uv_pipe_init(&w->loop, &l->u.pipe, 0) : uv_tcp_init(&w->loop, &l->u.tcp);
+        if (rc)
+            return rc;
+        l->u.handle.data = l;
+        w->nlisteners++;
+        rc = l->ep->is_unix ? uv_pipe_open(&l->u.pipe, l->fd) : uv_tcp_open(&l->u.tcp, l->fd);
+        if (rc == 0)
+            rc = uv_listen(&l->u.stream, 1024, on_connection);
+        if (rc) {
+            pgw_error("listen on %s: %s", l->ep->text, uv_strerror(rc));
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static void worker_main(void *arg)
+{
+    pgw_worker_t *w = arg;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    atomic_store(&w->finished, 1);
+    uv_async_send(w->done);
+}
+
+int pgw_worker_start(pgw_worker_t *w)
+{
+    return uv_thread_create(&w->thread, worker_main, w);
+}
+
+void pgw_worker_command(pgw_worker_t *w, int cmd)
+{
+    atomic_fetch_or(&w->cmd, cmd);
+    uv_async_send(&w->wakeup);
+}
+
+void pgw_worker_destroy(pgw_worker_t *w)
+{
+    /* Closes what an aborted start-up left open, then lets the closes run. */
+    if (!w->loop_ready)
+        return;
+    if (w->wakeup_ready && !uv_is_closing((uv_handle_t *)&w->wakeup))
+        uv_close((uv_handle_t *)&w->wakeup, NULL);
+    close_listeners(w);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&w->loop))
+        pgw_warn("thread %d: loop closed with handles still open", w->index);
+    pgw_buf_pool_destroy(&w->pool);
+    pgw_worker_free_wreqs(w);
+}

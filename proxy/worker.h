@@ -1,0 +1,67 @@
+/* A loop thread. Each worker owns a libuv loop, its own listeners (one
+ * SO_REUSEPORT socket per TCP address, a shared descriptor per unix socket)
+ * and every session it accepts, for the session's whole life: nothing on the
+ * forwarding path is shared between threads, so nothing is locked. */
+#ifndef PGW_WORKER_H
+#define PGW_WORKER_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "config.h"
+#include "list.h"
+
+struct pgw_wreq;
+
+typedef struct pgw_listener {
+    union { uv_handle_t handle; uv_stream_t stream; uv_tcp_t tcp; uv_pipe_t pipe; } u;
+    struct pgw_worker *w;
+    const pgw_endpoint_t *ep;
+    int fd;                         /* opened by pgw_proxy before the thread starts */
+} pgw_listener_t;
+
+/* Commands from the main thread, delivered through wakeup. */
+enum { PGW_CMD_DRAIN = 1, PGW_CMD_FORCE = 2 };
+
+typedef struct pgw_worker {
+    int index;
+    const pgw_config_t *cfg;
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t wakeup;              /* main -> worker */
+    atomic_int cmd;                 /* PGW_CMD_* bits, set by main */
+    uv_async_t *done;               /* worker -> main, sent when the loop ends */
+    atomic_int finished;            /* set just before done is sent */
+
+    pgw_listener_t listeners[PGW_MAX_LISTEN];
+    int nlisteners;
+
+    pgw_link_t sessions;            /* pgw_session_t.link */
+    unsigned nsessions;
+    unsigned nhelpers;              /* cancel forwarders in flight */
+    uint64_t next_session;
+    int draining;
+    int loop_ready, wakeup_ready;
+
+    pgw_buf_pool_t pool;
+    struct pgw_wreq *free_wreqs;
+    unsigned nfree_wreqs;
+} pgw_worker_t;
+
+/* Prepares the loop and listeners; call on the main thread before start. */
+int pgw_worker_init(pgw_worker_t *w, int index, const pgw_config_t *cfg,
+                    const int *listen_fds, uv_async_t *done);
+int pgw_worker_start(pgw_worker_t *w);
+void pgw_worker_command(pgw_worker_t *w, int cmd);
+/* After the thread has been joined. */
+void pgw_worker_destroy(pgw_worker_t *w);
+
+/* Frees the pooled write requests (transport.c); after the loop ended. */
+void pgw_worker_free_wreqs(pgw_worker_t *w);
+
+/* A session or helper has gone: the worker may now be able to finish draining. */
+void pgw_worker_maybe_finish(pgw_worker_t *w);
+
+#endif
