@@ -34,7 +34,9 @@ typedef struct pgw_session {
     uint8_t *early;                 /* startup packet + bytes after it, until connected */
     size_t early_len;
     uint32_t startup_code;
-    int after_ssl_request;          /* an SSLRequest/GSSENCRequest was answered */
+    int startup_bad;                /* pgw_parse_startup's error, if any */
+    unsigned ssl_done : 1;          /* an SSLRequest was answered */
+    unsigned gss_done : 1;          /* a GSSENCRequest was answered */
 
     char peer[64];                  /* client address, for messages */
     char user[64], database[64];
@@ -155,11 +157,10 @@ static int fe_message(void *ud, const pgw_msg_t *m)
 
     if (m->code >> 16 == 3) {
         pgw_startup_t st;
-        if (pgw_parse_startup(m, &st) == 0) {
+        s->startup_bad = pgw_parse_startup(m, &st);
+        if (s->startup_bad == 0) {
             snprintf(s->user, sizeof s->user, "%s", st.user);
             snprintf(s->database, sizeof s->database, "%s", st.database ? st.database : st.user);
-        } else {
-            s->startup_code = 0;   /* reported by handle_startup */
         }
     }
     return 1;   /* stop: the caller acts on each startup packet in turn */
@@ -171,20 +172,26 @@ static int handle_startup(pgw_session_t *s, size_t rest)
 {
     uint32_t code = s->startup_code;
 
-    if (s->after_ssl_request && code != PGW_PROTO_V3 && code >> 16 != 3 &&
-        code != PGW_CODE_CANCEL) {
-        fatal_to_client(s, "08P01", "unsupported startup request after SSL/GSS negotiation");
-        return -1;
-    }
     if (code == PGW_CODE_SSL || code == PGW_CODE_GSSENC) {
+        int ssl = code == PGW_CODE_SSL;
+        /* libpq asks for GSS encryption first, then SSL; asking twice for the
+         * same is a protocol violation, as in PostgreSQL. */
+        if (ssl ? s->ssl_done : s->gss_done) {
+            fatal_to_client(s, "08P01", "unsupported frontend protocol: %s request repeated",
+                            ssl ? "SSL" : "GSSAPI encryption");
+            return -1;
+        }
         if (rest) {
             /* Bytes sent before the answer could have been injected by a
              * man in the middle: PostgreSQL refuses them the same way. */
             fatal_to_client(s, "08P01", "received unencrypted data after %s request",
-                            code == PGW_CODE_SSL ? "SSL" : "GSSAPI encryption");
+                            ssl ? "SSL" : "GSSAPI encryption");
             return -1;
         }
-        s->after_ssl_request = 1;
+        if (ssl)
+            s->ssl_done = 1;
+        else
+            s->gss_done = 1;
         if (send_copy(&s->client, "N", 1)) {
             session_close(s, "write failed");
             return -1;
@@ -197,13 +204,17 @@ static int handle_startup(pgw_session_t *s, size_t rest)
         session_close(s, "cancel request forwarded");
         return -1;
     }
-    if (code == 0) {
-        fatal_to_client(s, "28000", "no PostgreSQL user name specified in startup packet");
-        return -1;
-    }
     if (code >> 16 != 3) {
         fatal_to_client(s, "0A000", "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
                         code >> 16, code & 0xffff);
+        return -1;
+    }
+    if (s->startup_bad == -2) {
+        fatal_to_client(s, "28000", "no PostgreSQL user name specified in startup packet");
+        return -1;
+    }
+    if (s->startup_bad) {
+        fatal_to_client(s, "08P01", "invalid startup packet layout: expected terminator as last byte");
         return -1;
     }
     set_state(s, S_CONNECTING);

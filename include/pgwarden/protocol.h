@@ -89,7 +89,9 @@ void pgw_framer_free(pgw_framer_t *f);
 void pgw_framer_want(pgw_framer_t *f, uint8_t type, int wanted);
 
 /* Feeds len bytes. Returns the number of bytes consumed, or a negative
- * PGW_E* code after which the framer must not be fed again. All len bytes are
+ * PGW_E* code after which the framer must not be fed again (it would return
+ * the same code); the messages before the offending bytes have been delivered
+ * by then. Lengths are checked before anything is allocated. All len bytes are
  * consumed unless a callback returned non-zero: then the count ends just past
  * the message it stopped on, pgw_framer_stopped() is true until the next
  * feed, and the caller feeds the rest later. */
@@ -97,14 +99,18 @@ ssize_t pgw_framer_feed(pgw_framer_t *f, const uint8_t *buf, size_t len);
 int pgw_framer_stopped(const pgw_framer_t *f);
 /* True between messages (no partial header or body pending). */
 int pgw_framer_at_boundary(const pgw_framer_t *f);
-/* Startup phase still in progress (frontend only). */
+/* Startup phase still in progress (frontend only). During a callback this
+ * already tells the phase after the message being delivered: false in the
+ * callback of the StartupMessage, true in that of an SSLRequest. */
 int pgw_framer_in_startup(const pgw_framer_t *f);
 const char *pgw_framer_strerror(int err);
 
 /* ---- field readers: pure functions over one complete body ---------------
  * Each returns 0 on success or -1 when the body is malformed (truncated,
- * missing terminator, counts that disagree with the data). Strings point into
- * the body and are NUL-terminated there. */
+ * missing terminator, counts that disagree with the data, bytes left over
+ * after the last field: as strict as PostgreSQL's pq_getmsgend) or was
+ * streamed (body NULL). Strings point into the body and are NUL-terminated
+ * there; raw arrays are big-endian, as on the wire. */
 
 typedef struct pgw_rd { const uint8_t *p, *end; int bad; } pgw_rd_t;
 static inline void pgw_rd_init(pgw_rd_t *r, const uint8_t *p, size_t n) {
@@ -122,15 +128,18 @@ typedef struct pgw_startup {
     /* StartupMessage */
     const char *user, *database, *application_name, *options, *replication;
     uint32_t nparams;                               /* all pairs, incl. the above */
+    uint32_t nkept;                                 /* pairs kept in names/values */
     const char *names[PGW_MAX_STARTUP_PARAMS], *values[PGW_MAX_STARTUP_PARAMS];
     /* CancelRequest */
     uint32_t cancel_pid, cancel_key;
 } pgw_startup_t;
 /* msg is a startup-phase packet (type 0). For a StartupMessage (major version
  * 3, any minor) the pairs are read: the named fields are NULL when absent
- * (PostgreSQL then takes the user name as the database); a missing or empty
- * user, a layout without the final terminator, or more than
- * PGW_MAX_STARTUP_PARAMS pairs is an error. CancelRequest fills cancel_pid and
+ * (PostgreSQL then takes the user name as the database). The first
+ * PGW_MAX_STARTUP_PARAMS pairs are kept in names/values; any number is
+ * accepted, as by PostgreSQL. A layout without the final terminator returns
+ * -1 ("invalid startup packet layout"), a missing or empty user -2.
+ * CancelRequest fills cancel_pid and
  * cancel_key (body of exactly 8 bytes). Every other code (SSLRequest,
  * GSSENCRequest, other versions) only sets code: refusing it is the caller's
  * business. */
@@ -150,7 +159,7 @@ typedef struct pgw_bind {
 } pgw_bind_t;                                                                           /* 'B' */
 int pgw_parse_bind(const pgw_msg_t *msg, pgw_bind_t *out);
 /* Iterates Bind parameters of a Bind that pgw_parse_bind accepted: call with
- * *cursor = 0 and idx = 0, 1, 2, ...; returns 1 with *val/*len set (len -1 =
+ * *cursor = 0 and idx = 0, 1, 2, ...; returns 1 with *val and *len set (len -1 =
  * NULL, val NULL) and *cursor advanced, 0 once idx reaches nparams. fmt gets
  * the format (0 text, 1 binary) from the 0, 1 or nparams format codes. */
 int pgw_bind_next_param(const pgw_bind_t *b, uint32_t *cursor, uint16_t idx,
@@ -171,14 +180,19 @@ int pgw_parse_function_call(const pgw_msg_t *msg, pgw_fcall_t *out);
  * given no reader: its contents must never be logged. */
 
 /* Backend */
+/* data is what follows the code; for Ok, cleartext, MD5 (4-byte salt) and the
+ * other fixed-size requests a wrong size is an error. */
 typedef struct pgw_auth { uint32_t code; const uint8_t *data; uint32_t data_len; } pgw_auth_t; /* 'R' */
 int pgw_parse_auth(const pgw_msg_t *msg, pgw_auth_t *out);
 typedef struct pgw_keydata { uint32_t pid, key; } pgw_keydata_t;                       /* 'K' */
 int pgw_parse_keydata(const pgw_msg_t *msg, pgw_keydata_t *out);
 typedef struct pgw_param_status { const char *name, *value; } pgw_param_status_t;      /* 'S' */
 int pgw_parse_param_status(const pgw_msg_t *msg, pgw_param_status_t *out);
-typedef struct pgw_ready { uint8_t status; } pgw_ready_t;                               /* 'Z': I, T, E */
+typedef struct pgw_ready { uint8_t status; } pgw_ready_t;                  /* 'Z': I, T, E (else -1) */
 int pgw_parse_ready(const pgw_msg_t *msg, pgw_ready_t *out);
+/* rows comes from the tag: "INSERT 0 5" gives 5, as do "UPDATE 5", "DELETE 5",
+ * "SELECT 5", "MOVE 5", "FETCH 5", "COPY 5", "MERGE 5"; any other tag (or a
+ * malformed count) gives has_rows 0 and rows 0. */
 typedef struct pgw_complete { const char *tag; uint64_t rows; int has_rows; } pgw_complete_t; /* 'C' */
 int pgw_parse_command_complete(const pgw_msg_t *msg, pgw_complete_t *out);
 /* severity is the non-localized V field when present (PostgreSQL 9.6+),
