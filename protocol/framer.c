@@ -39,8 +39,9 @@ static inline int is_wanted(const pgw_framer_t *f, uint8_t type)
 
 static inline int startup_len_bad(uint32_t len)
 {
-    /* One unsigned compare covers both bounds: len < 8 wraps around. */
-    return len - STARTUP_HDR_LEN > PGW_STARTUP_MAX - STARTUP_HDR_LEN;
+    /* PostgreSQL caps what follows the length word, not the whole packet.
+     * One unsigned compare covers both bounds: len < 8 wraps around. */
+    return len - STARTUP_HDR_LEN > PGW_STARTUP_MAX + 4 - STARTUP_HDR_LEN;
 }
 
 void pgw_framer_init(pgw_framer_t *f, pgw_side_t side, uint32_t max_len,
@@ -109,7 +110,7 @@ const char *pgw_framer_strerror(int err)
     case PGW_EBADLEN:
         return "invalid message length (below 4 or above the configured maximum)";
     case PGW_ESTARTUPLEN:
-        return "invalid length of startup packet (below 8 or above 10000 bytes)";
+        return "invalid length of startup packet";
     case PGW_ENOMEM:
         return "out of memory while assembling a message";
     case PGW_EAFTEREND:

@@ -19,14 +19,14 @@
 #define PGW_CODE_CANCEL      80877102u /* 1234.5678 */
 #define PGW_CODE_SSL         80877103u /* 1234.5679 */
 #define PGW_CODE_GSSENC      80877104u /* 1234.5680 */
-#define PGW_STARTUP_MAX      10000u    /* as PostgreSQL's MAX_STARTUP_PACKET_LENGTH */
+#define PGW_STARTUP_MAX      10000u    /* bytes after the length word, as PostgreSQL's MAX_STARTUP_PACKET_LENGTH */
 #define PGW_MSG_MAX_DEFAULT  (1u << 30) /* as PostgreSQL's MaxAllocSize-ish cap */
 
 /* Errors returned by the framer (negative). A stop asked by the callback is
  * not an error: see pgw_framer_feed. */
 enum {
     PGW_EBADLEN = -1,      /* length word < 4 or > the configured maximum */
-    PGW_ESTARTUPLEN = -2,  /* startup packet < 8 or > PGW_STARTUP_MAX bytes */
+    PGW_ESTARTUPLEN = -2,  /* startup packet < 8 bytes, or > PGW_STARTUP_MAX after the length word */
     PGW_ENOMEM = -3,       /* could not grow the assembly buffer */
     PGW_EAFTEREND = -5,    /* bytes after a packet that ends the stream (CancelRequest) */
     PGW_EBADTYPE = -6,     /* type byte 0 after the startup phase: no such message,

@@ -327,7 +327,7 @@ static void test_bad_lengths(void)
 
 static void test_startup_lengths(void)
 {
-    static const uint32_t bad[] = { 0, 4, 7, PGW_STARTUP_MAX + 1, 0x80000000u, 0xFFFFFFFFu };
+    static const uint32_t bad[] = { 0, 4, 7, PGW_STARTUP_MAX + 5, 0x80000000u, 0xFFFFFFFFu };
     uint8_t *big = calloc(1, PGW_STARTUP_MAX + 64);
     cfg_t c = { PGW_FRONTEND, 0, 0, 0 };
     pgw_framer_t f;
@@ -341,8 +341,8 @@ static void test_startup_lengths(void)
         check_error_everywhere(&c, big, n + 40, PGW_ESTARTUPLEN, 0, "startup length");
     }
 
-    /* Exactly PGW_STARTUP_MAX bytes is allowed; one more is not. */
-    for (uint32_t total = PGW_STARTUP_MAX; total <= PGW_STARTUP_MAX + 1; total++) {
+    /* PGW_STARTUP_MAX bytes after the length word are allowed; one more is not. */
+    for (uint32_t total = PGW_STARTUP_MAX + 4; total <= PGW_STARTUP_MAX + 5; total++) {
         memset(big, 0, PGW_STARTUP_MAX + 64);
         n = put_be32(big, total);
         n += put_be32(big + n, PGW_PROTO_V3);
@@ -352,7 +352,7 @@ static void test_startup_lengths(void)
         n = total;
         rec_reset(&r, 0);
         framer_setup(&f, &r, &c);
-        if (total == PGW_STARTUP_MAX) {
+        if (total == PGW_STARTUP_MAX + 4) {
             CHECK_EQ(pgw_framer_feed(&f, guard_place(&g_piece, big, n), n), (ssize_t)n);
             CHECK_EQ(r.seen, 1);
             CHECK(!pgw_framer_in_startup(&f));
@@ -365,7 +365,7 @@ static void test_startup_lengths(void)
 
     /* A bad startup length is refused as soon as its 4 bytes are in. */
     framer_setup(&f, &r, &c);
-    put_be32(big, PGW_STARTUP_MAX + 1);
+    put_be32(big, PGW_STARTUP_MAX + 5);
     CHECK_EQ(pgw_framer_feed(&f, guard_place(&g_piece, big, 3), 3), 3);
     CHECK_EQ(pgw_framer_feed(&f, guard_place(&g_piece, big + 3, 1), 1), PGW_ESTARTUPLEN);
     pgw_framer_free(&f);

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# pgwarden benchmark: see bench/RESULTS.md. All the work is in run.py (Python 3, stdlib only).
+#   bench/run.sh [--rounds 3] [--seconds 10] [--quick] [--targets ...] [--help]
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export BENCH_PROG="${BENCH_PROG:-$0}"
+exec python3 "$here/run.py" "$@"

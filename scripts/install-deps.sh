@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs everything pgwarden needs to build and test on Debian 12, then the
+# Python venv for the integration tests (.venv/ at the repository root).
+# Idempotent: a second run with everything present touches neither apt nor pip.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+# libclang-rt-14-dev: clang's sanitizer and libFuzzer runtimes (only a
+# Recommends of clang), for -DPGW_FUZZ=ON and CC=clang sanitizer builds.
+PACKAGES=(
+    build-essential cmake pkg-config clang libclang-rt-14-dev
+    libuv1-dev libssl-dev libpg-query-dev libprotobuf-c-dev librdkafka-dev
+    libinih-dev libhttp-parser-dev
+    postgresql-15 postgresql-client-15 postgresql-contrib pgbouncer
+    python3-pip python3-venv
+    valgrind
+)
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo DEBIAN_FRONTEND=noninteractive "$@"
+    else
+        echo "install-deps: need root (or sudo) to run: $*" >&2
+        exit 1
+    fi
+}
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [ "$status" = installed ] || missing+=("$pkg")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}"
+    as_root apt-get update -q
+    as_root apt-get install -y -q "${missing[@]}"
+else
+    echo "install-deps: Debian packages already installed"
+fi
+
+# The Python side: Debian's interpreter (python3-venv is installed above), so
+# the venv does not depend on whatever other Python happens to be on PATH.
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=$(command -v python3)
+REQ=tests/requirements.txt
+stamp=.venv/.requirements.sha256
+want=$(sha256sum "$REQ" | cut -d' ' -f1)
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
+    rm -rf .venv
+    "$PY" -m venv .venv
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "install-deps: installing Python packages from $REQ into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -r "$REQ"
+    echo "$want" > "$stamp"
+else
+    echo "install-deps: .venv up to date"
+fi

@@ -1,0 +1,87 @@
+"""Stopping pgwarden: SIGTERM/SIGINT stop new connections at once, let open
+sessions finish (up to --drain-timeout), and exit 0."""
+
+import signal
+import socket
+import subprocess
+import time
+
+import psycopg
+import pytest
+
+import pgwire
+from harness import wait_until
+
+
+def refuses_new_sessions(addr):
+    """True when a new client cannot get a session: the TCP connect is
+    refused, or the proxy answers the startup with an error / a close."""
+    try:
+        c = pgwire.connect(addr, timeout=2)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return True
+    with c:
+        try:
+            c.send(pgwire.startup_packet("postgres"))
+            m = c.recv_msg()
+        except socket.timeout:
+            return False            # accepted and left hanging: not a refusal
+        except (OSError, pgwire.ProtocolError):
+            return True
+        return m is None or m[0] == "E"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_drains_open_session(pg, start_proxy, sig):
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=["--drain-timeout", "30"])
+    addr = p.tcp_addrs[0]
+    conn = p.connect()
+    try:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        t0 = time.monotonic()
+        p.signal(sig)
+        wait_until(lambda: refuses_new_sessions(addr), 1.5, interval=0.05,
+                   what="new connections to be refused")
+        # The open session is still served while draining.
+        time.sleep(0.5)
+        assert p.alive(), "exited with a session still open\n" + p.log_tail()
+        assert conn.execute("SELECT 'draining'").fetchone() == ("draining",)
+        assert refuses_new_sessions(addr)
+    finally:
+        conn.close()
+    rc = p.wait(timeout=10)
+    assert rc == 0, "exit status %s\n%s" % (rc, p.log_tail())
+    assert time.monotonic() - t0 < 15
+
+
+def test_drain_timeout_ends_lingering_sessions(pg, start_proxy):
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=["--drain-timeout", "2"])
+    conn = p.connect()
+    try:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        t0 = time.monotonic()
+        p.signal(signal.SIGTERM)
+        try:
+            rc = p.wait(timeout=12)
+        except subprocess.TimeoutExpired:
+            pytest.fail("still running 12 s after SIGTERM with --drain-timeout 2\n" + p.log_tail())
+        elapsed = time.monotonic() - t0
+        assert rc == 0, "exit status %s\n%s" % (rc, p.log_tail())
+        assert 1.5 <= elapsed < 12, elapsed
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+        # The upstream session was closed as well.
+        wait_until(lambda: not pg.sql("SELECT 1 FROM pg_stat_activity WHERE pid = %d" % pid), 10,
+                   what="upstream backend to exit")
+    finally:
+        conn.close()
+
+
+def test_stop_with_no_sessions_is_quick(pg, start_proxy):
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port)
+    with p.connect() as conn:
+        conn.execute("SELECT 1")
+    t0 = time.monotonic()
+    p.signal(signal.SIGTERM)
+    assert p.wait(timeout=10) == 0, p.log_tail()
+    assert time.monotonic() - t0 < 3
