@@ -1,0 +1,658 @@
+#include "tracker.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* What the server tells about one execution while it runs. */
+typedef struct acc {
+    int64_t start_us;
+    uint64_t rows, bytes, copy_bytes;
+    pgw_copy_dir_t copy_dir;
+} acc_t;
+
+/* A statement prepared by Parse. Shared by the name map, the Parse item and
+ * every portal bound to it: the text outlives a Close or a re-Parse of the
+ * name while an execution still needs it. */
+struct pgw_prepared {
+    pgw_prepared_t *next;
+    unsigned refs;
+    int in_map;
+    char *name;
+    char *text;
+    size_t text_len;
+};
+
+struct pgw_portal {
+    pgw_portal_t *next;
+    unsigned refs;
+    int in_map;
+    char *name;
+    pgw_prepared_t *stmt;           /* NULL when Bind named an unknown statement */
+    int nparams;
+    int suspended;                  /* PortalSuspended: the execution goes on */
+    acc_t acc;
+};
+
+enum item_kind { IT_QUERY, IT_PARSE, IT_BIND, IT_DESCRIBE, IT_EXECUTE, IT_CLOSE, IT_SYNC, IT_FCALL };
+
+struct pgw_tracker_item {
+    uint8_t kind;
+    uint8_t close_kind;             /* IT_CLOSE: 'S' or 'P' */
+    int64_t time_us;
+    pgw_prepared_t *stmt;           /* IT_PARSE, IT_CLOSE 'S' */
+    pgw_portal_t *portal;           /* IT_BIND, IT_EXECUTE, IT_CLOSE 'P' */
+    acc_t acc;                      /* IT_QUERY (current statement), IT_EXECUTE, IT_FCALL */
+    /* IT_QUERY */
+    char *text;                     /* the whole Query text, then the spans */
+    size_t text_len;
+    uint32_t (*spans)[2];
+    unsigned nstmts, cur;
+    int errored;                    /* IT_QUERY: an error ended it; IT_FCALL: reported */
+};
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static char *dup_n(const char *s, size_t n)
+{
+    char *p = malloc(n + 1);
+    if (p) {
+        memcpy(p, s, n);
+        p[n] = '\0';
+    }
+    return p;
+}
+
+static void prepared_unref(pgw_prepared_t *p)
+{
+    if (p && --p->refs == 0) {
+        free(p->name);
+        free(p->text);
+        free(p);
+    }
+}
+
+static void portal_unref(pgw_portal_t *p)
+{
+    if (p && --p->refs == 0) {
+        prepared_unref(p->stmt);
+        free(p->name);
+        free(p);
+    }
+}
+
+static void emit(pgw_tracker_t *t, const pgw_tracker_item_t *it, const pgw_portal_t *portal,
+                 const pgw_prepared_t *stmt, const acc_t *acc, pgw_result_status_t status,
+                 const pgw_complete_t *cc, const pgw_error_t *err, int64_t now_us)
+{
+    pgw_stmt_done_t d;
+    memset(&d, 0, sizeof d);
+    d.nparams = -1;
+    d.time_us = acc->start_us;
+    d.duration_us = now_us > acc->start_us ? now_us - acc->start_us : 0;
+    d.status = status;
+    d.bytes = acc->bytes;
+    d.copy_dir = acc->copy_dir;
+    d.copy_bytes = acc->copy_bytes;
+    d.rows = acc->rows;
+    if (cc) {
+        d.tag = cc->tag;
+        if (cc->has_rows) {
+            d.rows = cc->rows;
+            d.has_rows = 1;
+        } else if (acc->rows) {
+            d.has_rows = 1;
+        }
+    } else if (acc->rows) {
+        d.has_rows = 1;
+    }
+    if (err) {
+        d.sqlstate = err->sqlstate;
+        d.message = err->message;
+        if (err->sqlstate && strcmp(err->sqlstate, "57014") == 0)
+            d.status = PGW_STATUS_CANCELLED;
+    }
+    if (it && it->kind == IT_QUERY) {
+        d.protocol = PGW_PROTOCOL_SIMPLE;
+        d.query = it->text;
+        d.query_len = it->text_len;
+        if (it->nstmts) {
+            d.text = it->text + it->spans[it->cur][0];
+            d.text_len = it->spans[it->cur][1];
+        } else {
+            d.text = it->text;
+            d.text_len = it->text_len;
+        }
+        d.index = it->cur + 1;
+        d.count = it->nstmts;
+    } else if (it && it->kind == IT_FCALL) {
+        d.protocol = PGW_PROTOCOL_FUNCTION_CALL;
+        d.text = "";
+    } else {
+        d.protocol = PGW_PROTOCOL_EXTENDED;
+        if (!stmt && portal)
+            stmt = portal->stmt;
+        if (stmt) {
+            d.text = stmt->text;
+            d.text_len = stmt->text_len;
+            d.stmt_name = stmt->name;
+        }
+        if (portal) {
+            d.portal_name = portal->name;
+            d.nparams = portal->nparams;
+        }
+    }
+    if (d.status != PGW_STATUS_SKIPPED)
+        t->statements++;
+    if (d.status == PGW_STATUS_ERROR || d.status == PGW_STATUS_CANCELLED)
+        t->errors++;
+    t->emit(t->ud, &d);
+}
+
+/* ---- the name maps ------------------------------------------------------- */
+
+static pgw_prepared_t *find_prepared(pgw_tracker_t *t, const char *name)
+{
+    for (pgw_prepared_t *p = t->prepared; p; p = p->next)
+        if (strcmp(p->name, name) == 0)
+            return p;
+    return NULL;
+}
+
+static void unmap_prepared(pgw_tracker_t *t, pgw_prepared_t *p)
+{
+    if (!p || !p->in_map)
+        return;
+    for (pgw_prepared_t **pp = &t->prepared; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
+    p->in_map = 0;
+    prepared_unref(p);
+}
+
+static pgw_portal_t *find_portal(pgw_tracker_t *t, const char *name)
+{
+    for (pgw_portal_t *p = t->portals; p; p = p->next)
+        if (strcmp(p->name, name) == 0)
+            return p;
+    return NULL;
+}
+
+/* A portal that was suspended mid-result and never completed still ran:
+ * its execution is reported when the portal goes away. */
+static void unmap_portal(pgw_tracker_t *t, pgw_portal_t *p, int64_t now_us)
+{
+    if (!p || !p->in_map)
+        return;
+    for (pgw_portal_t **pp = &t->portals; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
+    p->in_map = 0;
+    if (p->suspended) {
+        p->suspended = 0;
+        emit(t, NULL, p, NULL, &p->acc, PGW_STATUS_OK, NULL, NULL, now_us);
+    }
+    portal_unref(p);
+}
+
+/* ---- the FIFO ------------------------------------------------------------ */
+
+static pgw_tracker_item_t *push(pgw_tracker_t *t, uint8_t kind, int64_t now_us)
+{
+    if (t->count == t->cap) {
+        unsigned ncap = t->cap ? t->cap * 2 : 16;
+        pgw_tracker_item_t *n = malloc(ncap * sizeof *n);
+        if (!n) {
+            t->failed = 1;
+            return NULL;
+        }
+        for (unsigned i = 0; i < t->count; i++)
+            n[i] = t->items[(t->head + i) % t->cap];
+        free(t->items);
+        t->items = n;
+        t->head = 0;
+        t->cap = ncap;
+    }
+    pgw_tracker_item_t *it = &t->items[(t->head + t->count) % t->cap];
+    memset(it, 0, sizeof *it);
+    it->kind = kind;
+    it->time_us = now_us;
+    it->acc.start_us = now_us;
+    t->count++;
+    return it;
+}
+
+static pgw_tracker_item_t *head(pgw_tracker_t *t)
+{
+    return t->count ? &t->items[t->head] : NULL;
+}
+
+static void item_release(pgw_tracker_item_t *it)
+{
+    prepared_unref(it->stmt);
+    portal_unref(it->portal);
+    free(it->text);
+    it->stmt = NULL;
+    it->portal = NULL;
+    it->text = NULL;
+}
+
+static void pop(pgw_tracker_t *t)
+{
+    item_release(&t->items[t->head]);
+    t->head = (t->head + 1) % t->cap;
+    t->count--;
+}
+
+/* An execution's start: a continued portal keeps its first start time. */
+static void begin_execute(pgw_tracker_item_t *it)
+{
+    pgw_portal_t *p = it->portal;
+    if (p && p->suspended) {
+        it->acc = p->acc;
+        p->suspended = 0;
+    }
+}
+
+/* ---- frontend ------------------------------------------------------------ */
+
+static void skipped_now(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
+{
+    /* The server discards this message (skip-until-Sync); an Execute or a
+     * Query that will never run is still reported, as skipped. */
+    acc_t acc = { .start_us = now_us };
+    if (m->type == 'E') {
+        pgw_execute_t ex;
+        if (pgw_parse_execute(m, &ex) == 0)
+            emit(t, NULL, find_portal(t, ex.portal), NULL, &acc, PGW_STATUS_SKIPPED, NULL, NULL, now_us);
+    } else if (m->type == 'Q') {
+        pgw_query_t q;
+        if (pgw_parse_query(m, &q) == 0) {
+            pgw_tracker_item_t it;
+            memset(&it, 0, sizeof it);
+            it.kind = IT_QUERY;
+            it.text = (char *)(uintptr_t)q.text;
+            it.text_len = q.text_len;
+            emit(t, &it, NULL, NULL, &acc, PGW_STATUS_SKIPPED, NULL, NULL, now_us);
+        }
+    }
+}
+
+static void on_query(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
+{
+    pgw_query_t q;
+    if (pgw_parse_query(m, &q))
+        return;
+    enum { SPANS_INLINE = 16 };
+    uint32_t spans[SPANS_INLINE][2];
+    unsigned n = 1;
+    spans[0][0] = 0;
+    spans[0][1] = q.text_len;
+    if (t->split)
+        n = t->split(t->ud, q.text, q.text_len, spans, SPANS_INLINE);
+    /* The text and its spans in one block: one allocation per Query. */
+    size_t spans_off = (q.text_len + 1 + 7) & ~(size_t)7;
+    char *block = malloc(spans_off + (size_t)(n ? n : 1) * sizeof spans[0]);
+    pgw_tracker_item_t *it = block ? push(t, IT_QUERY, now_us) : NULL;
+    if (!it) {
+        free(block);
+        t->failed = 1;
+        return;
+    }
+    memcpy(block, q.text, q.text_len + 1);
+    it->text = block;
+    it->text_len = q.text_len;
+    it->spans = (uint32_t (*)[2])(void *)(block + spans_off);
+    if (n > SPANS_INLINE)
+        n = t->split(t->ud, q.text, q.text_len, it->spans, n);
+    else
+        memcpy(it->spans, spans, (size_t)n * sizeof spans[0]);
+    it->nstmts = n;
+}
+
+static void on_parse(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
+{
+    pgw_parse_t p;
+    if (pgw_parse_parse(m, &p))
+        return;
+    pgw_prepared_t *st = calloc(1, sizeof *st);
+    if (st) {
+        st->name = dup_n(p.name, strlen(p.name));
+        st->text = dup_n(p.text, p.text_len);
+        st->text_len = p.text_len;
+    }
+    pgw_tracker_item_t *it = st && st->name && st->text ? push(t, IT_PARSE, now_us) : NULL;
+    if (!it) {
+        if (st) {
+            st->refs = 1;
+            prepared_unref(st);
+        }
+        t->failed = 1;
+        return;
+    }
+    /* A new unnamed statement replaces the old one at once; a named one
+     * that exists makes the server fail this Parse, and the error path
+     * unmaps the new entry again. */
+    pgw_prepared_t *old = find_prepared(t, st->name);
+    if (old && st->name[0] == '\0')
+        unmap_prepared(t, old);
+    st->refs = 2;                   /* the map and the item */
+    st->in_map = 1;
+    st->next = t->prepared;
+    t->prepared = st;
+    it->stmt = st;
+}
+
+static void on_bind(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
+{
+    pgw_bind_t b;
+    if (pgw_parse_bind(m, &b))
+        return;
+    pgw_portal_t *po = calloc(1, sizeof *po);
+    if (po)
+        po->name = dup_n(b.portal, strlen(b.portal));
+    pgw_tracker_item_t *it = po && po->name ? push(t, IT_BIND, now_us) : NULL;
+    if (!it) {
+        if (po) {
+            po->refs = 1;
+            portal_unref(po);
+        }
+        t->failed = 1;
+        return;
+    }
+    if (b.portal[0] == '\0')
+        unmap_portal(t, find_portal(t, ""), now_us);
+    po->stmt = find_prepared(t, b.stmt);
+    if (po->stmt)
+        po->stmt->refs++;
+    po->nparams = b.nparams;
+    po->refs = 2;
+    po->in_map = 1;
+    po->next = t->portals;
+    t->portals = po;
+    it->portal = po;
+}
+
+static void on_execute(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
+{
+    pgw_execute_t ex;
+    if (pgw_parse_execute(m, &ex))
+        return;
+    pgw_tracker_item_t *it = push(t, IT_EXECUTE, now_us);
+    if (!it)
+        return;
+    it->portal = find_portal(t, ex.portal);
+    if (it->portal) {
+        it->portal->refs++;
+        begin_execute(it);
+    }
+}
+
+static void on_close_msg(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
+{
+    pgw_target_t c;
+    if (pgw_parse_close(m, &c))
+        return;
+    pgw_tracker_item_t *it = push(t, IT_CLOSE, now_us);
+    if (!it)
+        return;
+    it->close_kind = c.kind;
+    /* Unmapped when CloseComplete arrives, in the server's order. */
+    if (c.kind == 'S' && (it->stmt = find_prepared(t, c.name)))
+        it->stmt->refs++;
+    else if (c.kind == 'P' && (it->portal = find_portal(t, c.name)))
+        it->portal->refs++;
+}
+
+/* The item a CopyData/CopyDone from the client belongs to. */
+static acc_t *copy_target(pgw_tracker_t *t)
+{
+    pgw_tracker_item_t *it = head(t);
+    return it && (it->kind == IT_QUERY || it->kind == IT_EXECUTE) ? &it->acc : NULL;
+}
+
+void pgw_tracker_frontend(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
+{
+    if (t->failed || m->type == 0)
+        return;
+    if (t->skip_until_sync) {
+        if (m->type == 'S') {
+            t->skip_until_sync = 0;
+        } else if (m->type != 'X' && m->type != 'H' && m->type != 'd' && m->type != 'c' &&
+                   m->type != 'f' && m->type != 'p') {
+            skipped_now(t, m, now_us);
+            return;
+        }
+    }
+    switch (m->type) {
+    case 'Q': on_query(t, m, now_us); break;
+    case 'P': on_parse(t, m, now_us); break;
+    case 'B': on_bind(t, m, now_us); break;
+    case 'E': on_execute(t, m, now_us); break;
+    case 'D': (void)push(t, IT_DESCRIBE, now_us); break;
+    case 'C': on_close_msg(t, m, now_us); break;
+    case 'S': (void)push(t, IT_SYNC, now_us); break;
+    case 'F': (void)push(t, IT_FCALL, now_us); break;
+    case 'd': {
+        acc_t *a = copy_target(t);
+        if (a)
+            a->copy_bytes += m->body_len;
+        break;
+    }
+    default: break;                 /* H, c, f, X, p: nothing to match */
+    }
+}
+
+/* ---- backend ------------------------------------------------------------- */
+
+/* After an error in the extended protocol the server skips everything up
+ * to Sync: what was queued behind the failed message is reported skipped. */
+static void skip_to_sync(pgw_tracker_t *t, int64_t now_us)
+{
+    pgw_tracker_item_t *it;
+    while ((it = head(t)) && it->kind != IT_SYNC) {
+        if (it->kind == IT_EXECUTE)
+            emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_SKIPPED, NULL, NULL, now_us);
+        else if (it->kind == IT_QUERY)
+            emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_SKIPPED, NULL, NULL, now_us);
+        else if (it->kind == IT_PARSE)
+            unmap_prepared(t, it->stmt);
+        else if (it->kind == IT_BIND)
+            unmap_portal(t, it->portal, now_us);
+        pop(t);
+    }
+    if (!it)
+        t->skip_until_sync = 1;
+}
+
+static void on_error(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
+{
+    pgw_tracker_item_t *it = head(t);
+    pgw_error_t e;
+    if (!it || pgw_parse_error(m, &e))
+        return;
+    switch (it->kind) {
+    case IT_QUERY:
+        if (it->cur < (it->nstmts ? it->nstmts : 1)) {
+            emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_ERROR, NULL, &e, now_us);
+            it->cur++;
+        }
+        it->errored = 1;            /* the rest are skipped: reported at ReadyForQuery */
+        return;
+    case IT_FCALL:
+        emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_ERROR, NULL, &e, now_us);
+        it->errored = 1;
+        return;
+    case IT_SYNC:
+        t->errors++;                /* e.g. a deferred constraint at the implicit commit */
+        return;
+    case IT_EXECUTE:
+        emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_ERROR, NULL, &e, now_us);
+        break;
+    case IT_PARSE:
+        /* The statement never got to run: reported, with its text. */
+        emit(t, it, NULL, it->stmt, &it->acc, PGW_STATUS_ERROR, NULL, &e, now_us);
+        unmap_prepared(t, it->stmt);
+        break;
+    case IT_BIND:
+        emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_ERROR, NULL, &e, now_us);
+        unmap_portal(t, it->portal, now_us);
+        break;
+    default:
+        break;
+    }
+    pop(t);
+    skip_to_sync(t, now_us);
+}
+
+static void on_ready(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
+{
+    pgw_tracker_item_t *it = head(t);
+    if (it && it->kind == IT_QUERY) {
+        /* Statements after an error in the same Query never ran. */
+        for (; it->cur < it->nstmts; it->cur++) {
+            it->acc.start_us = now_us;
+            emit(t, it, NULL, NULL, &it->acc, it->errored ? PGW_STATUS_SKIPPED : PGW_STATUS_UNKNOWN,
+                 NULL, NULL, now_us);
+        }
+        pop(t);
+    } else if (it && (it->kind == IT_SYNC || it->kind == IT_FCALL)) {
+        pop(t);
+    }
+    pgw_ready_t r;
+    /* Outside a transaction block no portal survives. */
+    if (pgw_parse_ready(m, &r) == 0 && r.status == 'I')
+        while (t->portals)
+            unmap_portal(t, t->portals, now_us);
+}
+
+static void on_complete(pgw_tracker_t *t, const pgw_msg_t *m, int empty, int64_t now_us)
+{
+    pgw_tracker_item_t *it = head(t);
+    pgw_complete_t cc;
+    const pgw_complete_t *ccp = NULL;
+    if (!it)
+        return;
+    if (!empty && pgw_parse_command_complete(m, &cc) == 0)
+        ccp = &cc;
+    if (it->kind == IT_QUERY) {
+        if (it->cur < it->nstmts) {
+            emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_OK, ccp, NULL, now_us);
+            it->cur++;
+            memset(&it->acc, 0, sizeof it->acc);
+            it->acc.start_us = now_us;  /* the next statement starts when this one ends */
+        }
+    } else if (it->kind == IT_EXECUTE) {
+        emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_OK, ccp, NULL, now_us);
+        pop(t);
+    }
+}
+
+void pgw_tracker_backend(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
+{
+    if (t->failed)
+        return;
+    pgw_tracker_item_t *it = head(t);
+    switch (m->type) {
+    case 'D':
+        if (it && (it->kind == IT_QUERY || it->kind == IT_EXECUTE)) {
+            it->acc.rows++;
+            it->acc.bytes += (uint64_t)m->len + 1;
+        }
+        break;
+    case 'd':
+        if (it && (it->kind == IT_QUERY || it->kind == IT_EXECUTE)) {
+            it->acc.copy_bytes += m->body_len;
+            it->acc.bytes += (uint64_t)m->len + 1;
+        }
+        break;
+    case 'C': on_complete(t, m, 0, now_us); break;
+    case 'I': on_complete(t, m, 1, now_us); break;
+    case 'E': on_error(t, m, now_us); break;
+    case 'Z': on_ready(t, m, now_us); break;
+    case 'G':
+    case 'H':
+        if (it && (it->kind == IT_QUERY || it->kind == IT_EXECUTE))
+            it->acc.copy_dir = m->type == 'G' ? PGW_COPY_IN : PGW_COPY_OUT;
+        break;
+    case 's':
+        if (it && it->kind == IT_EXECUTE) {
+            if (it->portal) {
+                it->portal->acc = it->acc;
+                it->portal->suspended = 1;
+            }
+            pop(t);
+        }
+        break;
+    case 'V':
+        if (it && it->kind == IT_FCALL && !it->errored) {
+            emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_OK, NULL, NULL, now_us);
+            it->errored = 1;        /* reported: ReadyForQuery only pops it */
+        }
+        break;
+    case '1':
+        if (it && it->kind == IT_PARSE)
+            pop(t);
+        break;
+    case '2':
+        if (it && it->kind == IT_BIND)
+            pop(t);
+        break;
+    case '3':
+        if (it && it->kind == IT_CLOSE) {
+            if (it->close_kind == 'S')
+                unmap_prepared(t, it->stmt);
+            else
+                unmap_portal(t, it->portal, now_us);
+            pop(t);
+        }
+        break;
+    case 'T':
+    case 'n':
+        if (it && it->kind == IT_DESCRIBE)
+            pop(t);
+        break;
+    default:
+        break;                      /* t, S, N, A, K, R, v, W: no statement to match */
+    }
+}
+
+/* ---- lifecycle ----------------------------------------------------------- */
+
+void pgw_tracker_init(pgw_tracker_t *t, pgw_emit_fn emit_fn, pgw_split_fn split, void *ud)
+{
+    memset(t, 0, sizeof *t);
+    t->emit = emit_fn;
+    t->split = split;
+    t->ud = ud;
+}
+
+void pgw_tracker_finish(pgw_tracker_t *t, int64_t now_us)
+{
+    pgw_tracker_item_t *it;
+    /* Forwarded, never answered: the server may or may not have run them. */
+    while ((it = head(t))) {
+        if (it->kind == IT_QUERY) {
+            for (; it->cur < it->nstmts; it->cur++)
+                emit(t, it, NULL, NULL, &it->acc, it->errored ? PGW_STATUS_SKIPPED : PGW_STATUS_UNKNOWN,
+                     NULL, NULL, now_us);
+        } else if (it->kind == IT_EXECUTE) {
+            emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_UNKNOWN, NULL, NULL, now_us);
+        } else if (it->kind == IT_FCALL && !it->errored) {
+            emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_UNKNOWN, NULL, NULL, now_us);
+        }
+        pop(t);
+    }
+    while (t->portals)
+        unmap_portal(t, t->portals, now_us);
+    while (t->prepared)
+        unmap_prepared(t, t->prepared);
+    free(t->items);
+    t->items = NULL;
+    t->cap = 0;
+}

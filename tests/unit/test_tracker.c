@@ -1,0 +1,362 @@
+/* The statement tracker, fed message sequences as PostgreSQL and its
+ * clients produce them: every protocol path gives exactly one report per
+ * statement execution, with the right status, text and counts. */
+#include "check.h"
+#include "tracker.h"
+
+#include <arpa/inet.h>
+
+#define MAXREC 64
+
+typedef struct rec {
+    pgw_stmt_done_t d;
+    char text[128], stmt[32], portal[32], tag[32], sqlstate[8];
+} rec_t;
+
+static rec_t recs[MAXREC];
+static int nrec;
+
+static void on_emit(void *ud, const pgw_stmt_done_t *d)
+{
+    (void)ud;
+    if (nrec == MAXREC)
+        return;
+    rec_t *r = &recs[nrec++];
+    r->d = *d;
+    snprintf(r->text, sizeof r->text, "%.*s", (int)d->text_len, d->text ? d->text : "");
+    snprintf(r->stmt, sizeof r->stmt, "%s", d->stmt_name ? d->stmt_name : "(none)");
+    snprintf(r->portal, sizeof r->portal, "%s", d->portal_name ? d->portal_name : "(none)");
+    snprintf(r->tag, sizeof r->tag, "%s", d->tag ? d->tag : "(none)");
+    snprintf(r->sqlstate, sizeof r->sqlstate, "%s", d->sqlstate ? d->sqlstate : "");
+}
+
+/* A naive split on ';' for the tests (the real one is libpg_query's). */
+static unsigned split_semicolons(void *ud, const char *text, size_t len, uint32_t (*spans)[2], unsigned cap)
+{
+    (void)ud;
+    unsigned n = 0;
+    size_t start = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i == len || text[i] == ';') {
+            size_t a = start, b = i;
+            while (a < b && text[a] == ' ')
+                a++;
+            if (b > a) {
+                if (n < cap) {
+                    spans[n][0] = (uint32_t)a;
+                    spans[n][1] = (uint32_t)(b - a);
+                }
+                n++;
+            }
+            start = i + 1;
+        }
+    }
+    return n;
+}
+
+/* ---- message construction ---------------------------------------------- */
+
+static uint8_t store[64][512];
+static int nstore;
+
+static pgw_msg_t msg_of(pgw_wb_t *w)
+{
+    ssize_t n = pgw_wb_finish(w);
+    pgw_msg_t m;
+    memset(&m, 0, sizeof m);
+    if (n < 5)
+        abort();
+    m.type = w->buf[0];
+    m.len = (uint32_t)(n - 1);
+    m.body = w->buf + 5;
+    m.body_len = (uint32_t)(n - 5);
+    return m;
+}
+
+static pgw_wb_t *wb(uint8_t type)
+{
+    static pgw_wb_t w;
+    pgw_wb_init(&w, store[nstore++ % 64], sizeof store[0]);
+    pgw_wb_begin(&w, type);
+    return &w;
+}
+
+static pgw_tracker_t T;
+static int64_t now = 1000;
+
+static void fe(pgw_wb_t *w) { pgw_wb_end(w); pgw_msg_t m = msg_of(w); pgw_tracker_frontend(&T, &m, now += 10); }
+static void be(pgw_wb_t *w) { pgw_wb_end(w); pgw_msg_t m = msg_of(w); pgw_tracker_backend(&T, &m, now += 10); }
+
+static void Q(const char *sql) { pgw_wb_t *w = wb('Q'); pgw_wb_cstr(w, sql); fe(w); }
+static void P(const char *name, const char *sql)
+{
+    pgw_wb_t *w = wb('P'); pgw_wb_cstr(w, name); pgw_wb_cstr(w, sql); pgw_wb_u16(w, 0); fe(w);
+}
+static void B(const char *portal, const char *stmt, int nparams)
+{
+    pgw_wb_t *w = wb('B');
+    pgw_wb_cstr(w, portal); pgw_wb_cstr(w, stmt);
+    pgw_wb_u16(w, 0);
+    pgw_wb_u16(w, (uint16_t)nparams);
+    for (int i = 0; i < nparams; i++) { pgw_wb_u32(w, 1); pgw_wb_u8(w, '7'); }
+    pgw_wb_u16(w, 0);
+    fe(w);
+}
+static void E(const char *portal, uint32_t max) { pgw_wb_t *w = wb('E'); pgw_wb_cstr(w, portal); pgw_wb_u32(w, max); fe(w); }
+static void Dsc(uint8_t kind, const char *name) { pgw_wb_t *w = wb('D'); pgw_wb_u8(w, kind); pgw_wb_cstr(w, name); fe(w); }
+static void Cls(uint8_t kind, const char *name) { pgw_wb_t *w = wb('C'); pgw_wb_u8(w, kind); pgw_wb_cstr(w, name); fe(w); }
+static void S(void) { fe(wb('S')); }
+static void Fcopy(int bytes) { pgw_wb_t *w = wb('d'); for (int i = 0; i < bytes; i++) pgw_wb_u8(w, 'x'); fe(w); }
+static void Fcopydone(void) { fe(wb('c')); }
+static void F(uint32_t oid)
+{
+    pgw_wb_t *w = wb('F'); pgw_wb_u32(w, oid); pgw_wb_u16(w, 0); pgw_wb_u16(w, 0); pgw_wb_u16(w, 0); fe(w);
+}
+
+static void rT(void) { pgw_wb_t *w = wb('T'); pgw_wb_u16(w, 0); be(w); }
+static void rD(void) { pgw_wb_t *w = wb('D'); pgw_wb_u16(w, 1); pgw_wb_u32(w, 1); pgw_wb_u8(w, '1'); be(w); }
+static void rC(const char *tag) { pgw_wb_t *w = wb('C'); pgw_wb_cstr(w, tag); be(w); }
+static void rI(void) { be(wb('I')); }
+static void rZ(uint8_t st) { pgw_wb_t *w = wb('Z'); pgw_wb_u8(w, st); be(w); }
+static void rE(const char *sqlstate)
+{
+    pgw_wb_t *w = wb('E');
+    pgw_wb_u8(w, 'S'); pgw_wb_cstr(w, "ERROR");
+    pgw_wb_u8(w, 'V'); pgw_wb_cstr(w, "ERROR");
+    pgw_wb_u8(w, 'C'); pgw_wb_cstr(w, sqlstate);
+    pgw_wb_u8(w, 'M'); pgw_wb_cstr(w, "boom");
+    pgw_wb_u8(w, 0);
+    be(w);
+}
+static void r1(void) { be(wb('1')); }
+static void r2(void) { be(wb('2')); }
+static void r3(void) { be(wb('3')); }
+static void rn(void) { be(wb('n')); }
+static void rs(void) { be(wb('s')); }
+static void rt(void) { pgw_wb_t *w = wb('t'); pgw_wb_u16(w, 0); be(w); }
+static void rG(void) { pgw_wb_t *w = wb('G'); pgw_wb_u8(w, 0); pgw_wb_u16(w, 0); be(w); }
+static void rH(void) { pgw_wb_t *w = wb('H'); pgw_wb_u8(w, 0); pgw_wb_u16(w, 0); be(w); }
+static void rd(int bytes) { pgw_wb_t *w = wb('d'); for (int i = 0; i < bytes; i++) pgw_wb_u8(w, 'y'); be(w); }
+static void rc(void) { be(wb('c')); }
+static void rV(void) { pgw_wb_t *w = wb('V'); pgw_wb_u32(w, 1); pgw_wb_u8(w, '1'); be(w); }
+
+static void reset(void)
+{
+    pgw_tracker_finish(&T, now);
+    pgw_tracker_init(&T, on_emit, split_semicolons, NULL);
+    nrec = 0;
+}
+
+/* ---- scenarios ----------------------------------------------------------- */
+
+static void test_simple_multi(void)
+{
+    reset();
+    Q("SELECT 1; SELECT 2");
+    rT(); rD(); rC("SELECT 1"); rT(); rD(); rC("SELECT 1"); rZ('I');
+    CHECK_EQ(nrec, 2);
+    CHECK_STR(recs[0].text, "SELECT 1");
+    CHECK_STR(recs[1].text, "SELECT 2");
+    CHECK_EQ(recs[0].d.index, 1);
+    CHECK_EQ(recs[1].d.index, 2);
+    CHECK_EQ(recs[1].d.count, 2);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_OK);
+    CHECK_EQ(recs[0].d.protocol, PGW_PROTOCOL_SIMPLE);
+    CHECK_EQ(recs[0].d.rows, 1);
+    CHECK_STR(recs[0].tag, "SELECT 1");
+    CHECK(recs[0].d.bytes > 0);
+    CHECK(recs[1].d.time_us >= recs[0].d.time_us + recs[0].d.duration_us);
+}
+
+static void test_simple_error_skips_rest(void)
+{
+    reset();
+    Q("INSERT INTO t VALUES (1); SELECT 1/0; SELECT 3");
+    rC("INSERT 0 1"); rE("22012"); rZ('I');
+    CHECK_EQ(nrec, 3);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_OK);
+    CHECK_EQ(recs[0].d.rows, 1);
+    CHECK_EQ(recs[1].d.status, PGW_STATUS_ERROR);
+    CHECK_STR(recs[1].sqlstate, "22012");
+    CHECK_STR(recs[1].text, "SELECT 1/0");
+    CHECK_EQ(recs[2].d.status, PGW_STATUS_SKIPPED);
+    CHECK_STR(recs[2].text, "SELECT 3");
+    CHECK_EQ(T.errors, 1);
+}
+
+static void test_empty_query(void)
+{
+    reset();
+    Q("   ");
+    rI(); rZ('I');
+    CHECK_EQ(nrec, 0);
+}
+
+static void test_extended_unnamed(void)
+{
+    reset();
+    P("", "SELECT $1"); B("", "", 1); Dsc('P', ""); E("", 0); S();
+    r1(); r2(); rT(); rD(); rD(); rC("SELECT 2"); rZ('I');
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.protocol, PGW_PROTOCOL_EXTENDED);
+    CHECK_STR(recs[0].text, "SELECT $1");
+    CHECK_STR(recs[0].stmt, "");
+    CHECK_STR(recs[0].portal, "");
+    CHECK_EQ(recs[0].d.nparams, 1);
+    CHECK_EQ(recs[0].d.rows, 2);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_OK);
+}
+
+static void test_named_statement_reused(void)
+{
+    reset();
+    P("s1", "UPDATE a SET x = $1"); Dsc('S', "s1"); S();
+    r1(); rt(); rn(); rZ('I');
+    CHECK_EQ(nrec, 0);
+    for (int i = 0; i < 100; i++) {
+        B("", "s1", 1); E("", 0); S();
+        r2(); rC("UPDATE 1"); rZ('I');
+    }
+    CHECK_EQ(nrec, 64);             /* recorder cap; the tracker reported 100 */
+    CHECK_EQ(T.statements, 100);
+    CHECK_STR(recs[63].text, "UPDATE a SET x = $1");
+    CHECK_STR(recs[63].stmt, "s1");
+    /* Close, then an Execute of a statement the server no longer has. */
+    Cls('S', "s1"); S(); r3(); rZ('I');
+    nrec = 0;
+    B("", "s1", 1); E("", 0); S();
+    rE("26000"); rZ('I');
+    CHECK_EQ(nrec, 2);              /* the failed Bind, then the skipped Execute */
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_ERROR);
+    CHECK_EQ(recs[1].d.status, PGW_STATUS_SKIPPED);
+}
+
+static void test_pipeline_error_skips_until_sync(void)
+{
+    reset();
+    P("", "SELECT 1"); B("", "", 0); E("", 0);
+    P("", "SELECT 1/0"); B("", "", 0); E("", 0);
+    P("", "SELECT 3"); B("", "", 0); E("", 0);
+    S();
+    r1(); r2(); rD(); rC("SELECT 1");
+    r1(); r2(); rE("22012");
+    rZ('I');
+    CHECK_EQ(nrec, 3);
+    CHECK_EQ(T.count, 0);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_OK);
+    CHECK_EQ(recs[1].d.status, PGW_STATUS_ERROR);
+    CHECK_STR(recs[1].text, "SELECT 1/0");
+    CHECK_EQ(recs[2].d.status, PGW_STATUS_SKIPPED);
+    CHECK_STR(recs[2].text, "SELECT 3");
+    /* The session goes on normally after the Sync. */
+    nrec = 0;
+    P("", "SELECT 4"); B("", "", 0); E("", 0); S();
+    r1(); r2(); rD(); rC("SELECT 1"); rZ('I');
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_OK);
+}
+
+static void test_error_after_all_queued(void)
+{
+    /* The error arrives when nothing is queued behind the failed Execute:
+     * what the client sends next, up to Sync, is skipped by the server. */
+    reset();
+    P("", "SELECT 1/0"); B("", "", 0); E("", 0);
+    r1(); r2(); rE("22012");
+    B("", "", 0); E("", 0); S();
+    rZ('I');
+    CHECK_EQ(nrec, 2);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_ERROR);
+    CHECK_EQ(recs[1].d.status, PGW_STATUS_SKIPPED);
+    CHECK_EQ(T.count, 0);
+}
+
+static void test_portal_suspended(void)
+{
+    reset();
+    Q("BEGIN"); rC("BEGIN"); rZ('T');
+    P("", "SELECT g FROM generate_series(1,3) g"); B("c1", "", 0);
+    E("c1", 2); S();
+    r1(); r2(); rD(); rD(); rs(); rZ('T');
+    E("c1", 2); S();
+    rD(); rC("SELECT 1"); rZ('T');
+    CHECK_EQ(nrec, 2);
+    CHECK_STR(recs[1].text, "SELECT g FROM generate_series(1,3) g");
+    CHECK_EQ(recs[1].d.rows, 1);    /* the tag counts the last fetch only... */
+    CHECK_STR(recs[1].portal, "c1");
+    /* ...so a portal suspended and then closed reports what it returned. */
+    nrec = 0;
+    B("c2", "", 0); E("c2", 2); S();
+    r2(); rD(); rD(); rs(); rZ('T');
+    CHECK_EQ(nrec, 0);
+    Cls('P', "c2"); S(); r3(); rZ('T');
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.rows, 2);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_OK);
+}
+
+static void test_copy(void)
+{
+    reset();
+    Q("COPY t FROM STDIN");
+    rG(); Fcopy(10); Fcopy(10); Fcopydone(); rC("COPY 2"); rZ('I');
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.copy_dir, PGW_COPY_IN);
+    CHECK_EQ(recs[0].d.copy_bytes, 20);
+    CHECK_EQ(recs[0].d.rows, 2);
+    nrec = 0;
+    Q("COPY t TO STDOUT");
+    rH(); rd(7); rd(7); rd(7); rc(); rC("COPY 3"); rZ('I');
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.copy_dir, PGW_COPY_OUT);
+    CHECK_EQ(recs[0].d.copy_bytes, 21);
+    CHECK_EQ(recs[0].d.rows, 3);
+    CHECK(recs[0].d.bytes >= 21);
+}
+
+static void test_cancel_and_unknown(void)
+{
+    reset();
+    Q("SELECT pg_sleep(30)");
+    rE("57014"); rZ('I');
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_CANCELLED);
+    nrec = 0;
+    P("", "UPDATE big SET x = 1"); B("", "", 0); E("", 0); S();
+    r1(); r2();
+    pgw_tracker_finish(&T, now);    /* the connection died before the result */
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_UNKNOWN);
+    CHECK_STR(recs[0].text, "UPDATE big SET x = 1");
+    pgw_tracker_init(&T, on_emit, split_semicolons, NULL);
+}
+
+static void test_function_call(void)
+{
+    reset();
+    F(1598); rV(); rZ('I');
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.protocol, PGW_PROTOCOL_FUNCTION_CALL);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_OK);
+    F(1598); rE("42883"); rZ('I');
+    CHECK_EQ(nrec, 2);
+    CHECK_EQ(recs[1].d.status, PGW_STATUS_ERROR);
+}
+
+int main(void)
+{
+    pgw_tracker_init(&T, on_emit, split_semicolons, NULL);
+    test_simple_multi();
+    test_simple_error_skips_rest();
+    test_empty_query();
+    test_extended_unnamed();
+    test_named_statement_reused();
+    test_pipeline_error_skips_until_sync();
+    test_error_after_all_queued();
+    test_portal_suspended();
+    test_copy();
+    test_cancel_and_unknown();
+    test_function_call();
+    pgw_tracker_finish(&T, now);
+    CHECK_DONE();
+}
