@@ -229,7 +229,6 @@ def build(args, want_pgwarden):
     missing = [p for p in ([pgw] if want_pgwarden else []) + [fwd]
                if args.rebuild or not os.access(p, os.X_OK)]
     if missing and shutil.which("cmake"):
-        blog = os.path.join(bdir, "bench-build.log") if os.path.isdir(bdir) else None
         log(f"building in {bdir} (missing: {', '.join(os.path.basename(m) for m in missing)})")
         cfg = ["cmake", "-S", REPO_DIR, "-B", bdir, "-DCMAKE_BUILD_TYPE=Release"]
         r = subprocess.run(cfg, capture_output=True, text=True)
@@ -401,12 +400,13 @@ def probe(args, target, env):
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _busy_ticks():
+def _cpu_ticks():
+    """(busy, steal) ticks of all CPUs. busy = user nice system; not irq/softirq: with IRQ
+    time accounting the loopback traffic of the benchmark itself lands there and is
+    charged to no process. steal = time the hypervisor gave to someone else."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
-    # user nice system. Not irq/softirq: with IRQ time accounting the loopback traffic of the
-    # benchmark itself lands there and is charged to no process. Not idle, iowait, steal.
-    return v[0] + v[1] + v[2]
+    return v[0] + v[1] + v[2], (v[7] if len(v) > 7 else 0)
 
 
 def _proc_stat(pid):
@@ -442,16 +442,22 @@ def _our_ticks(roots):
 
 class CpuWindow:
     """How much CPU the rest of the machine used while a run was measured, in % of all
-    CPUs: the other sessions on a shared box are the main source of noise here."""
+    CPUs: the other sessions on a shared box are the main source of noise here; and
+    the steal time of the VM, the other."""
 
     def __init__(self, roots):
         self.roots = roots
-        self.t0, self.busy0, self.ours0 = time.time(), _busy_ticks(), _our_ticks(roots)
+        self.t0, (self.busy0, self.steal0), self.ours0 = time.time(), _cpu_ticks(), _our_ticks(roots)
+
+    def _pct(self, ticks):
+        return max(0.0, 100.0 * ticks / ((time.time() - self.t0) * CLK_TCK * (os.cpu_count() or 1)))
 
     def other_pct(self):
-        dt = time.time() - self.t0
-        busy, ours = _busy_ticks() - self.busy0, _our_ticks(self.roots) - self.ours0
-        return max(0.0, 100.0 * (busy - ours) / (dt * CLK_TCK * (os.cpu_count() or 1)))
+        busy, _ = _cpu_ticks()
+        return self._pct(busy - self.busy0 - (_our_ticks(self.roots) - self.ours0))
+
+    def steal_pct(self):
+        return self._pct(_cpu_ticks()[1] - self.steal0)
 
 
 def wait_quiet(args, roots):
@@ -697,7 +703,7 @@ def start_targets(args, tmp, runas, env, direct, sockdir, pgw_bin, fwd_bin, skip
 def measure(args, t, mode, roots, env, label):
     """One measured run (after the quiet wait and the warm-up); a run disturbed by
     other processes is repeated up to --retries times and the quietest one kept."""
-    rec = {"tps": None, "lat": None, "note": None, "other": None}
+    rec = {"tps": None, "lat": None, "note": None, "other": None, "steal": None}
     attempts = 0
     for attempt in range(1 + args.retries):
         attempts = attempt + 1
@@ -706,10 +712,10 @@ def measure(args, t, mode, roots, env, label):
             pgbench(args, t, mode, args.warmup, env)
         win = CpuWindow(roots)
         tps, lat, note = pgbench(args, t, mode, args.seconds, env)
-        other = win.other_pct()
+        other, steal = win.other_pct(), win.steal_pct()
         if attempt and tps is not None and other >= rec["other"]:
             continue                           # the earlier, quieter run stands
-        rec.update(tps=tps, lat=lat, note=note, other=other)
+        rec.update(tps=tps, lat=lat, note=note, other=other, steal=steal)
         if tps is None or other <= args.max_other_cpu or attempt == args.retries:
             break
         log(f"{label} {tps:,.0f} tps but other CPU {other:.0f}%: run again")
@@ -732,11 +738,13 @@ def run_rounds(args, targets, order, env):
                 if t.alive():
                     rec = measure(args, t, mode, roots, env, label)
                 else:
-                    rec = {"tps": None, "lat": None, "other": None, "note": "target process is gone"}
+                    rec = {"tps": None, "lat": None, "other": None, "steal": None,
+                           "note": "target process is gone"}
                 rec.update({"round": rnd + 1, "pos": pos + 1, "target": name, "mode": mode})
                 results.append(rec)
                 if rec["tps"] is not None:
-                    log(f"{label} {rec['tps']:,.0f} tps, {rec['lat']:.3f} ms, other CPU {rec['other']:.0f}%"
+                    log(f"{label} {rec['tps']:,.0f} tps, {rec['lat']:.3f} ms, other CPU {rec['other']:.0f}%, "
+                        f"steal {rec['steal']:.0f}%"
                         + (f" ({rec['note']})" if rec["note"] else ""))
                 else:
                     log(f"{label} FAILED ({rec['note']})")
@@ -778,15 +786,17 @@ def write_report(args, ctx, targets, order, results, skipped, build_notes, tbl, 
         md += [f"- build: {n}" for n in build_notes if n not in skipped.values()]
         md += [""]
     md += ["## Rounds", "",
-           "`other CPU` = CPU time of processes outside the benchmark during the run, in % of all CPUs.", "",
-           "| round | # in round | mode | target | TPS | latency (ms) | other CPU | note |",
-           "|---:|---:|---|---|---:|---:|---:|---|"]
+           "`other CPU` = CPU time of processes outside the benchmark during the run, `steal` = CPU time "
+           "the hypervisor gave to other guests, both in % of all CPUs.", "",
+           "| round | # in round | mode | target | TPS | latency (ms) | other CPU | steal | note |",
+           "|---:|---:|---|---|---:|---:|---:|---:|---|"]
     for r in results:
         tps = f"{r['tps']:.1f}" if r["tps"] else "—"
         lat = f"{r['lat']:.3f}" if r["lat"] else "—"
         other = f"{r['other']:.0f}%" if r["other"] is not None else "—"
+        steal = f"{r['steal']:.0f}%" if r["steal"] is not None else "—"
         md.append(f"| {r['round']} | {r['pos']} | {r['mode']} | {r['target']} | {tps} | {lat} | {other} "
-                  f"| {r['note'] or ''} |")
+                  f"| {steal} | {r['note'] or ''} |")
     md.append("")
     with open(args.output, "w") as f:
         f.write("\n".join(md))
@@ -862,7 +872,9 @@ def main(argv):
     if others:
         noise = (f"CPU used by other processes during the measured runs: median {statistics.median(others):.0f}%, "
                  f"max {max(others):.0f}% of {os.cpu_count()} CPUs")
-        if max(others) > args.max_other_cpu:
+        steals = [r["steal"] for r in results if r["steal"] is not None]
+        noise += f"; VM steal time: median {statistics.median(steals):.0f}%, max {max(steals):.0f}%"
+        if max(others) > args.max_other_cpu or max(steals) > 5:
             noise += " — the machine was not idle; treat the ratios as noisy"
 
     print()
