@@ -24,6 +24,7 @@ static const char usage[] =
 "  --upstream /DIR          the PostgreSQL server's unix socket directory: the one\n"
 "                           .s.PGSQL.* socket in DIR (or DIR/.s.PGSQL.5432 if several),\n"
 "                           or the socket file itself\n"
+"  --audit-file PATH|-      write audit events as JSON lines to PATH, or to stdout\n"
 "  --threads N              event-loop threads (default: online CPUs)\n"
 "  --drain-timeout SECONDS  on SIGTERM/SIGINT, how long sessions may finish (default 30)\n"
 "  --max-message-size BYTES largest accepted protocol message (default 1073741824)\n"
@@ -146,7 +147,8 @@ static int parse_number(const char *opt, const char *arg, double lo, double hi, 
 
 int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
 {
-    enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_HELP, O_VERSION };
+    enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_HELP, O_VERSION,
+           O_AUDIT_FILE };
     static const struct option opts[] = {
         { "listen", required_argument, NULL, O_LISTEN },
         { "upstream", required_argument, NULL, O_UPSTREAM },
@@ -154,6 +156,7 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
         { "drain-timeout", required_argument, NULL, O_DRAIN },
         { "max-message-size", required_argument, NULL, O_MAXMSG },
         { "log-level", required_argument, NULL, O_LOGLEVEL },
+        { "audit-file", required_argument, NULL, O_AUDIT_FILE },
         { "help", no_argument, NULL, O_HELP },
         { "version", no_argument, NULL, O_VERSION },
         { NULL, 0, NULL, 0 },
@@ -204,6 +207,13 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
                 fprintf(stderr, "pgwarden: --log-level: \"%s\" is not error, warn, info or debug\n", optarg);
                 return -1;
             }
+            break;
+        case O_AUDIT_FILE:
+            if (!*optarg) {
+                fprintf(stderr, "pgwarden: --audit-file needs a path, or - for stdout\n");
+                return -1;
+            }
+            cfg->audit_file = optarg;
             break;
         case O_HELP:
             fputs(usage, stdout);

@@ -25,6 +25,7 @@ typedef struct pgw_config {
     double drain_timeout;           /* seconds to let sessions finish on SIGTERM */
     uint32_t max_message_size;      /* length-word cap for regular messages */
     int log_level;
+    const char *audit_file;         /* JSON lines; "-" is stdout; NULL: no audit */
 } pgw_config_t;
 
 /* Parses argv into cfg. Returns 0 to run, 1 when --help/--version was

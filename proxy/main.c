@@ -10,11 +10,14 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include "config.h"
 #include "log.h"
+#include "pgwarden/event.h"
+#include "pgwarden/sink.h"
 #include "worker.h"
 
 typedef struct proxy {
@@ -26,7 +29,31 @@ typedef struct proxy {
     uv_timer_t drain_timer;
     uv_async_t done;
     int stopping;
+    pgw_sink_t *sink;
+    pgw_observer_info_t observer;
 } proxy_t;
+
+static void observer_init(pgw_observer_info_t *o, const pgw_config_t *cfg)
+{
+    if (gethostname(o->host, sizeof o->host - 1))
+        snprintf(o->host, sizeof o->host, "unknown");
+    uint8_t id[16];
+    pgw_event_id_new(id);
+    pgw_uuid_format(id, o->instance);
+    o->instance[36] = '\0';
+    const pgw_endpoint_t *up = &cfg->upstream;
+    if (up->is_unix) {
+        snprintf(o->upstream_socket, sizeof o->upstream_socket, "%s", up->path);
+    } else if (up->sa.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&up->sa;
+        uv_ip6_name(a, o->upstream_ip, sizeof o->upstream_ip);
+        o->upstream_port = ntohs(a->sin6_port);
+    } else {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&up->sa;
+        uv_ip4_name(a, o->upstream_ip, sizeof o->upstream_ip);
+        o->upstream_port = ntohs(a->sin_port);
+    }
+}
 
 /* ---- listening sockets, opened before any thread starts so that errors
  * reach the operator at once ---------------------------------------------- */
@@ -138,6 +165,8 @@ static void on_signal(uv_signal_t *sig, int signum)
     pgw_info("%s: no longer accepting; draining sessions for up to %gs",
              strsignal(signum), p->cfg.drain_timeout);
     broadcast(p, PGW_CMD_DRAIN);
+    if (p->sink)
+        pgw_sink_unblock(p->sink);   /* no loop thread may stay stuck on a full sink */
     uv_timer_start(&p->drain_timer, on_drain_timeout, (uint64_t)(p->cfg.drain_timeout * 1000), 0);
 }
 
@@ -174,6 +203,15 @@ int main(int argc, char **argv)
     }
     if (open_listeners(&p.cfg, p.nworkers, fds))
         return 1;
+    observer_init(&p.observer, &p.cfg);
+    if (p.cfg.audit_file) {
+        pgw_file_sink_config_t fc = { .path = p.cfg.audit_file };
+        if (pgw_file_sink_open(&fc, &p.sink)) {
+            fprintf(stderr, "pgwarden: cannot open the audit file %s\n", p.cfg.audit_file);
+            return 1;
+        }
+        pgw_info("audit events to %s", strcmp(p.cfg.audit_file, "-") ? p.cfg.audit_file : "stdout");
+    }
 
     uv_loop_init(&p.loop);
     p.done.data = p.sigint.data = p.sigterm.data = p.drain_timer.data = &p;
@@ -185,7 +223,7 @@ int main(int argc, char **argv)
     uv_signal_start(&p.sigterm, on_signal, SIGTERM);
 
     for (int i = 0; i < p.nworkers; i++) {
-        if (pgw_worker_init(&p.workers[i], i, &p.cfg, fds[i], &p.done) ||
+        if (pgw_worker_init(&p.workers[i], i, &p.cfg, fds[i], &p.done, p.sink, &p.observer) ||
             pgw_worker_start(&p.workers[i])) {
             fprintf(stderr, "pgwarden: cannot start loop thread %d\n", i);
             return 1;
@@ -205,6 +243,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < p.cfg.nlisten; i++)
         if (p.cfg.listen[i].is_unix)
             unlink(p.cfg.listen[i].path);
+    if (p.sink)
+        pgw_sink_close(p.sink);   /* writes what the threads handed over */
     uv_loop_close(&p.loop);
     free(p.workers);
     pgw_info("stopped");

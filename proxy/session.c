@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "audit.h"
 #include "log.h"
 #include "pgwarden/protocol.h"
 #include "transport.h"
@@ -42,6 +43,9 @@ typedef struct pgw_session {
     char user[64], database[64];
     uint32_t backend_pid;
     const char *close_reason;
+    pgw_end_reason_t end_reason;
+    pgw_audit_t *audit;             /* NULL when no audit sink is configured */
+    int64_t now_us;                 /* receipt time of the read being framed (audit only) */
 } pgw_session_t;
 
 #define slog(level, s, fmt, ...) \
@@ -91,6 +95,8 @@ static void fatal_to_client(pgw_session_t *s, const char *sqlstate, const char *
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     slog(PGW_LOG_INFO, s, "refused: %s (SQLSTATE %s)", msg, sqlstate);
+    if (s->audit)
+        pgw_audit_refused(s->audit, sqlstate, msg);
     ssize_t n = pgw_build_error(pkt, sizeof pkt, "FATAL", sqlstate, msg);
     if (n > 0 && s->client.open)
         (void)send_copy(&s->client, pkt, (size_t)n);
@@ -138,8 +144,11 @@ static void forward(pgw_session_t *s, pgw_leg_t *src, pgw_buf_t *b, size_t n)
 static int fe_message(void *ud, const pgw_msg_t *m)
 {
     pgw_session_t *s = ud;
-    if (s->state != S_STARTUP)
+    if (s->state != S_STARTUP) {
+        if (s->audit)
+            pgw_audit_frontend(s->audit, m, s->now_us);
         return 0;
+    }
 
     /* Keep the packet: its body may live in the framer's assembly buffer,
      * which is only valid during this call. */
@@ -161,6 +170,8 @@ static int fe_message(void *ud, const pgw_msg_t *m)
         if (s->startup_bad == 0) {
             snprintf(s->user, sizeof s->user, "%s", st.user);
             snprintf(s->database, sizeof s->database, "%s", st.database ? st.database : st.user);
+            if (s->audit)
+                pgw_audit_startup(s->audit, &st);
         }
     }
     return 1;   /* stop: the caller acts on each startup packet in turn */
@@ -275,6 +286,8 @@ static void client_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
 static int be_message(void *ud, const pgw_msg_t *m)
 {
     pgw_session_t *s = ud;
+    if (s->audit)
+        pgw_audit_backend(s->audit, m, s->now_us);
     if (m->type == 'K') {
         pgw_keydata_t kd;
         if (pgw_parse_keydata(m, &kd) == 0)
@@ -313,6 +326,8 @@ static void server_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
 static void on_data(pgw_leg_t *leg, pgw_buf_t *b, size_t n)
 {
     pgw_session_t *s = leg->owner;
+    if (s->audit)
+        s->now_us = pgw_event_now_us();
     if (leg == &s->client)
         client_data(s, b, n);
     else
@@ -323,6 +338,9 @@ static void on_eof(pgw_leg_t *leg, int status)
 {
     pgw_session_t *s = leg->owner;
     int client = leg == &s->client;
+    if (!s->end_reason)
+        s->end_reason = status != UV_EOF ? PGW_END_ERROR
+                        : client ? PGW_END_CLIENT_CLOSED : PGW_END_SERVER_CLOSED;
     if (status == UV_EOF)
         session_finish(s, client ? "client closed the connection" : "server closed the connection");
     else
@@ -335,6 +353,10 @@ static void on_closed(pgw_leg_t *leg)
     if (s->client.open || s->server.open)
         return;
     pgw_worker_t *w = s->w;
+    if (s->audit) {
+        pgw_audit_end(s->audit, s->end_reason ? s->end_reason : PGW_END_ERROR);
+        free(s->audit);
+    }
     pgw_list_remove(&s->link);
     w->nsessions--;
     pgw_framer_free(&s->fe);
@@ -374,7 +396,10 @@ static void session_finish(pgw_session_t *s, const char *reason)
 
 void pgw_session_abort(pgw_link_t *link, const char *reason)
 {
-    session_close(pgw_container_of(link, pgw_session_t, link), reason);
+    pgw_session_t *s = pgw_container_of(link, pgw_session_t, link);
+    if (!s->end_reason)
+        s->end_reason = PGW_END_SHUTDOWN;
+    session_close(s, reason);
 }
 
 static void on_upstream_connected(uv_connect_t *req, int status)
@@ -435,6 +460,15 @@ void pgw_session_accept(pgw_listener_t *l)
         return;
     }
     pgw_leg_peer_name(&s->client, s->peer, sizeof s->peer);
+    if (w->sink) {
+        struct sockaddr_storage ss;
+        s->audit = malloc(sizeof *s->audit);
+        if (!s->audit) {
+            session_close(s, "out of memory");
+            return;
+        }
+        pgw_audit_init(s->audit, w, pgw_leg_peer_addr(&s->client, &ss), l->ep);
+    }
     slog(PGW_LOG_DEBUG, s, "accepted on %s", l->ep->text);
     pgw_leg_read_start(&s->client);
 }

@@ -451,21 +451,33 @@ void pgw_tracker_frontend(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
 /* ---- backend ------------------------------------------------------------- */
 
 /* After an error in the extended protocol the server skips everything up
- * to Sync: what was queued behind the failed message is reported skipped. */
-static void skip_to_sync(pgw_tracker_t *t, int64_t now_us)
+ * to Sync: what was queued behind the failed message is reported skipped.
+ * An error at Parse or Bind is the failure of the execution that follows:
+ * err then goes with the first Execute instead of a "skipped", so that one
+ * execution gives one event; failed (the Parse or Bind item, already
+ * popped) is reported itself only when no Execute was queued behind it. */
+static void skip_to_sync(pgw_tracker_t *t, const pgw_error_t *err, pgw_tracker_item_t *failed,
+                         int64_t now_us)
 {
     pgw_tracker_item_t *it;
     while ((it = head(t)) && it->kind != IT_SYNC) {
-        if (it->kind == IT_EXECUTE)
+        if (it->kind == IT_EXECUTE && err) {
+            emit(t, it, it->portal, failed ? failed->stmt : NULL, &it->acc, PGW_STATUS_ERROR,
+                 NULL, err, now_us);
+            err = NULL;
+        } else if (it->kind == IT_EXECUTE) {
             emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_SKIPPED, NULL, NULL, now_us);
-        else if (it->kind == IT_QUERY)
+        } else if (it->kind == IT_QUERY) {
             emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_SKIPPED, NULL, NULL, now_us);
-        else if (it->kind == IT_PARSE)
+        } else if (it->kind == IT_PARSE) {
             unmap_prepared(t, it->stmt);
-        else if (it->kind == IT_BIND)
+        } else if (it->kind == IT_BIND) {
             unmap_portal(t, it->portal, now_us);
+        }
         pop(t);
     }
+    if (err && failed)
+        emit(t, failed, failed->portal, failed->stmt, &failed->acc, PGW_STATUS_ERROR, NULL, err, now_us);
     if (!it)
         t->skip_until_sync = 1;
 }
@@ -493,21 +505,29 @@ static void on_error(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
         return;
     case IT_EXECUTE:
         emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_ERROR, NULL, &e, now_us);
-        break;
+        pop(t);
+        skip_to_sync(t, NULL, NULL, now_us);
+        return;
     case IT_PARSE:
-        /* The statement never got to run: reported, with its text. */
-        emit(t, it, NULL, it->stmt, &it->acc, PGW_STATUS_ERROR, NULL, &e, now_us);
-        unmap_prepared(t, it->stmt);
-        break;
-    case IT_BIND:
-        emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_ERROR, NULL, &e, now_us);
-        unmap_portal(t, it->portal, now_us);
-        break;
-    default:
-        break;
+    case IT_BIND: {
+        /* Keep the failed item (its references) while what follows is
+         * matched; it is released after. */
+        pgw_tracker_item_t failed = *it;
+        t->head = (t->head + 1) % t->cap;
+        t->count--;
+        if (failed.kind == IT_PARSE)
+            unmap_prepared(t, failed.stmt);
+        else
+            unmap_portal(t, failed.portal, now_us);
+        skip_to_sync(t, &e, &failed, now_us);
+        item_release(&failed);
+        return;
     }
-    pop(t);
-    skip_to_sync(t, now_us);
+    default:
+        pop(t);
+        skip_to_sync(t, NULL, NULL, now_us);
+        return;
+    }
 }
 
 static void on_ready(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)

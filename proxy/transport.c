@@ -213,6 +213,14 @@ void pgw_leg_close(pgw_leg_t *leg)
     uv_close(&leg->u.handle, on_close);
 }
 
+const struct sockaddr *pgw_leg_peer_addr(pgw_leg_t *leg, struct sockaddr_storage *ss)
+{
+    int len = sizeof *ss;
+    if (leg->is_unix || uv_tcp_getpeername(&leg->u.tcp, (struct sockaddr *)ss, &len))
+        return NULL;
+    return (const struct sockaddr *)ss;
+}
+
 void pgw_leg_peer_name(pgw_leg_t *leg, char *out, size_t cap)
 {
     if (leg->is_unix) {

@@ -55,5 +55,7 @@ size_t pgw_leg_backlog(const pgw_leg_t *leg);
 int pgw_leg_idle(const pgw_leg_t *leg);
 void pgw_leg_close(pgw_leg_t *leg);
 void pgw_leg_peer_name(pgw_leg_t *leg, char *out, size_t cap);
+/* The TCP peer's address in ss, or NULL (unix socket, or unknown). */
+const struct sockaddr *pgw_leg_peer_addr(pgw_leg_t *leg, struct sockaddr_storage *ss);
 
 #endif

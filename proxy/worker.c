@@ -6,6 +6,7 @@
 
 #include "log.h"
 #include "session.h"
+#include "statement.h"
 
 static void on_connection(uv_stream_t *server, int status)
 {
@@ -24,11 +25,51 @@ static void close_listeners(pgw_worker_t *w)
             uv_close(&w->listeners[i].u.handle, NULL);
 }
 
+/* ---- audit batches ------------------------------------------------------
+ * Events are encoded into this thread's batch as statements complete; the
+ * batch goes to the sink at the end of the loop iteration in which it
+ * became due, or from the timer when the loop is otherwise idle. */
+
+static void on_sink_timer(uv_timer_t *t);
+
+static void arm_sink_timer(pgw_worker_t *w)
+{
+    int due = pgw_sink_producer_due_ms(&w->producer);
+    if (due >= 0 && !uv_is_active((uv_handle_t *)&w->sink_timer))
+        uv_timer_start(&w->sink_timer, on_sink_timer, (uint64_t)due, 0);
+}
+
+static void on_sink_timer(uv_timer_t *t)
+{
+    pgw_worker_t *w = t->data;
+    pgw_sink_producer_tick(&w->producer);
+    arm_sink_timer(w);
+}
+
+void pgw_worker_audit_emitted(pgw_worker_t *w)
+{
+    /* Events emitted in the close phase come after this iteration's check:
+     * the timer makes sure they are handed over even if the loop goes idle. */
+    arm_sink_timer(w);
+}
+
+static void on_sink_check(uv_check_t *c)
+{
+    pgw_worker_t *w = c->data;
+    pgw_sink_producer_tick(&w->producer);
+    arm_sink_timer(w);
+}
+
 void pgw_worker_maybe_finish(pgw_worker_t *w)
 {
-    if (w->draining && w->nsessions == 0 && w->nhelpers == 0 &&
-        !uv_is_closing((uv_handle_t *)&w->wakeup))
-        uv_close((uv_handle_t *)&w->wakeup, NULL);   /* the loop then runs out of handles */
+    if (!w->draining || w->nsessions || w->nhelpers || uv_is_closing((uv_handle_t *)&w->wakeup))
+        return;
+    if (w->sink) {
+        pgw_sink_producer_flush(&w->producer);
+        uv_close((uv_handle_t *)&w->sink_tick, NULL);
+        uv_close((uv_handle_t *)&w->sink_timer, NULL);
+    }
+    uv_close((uv_handle_t *)&w->wakeup, NULL);   /* the loop then runs out of handles */
 }
 
 static void on_wakeup(uv_async_t *a)
@@ -53,12 +94,14 @@ static void on_wakeup(uv_async_t *a)
 }
 
 int pgw_worker_init(pgw_worker_t *w, int index, const pgw_config_t *cfg,
-                    const int *listen_fds, uv_async_t *done)
+                    const int *listen_fds, uv_async_t *done,
+                    pgw_sink_t *sink, const pgw_observer_info_t *observer)
 {
     memset(w, 0, sizeof *w);
     w->index = index;
     w->cfg = cfg;
     w->done = done;
+    w->observer = observer;
     pgw_list_init(&w->sessions);
     atomic_init(&w->cmd, 0);
     atomic_init(&w->finished, 0);
@@ -70,6 +113,19 @@ int pgw_worker_init(pgw_worker_t *w, int index, const pgw_config_t *cfg,
     if ((rc = uv_async_init(&w->loop, &w->wakeup, on_wakeup)))
         return rc;
     w->wakeup_ready = 1;
+    if (sink) {
+        if ((rc = pgw_uuid7_init(&w->uuid)))
+            return rc;
+        w->analysis = pgw_statement_cache_new(cfg);
+        if (!w->analysis)
+            return UV_ENOMEM;
+        pgw_sink_producer_init(&w->producer, sink);
+        w->sink_tick.data = w->sink_timer.data = w;
+        uv_check_init(&w->loop, &w->sink_tick);
+        uv_check_start(&w->sink_tick, on_sink_check);
+        uv_timer_init(&w->loop, &w->sink_timer);
+        w->sink = sink;
+    }
     for (int i = 0; i < cfg->nlisten; i++) {
         pgw_listener_t *l = &w->listeners[i];
         l->w = w;
@@ -117,10 +173,17 @@ void pgw_worker_destroy(pgw_worker_t *w)
         return;
     if (w->wakeup_ready && !uv_is_closing((uv_handle_t *)&w->wakeup))
         uv_close((uv_handle_t *)&w->wakeup, NULL);
+    if (w->sink && !uv_is_closing((uv_handle_t *)&w->sink_tick)) {
+        uv_close((uv_handle_t *)&w->sink_tick, NULL);
+        uv_close((uv_handle_t *)&w->sink_timer, NULL);
+    }
     close_listeners(w);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&w->loop))
         pgw_warn("thread %d: loop closed with handles still open", w->index);
+    if (w->sink)
+        pgw_sink_producer_close(&w->producer);
+    pgw_statement_cache_free(w->analysis);
     pgw_buf_pool_destroy(&w->pool);
     pgw_worker_free_wreqs(w);
 }

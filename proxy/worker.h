@@ -12,6 +12,8 @@
 #include "buf.h"
 #include "config.h"
 #include "list.h"
+#include "pgwarden/event.h"
+#include "pgwarden/sink.h"
 
 struct pgw_wreq;
 
@@ -21,6 +23,17 @@ typedef struct pgw_listener {
     const pgw_endpoint_t *ep;
     int fd;                         /* opened by pgw_proxy before the thread starts */
 } pgw_listener_t;
+
+/* Process-wide facts every event carries; filled once by main, read-only. */
+typedef struct pgw_observer_info {
+    char host[256];
+    char instance[37];              /* a UUID made at start */
+    char upstream_ip[64];           /* TCP upstream, textual */
+    uint16_t upstream_port;
+    char upstream_socket[108];      /* unix upstream: the socket file */
+} pgw_observer_info_t;
+
+struct pgw_analysis_cache;
 
 /* Commands from the main thread, delivered through wakeup. */
 enum { PGW_CMD_DRAIN = 1, PGW_CMD_FORCE = 2 };
@@ -45,6 +58,15 @@ typedef struct pgw_worker {
     int draining;
     int loop_ready, wakeup_ready;
 
+    /* audit: only when a sink is configured (sink != NULL) */
+    pgw_sink_t *sink;
+    pgw_sink_producer_t producer;
+    uv_check_t sink_tick;           /* hands batches over at the end of an iteration */
+    uv_timer_t sink_timer;          /* ... or when they are due on an idle loop */
+    pgw_uuid7_t uuid;
+    const pgw_observer_info_t *observer;
+    struct pgw_analysis_cache *analysis;
+
     pgw_buf_pool_t pool;
     struct pgw_wreq *free_wreqs;
     unsigned nfree_wreqs;
@@ -52,7 +74,8 @@ typedef struct pgw_worker {
 
 /* Prepares the loop and listeners; call on the main thread before start. */
 int pgw_worker_init(pgw_worker_t *w, int index, const pgw_config_t *cfg,
-                    const int *listen_fds, uv_async_t *done);
+                    const int *listen_fds, uv_async_t *done,
+                    pgw_sink_t *sink, const pgw_observer_info_t *observer);
 int pgw_worker_start(pgw_worker_t *w);
 void pgw_worker_command(pgw_worker_t *w, int cmd);
 /* After the thread has been joined. */
@@ -60,6 +83,9 @@ void pgw_worker_destroy(pgw_worker_t *w);
 
 /* Frees the pooled write requests (transport.c); after the loop ended. */
 void pgw_worker_free_wreqs(pgw_worker_t *w);
+
+/* An audit event went into this thread's batch. */
+void pgw_worker_audit_emitted(pgw_worker_t *w);
 
 /* A session or helper has gone: the worker may now be able to finish draining. */
 void pgw_worker_maybe_finish(pgw_worker_t *w);

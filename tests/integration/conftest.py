@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import ALL_PROXIES, PgCluster, Proxy, free_port
+from test_event_schema import assert_valid_audit_file
 
 
 # ---------------------------------------------------------------- fixtures
@@ -46,7 +47,12 @@ def _new_workdir(run_dir, name):
 
 
 def _module_proxy(request, run_dir, listen, upstream):
-    p = Proxy(listen, upstream, _new_workdir(run_dir, request.module.__name__))
+    """A shared pgwarden that audits everything to a file: once it has
+    stopped, every event it wrote must be valid against the schema."""
+    workdir = _new_workdir(run_dir, request.module.__name__)
+    audit = workdir / "audit.jsonl"
+    p = Proxy(listen, upstream, workdir, ["--audit-file", str(audit)])
+    p.audit_path = audit
     p.start()
     yield p
     try:
@@ -57,6 +63,8 @@ def _module_proxy(request, run_dir, listen, upstream):
     # Every session of the module is closed by now, so SIGTERM ends it cleanly.
     assert rc == 0, "pgwarden exited with %s on SIGTERM after %s\n%s" % (
         rc, request.module.__name__, p.log_tail())
+    n = assert_valid_audit_file(audit)
+    assert n > 0, "no audit events from %s" % request.module.__name__
 
 
 @pytest.fixture(scope="module")

@@ -226,9 +226,27 @@ static void test_named_statement_reused(void)
     nrec = 0;
     B("", "s1", 1); E("", 0); S();
     rE("26000"); rZ('I');
-    CHECK_EQ(nrec, 2);              /* the failed Bind, then the skipped Execute */
+    CHECK_EQ(nrec, 1);              /* the Bind failed: that execution failed, once */
     CHECK_EQ(recs[0].d.status, PGW_STATUS_ERROR);
-    CHECK_EQ(recs[1].d.status, PGW_STATUS_SKIPPED);
+    CHECK_STR(recs[0].sqlstate, "26000");
+}
+
+static void test_parse_error_is_one_event(void)
+{
+    reset();
+    P("", "SELEC 1"); B("", "", 0); Dsc('P', ""); E("", 0); S();
+    rE("42601"); rZ('I');
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_ERROR);
+    CHECK_STR(recs[0].text, "SELEC 1");
+    CHECK_STR(recs[0].sqlstate, "42601");
+    /* A Parse alone (a prepare): its failure is still reported. */
+    P("s9", "SELEC 2"); S();
+    rE("42601"); rZ('I');
+    CHECK_EQ(nrec, 2);
+    CHECK_STR(recs[1].text, "SELEC 2");
+    CHECK_STR(recs[1].stmt, "s9");
+    CHECK_EQ(T.count, 0);
 }
 
 static void test_pipeline_error_skips_until_sync(void)
@@ -351,6 +369,7 @@ int main(void)
     test_empty_query();
     test_extended_unnamed();
     test_named_statement_reused();
+    test_parse_error_is_one_event();
     test_pipeline_error_skips_until_sync();
     test_error_after_all_queued();
     test_portal_suspended();

@@ -1,0 +1,211 @@
+/* Audit sinks: where encoded events go (a file, stdout, Kafka).
+ *
+ * Events travel in batches. Each loop thread owns a producer
+ * (pgw_sink_producer_t) with a batch of its own: pgw_sink_emit() encodes an
+ * event straight into that batch with no lock and no allocation once the
+ * batch has its working size. A batch is handed to the sink when it is full,
+ * when its first event is older than `max_delay_us` (pgw_sink_producer_tick,
+ * called by the loop at the end of each iteration and from a timer armed with
+ * pgw_sink_producer_due_ms), or on pgw_sink_producer_flush. A hand-off costs
+ * one short mutex section in the sink (a pointer append), never disk I/O.
+ *
+ * Ordering: the events of one producer reach the sink in the order they
+ * were emitted. Events of different producers interleave by batch.
+ *
+ * Loss: no event is dropped silently. A sink that cannot write retries and
+ * counts the failures (pgw_sink_health_t); once its queue passes its memory
+ * cap, hand-offs wait (the "block" policy: the audit trail stays complete
+ * and the forwarding thread slows down) and the waits are counted, until
+ * shutdown lifts the cap (pgw_sink_unblock). Events
+ * are only lost when the sink is closed while writes still fail after its
+ * close timeout, and then they are counted in `events_lost` and logged. */
+#ifndef PGWARDEN_SINK_H
+#define PGWARDEN_SINK_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pgwarden/event.h"
+#include "pgwarden/json.h"
+
+/* ------------------------------------------------------------ batches */
+
+typedef struct pgw_batch_rec {
+    size_t end;                  /* offset just past this event's '\n' in data */
+    size_t key_end;              /* offset just past this event's key in keys */
+} pgw_batch_rec_t;
+
+/* Complete events, back to back: data holds the JSON lines exactly as they
+ * are written to a file; recs[i] tells where event i ends, and its key (the
+ * session id, the Kafka message key) sits in keys. A batch is owned by one
+ * thread at a time: its producer until handed over, then the sink. */
+typedef struct pgw_batch {
+    struct pgw_batch *next;      /* link for whoever holds the batch */
+    pgw_jbuf_t data;
+    pgw_jbuf_t keys;
+    pgw_batch_rec_t *recs;
+    size_t nrecs, caprecs;
+} pgw_batch_t;
+
+/* Appends one encoded event, which must be a single line ending in '\n',
+ * with its key (absent key: empty). Returns 0 or -ENOMEM (batch unchanged). */
+int pgw_batch_append(pgw_batch_t *b, const void *line, size_t len, pgw_str_t key)
+    __attribute__((warn_unused_result));
+/* The start of event i in data. */
+static inline size_t pgw_batch_start(const pgw_batch_t *b, size_t i)
+{
+    return i ? b->recs[i - 1].end : 0;
+}
+
+/* ------------------------------------------------------------ sinks */
+
+typedef struct pgw_sink pgw_sink_t;
+
+/* Counters are totals since the sink was opened, safe to read from any
+ * thread (e.g. the metrics endpoint) through pgw_sink_health(). */
+typedef struct pgw_sink_health {
+    bool ok;                     /* no failure since the last successful write */
+    int last_errno;              /* of the most recent failure; 0 if none ever */
+    uint64_t events;             /* events written (file) or acknowledged (Kafka) */
+    uint64_t bytes;              /* bytes of those events */
+    uint64_t batches;            /* batches completed */
+    uint64_t write_errors;       /* failed attempts (write, open, rename, fsync); each retried */
+    uint64_t rotations;
+    uint64_t reopens;            /* on request (SIGHUP) and after errors */
+    uint64_t fsyncs;
+    uint64_t producer_waits;     /* hand-offs that waited for room in the queue */
+    uint64_t producer_wait_us;   /* total time they waited */
+    uint64_t events_lost;        /* given up at close (see above); always logged */
+    uint64_t queued_events;      /* handed over, not yet written */
+    uint64_t queued_bytes;
+} pgw_sink_health_t;
+
+/* What every sink implements. Every function may be called from any thread
+ * unless noted; a sink serializes internally. */
+typedef struct pgw_sink_ops {
+    const char *name;            /* "file", "kafka" */
+    /* Takes ownership of b (with at least one event) in every case. Waits
+     * while the sink's queue is over its cap. Returns 0, or -EPIPE when the
+     * sink is closing (the batch's events are then counted lost and logged). */
+    int (*submit_batch)(pgw_sink_t *s, pgw_batch_t *b);
+    /* One encoded event (a line ending in '\n') and its key, copied; for
+     * threads without a producer (rare events from the main thread). */
+    int (*submit)(pgw_sink_t *s, const void *line, size_t len, pgw_str_t key);
+    /* Waits until everything submitted before the call is written (and
+     * synced to disk when the sink syncs at all). timeout_ms < 0: no limit.
+     * Returns 0 or -ETIMEDOUT. */
+    int (*flush)(pgw_sink_t *s, int timeout_ms);
+    /* Asks the sink to reopen its output (SIGHUP after an external
+     * rotation); returns at once, the reopen happens in the sink's thread. */
+    int (*reopen)(pgw_sink_t *s);
+    void (*health)(pgw_sink_t *s, pgw_sink_health_t *out);
+    /* Shutdown: hand-offs stop waiting for room from now on (they are still
+     * queued and written, beyond the memory cap), so loop threads held back
+     * by a stuck output can finish. Call it when shutdown begins, before
+     * waiting for the loop threads. */
+    void (*unblock)(pgw_sink_t *s);
+    /* Writes what is queued (retrying up to the close timeout), stops the
+     * sink's threads and frees it. Call once, after every producer is done. */
+    void (*close)(pgw_sink_t *s);
+} pgw_sink_ops_t;
+
+/* Batching limits, common to all sinks. Zero fields take the defaults. */
+typedef struct pgw_sink_limits {
+    size_t batch_bytes;          /* hand a batch over once it holds this (64 KiB) */
+    uint32_t max_delay_us;       /* ... or once its first event is this old (2000 µs) */
+    size_t max_event_bytes;      /* larger encoded events are refused (16 MiB) */
+} pgw_sink_limits_t;
+
+#define PGW_SINK_BATCH_BYTES_DEFAULT (64u * 1024)
+#define PGW_SINK_MAX_DELAY_US_DEFAULT 2000u
+#define PGW_SINK_MAX_EVENT_DEFAULT (16u * 1024 * 1024)
+#define PGW_SINK_POOL_MAX 64u    /* free batches kept for reuse */
+
+/* The part every sink embeds first. Implementations fill it with
+ * pgw_sink_base_init and use the batch pool below; users only call the
+ * wrappers. */
+struct pgw_sink {
+    const pgw_sink_ops_t *ops;
+    pgw_sink_limits_t limits;
+    pthread_mutex_t pool_mu;     /* guards pool and npool only */
+    pgw_batch_t *pool;
+    unsigned npool;
+};
+
+void pgw_sink_base_init(pgw_sink_t *s, const pgw_sink_ops_t *ops, const pgw_sink_limits_t *limits);
+void pgw_sink_base_destroy(pgw_sink_t *s);
+/* An empty batch from the pool or freshly allocated; NULL when out of memory. */
+pgw_batch_t *pgw_sink_batch_get(pgw_sink_t *s);
+/* Empties b and returns it to the pool (or frees it: pool full, or b grew
+ * well past batch_bytes for one huge event). */
+void pgw_sink_batch_put(pgw_sink_t *s, pgw_batch_t *b);
+/* A `submit` for sinks that take everything as batches. */
+int pgw_sink_submit_as_batch(pgw_sink_t *s, const void *line, size_t len, pgw_str_t key);
+
+static inline int pgw_sink_submit_batch(pgw_sink_t *s, pgw_batch_t *b) { return s->ops->submit_batch(s, b); }
+static inline int pgw_sink_submit(pgw_sink_t *s, const void *line, size_t len, pgw_str_t key)
+{
+    return s->ops->submit(s, line, len, key);
+}
+static inline int pgw_sink_flush(pgw_sink_t *s, int timeout_ms) { return s->ops->flush(s, timeout_ms); }
+static inline int pgw_sink_reopen(pgw_sink_t *s) { return s->ops->reopen(s); }
+static inline void pgw_sink_health(pgw_sink_t *s, pgw_sink_health_t *h) { s->ops->health(s, h); }
+static inline void pgw_sink_unblock(pgw_sink_t *s) { s->ops->unblock(s); }
+static inline void pgw_sink_close(pgw_sink_t *s) { s->ops->close(s); }
+
+/* ------------------------------------------------------------ producers */
+
+/* One per loop thread, used by that thread only, except the counters,
+ * which other threads (metrics) may read with atomic_load. */
+typedef struct pgw_sink_producer {
+    pgw_sink_t *sink;
+    pgw_batch_t *batch;          /* being filled; NULL when nothing is pending */
+    int64_t batch_born_us;       /* CLOCK_MONOTONIC when its first event came */
+    _Atomic uint64_t events;     /* encoded and accepted into a batch */
+    _Atomic uint64_t refused;    /* could not be encoded (too large, out of memory) */
+} pgw_sink_producer_t;
+
+void pgw_sink_producer_init(pgw_sink_producer_t *p, pgw_sink_t *s);
+/* Encodes ev into this thread's batch and hands the batch over when full.
+ * ev is only read during the call. Returns 0, or
+ *   -EINVAL  bad kind; -E2BIG encoded event over max_event_bytes;
+ *   -ENOMEM  out of memory;
+ * each counted in `refused` and logged, so a caller may ignore the result.
+ * A hand-off may wait (block policy) but its errors are the sink's to
+ * count, not this event's. */
+int pgw_sink_emit(pgw_sink_producer_t *p, const pgw_event_t *ev);
+/* Hands the batch over if its first event is at least max_delay_us old. */
+void pgw_sink_producer_tick(pgw_sink_producer_t *p);
+/* Milliseconds until tick would hand the batch over (0: now), or -1 when
+ * nothing is pending: the loop arms a timer with it. */
+int pgw_sink_producer_due_ms(const pgw_sink_producer_t *p);
+/* Hands over whatever is pending. */
+void pgw_sink_producer_flush(pgw_sink_producer_t *p);
+/* Flushes; the producer may be initialised again afterwards. */
+void pgw_sink_producer_close(pgw_sink_producer_t *p);
+
+/* ------------------------------------------------------------ file sink */
+
+typedef struct pgw_file_sink_config {
+    const char *path;            /* copied; "-" is standard output (no rotation, no reopen) */
+    uint64_t max_bytes;          /* rotate before the file would pass this; 0: never */
+    unsigned keep;               /* rotated files kept, path.1 (newest) .. path.keep; 0: 5 */
+    unsigned fsync_interval_ms;  /* 0: never fsync; else fdatasync at most this long after a write */
+    size_t max_queued_bytes;     /* hand-offs wait above this; 0: 64 MiB */
+    unsigned close_timeout_ms;   /* retrying failed writes at close; 0: 10 s */
+    unsigned file_mode;          /* for a created file; 0: 0600 (events hold SQL) */
+    pgw_sink_limits_t limits;
+} pgw_file_sink_config_t;
+
+/* Opens (creates, appends to) the file and starts the writer thread. A file
+ * that does not end in '\n' (a line cut by a crash) gets one first, so new
+ * events never join a broken line. Returns 0, or -errno from open(2) or
+ * pthread_create, already logged. The writer never changes signal
+ * dispositions: ignore SIGPIPE in the process when writing to a pipe. */
+int pgw_file_sink_open(const pgw_file_sink_config_t *cfg, pgw_sink_t **out)
+    __attribute__((warn_unused_result));
+
+#endif

@@ -1,0 +1,50 @@
+/* A session's audit: its identity, its statement tracker, and the events
+ * they produce (session_start, auth_failure, statement, session_end),
+ * encoded into the loop thread's sink producer.
+ *
+ * Embedded in the session and touched by its loop thread only. Everything
+ * here runs only when an audit sink is configured: without one, sessions
+ * carry no tracker and the forwarding path is untouched. */
+#ifndef PGW_AUDIT_H
+#define PGW_AUDIT_H
+
+#include <stdint.h>
+
+#include "pgwarden/event.h"
+#include "pgwarden/protocol.h"
+#include "tracker.h"
+#include "worker.h"
+
+typedef struct pgw_audit {
+    pgw_worker_t *w;
+    pgw_tracker_t tracker;
+    char id[37];                    /* session.id: a UUIDv7 */
+    uint64_t seq;
+    int64_t start_us;
+    char client_ip[64];
+    uint16_t client_port;
+    const char *client_socket;      /* the listener's path for unix clients */
+    char user[64], database[64], application[64];
+    int32_t backend_pid;
+    char server_version[32];
+    const char *auth_method;
+    int authenticated;              /* AuthenticationOk seen */
+    int started;                    /* session_start emitted */
+    int ended;
+    uint64_t bytes_in, bytes_out;
+} pgw_audit_t;
+
+/* After accept: the client's address and the listener. */
+void pgw_audit_init(pgw_audit_t *a, pgw_worker_t *w, const struct sockaddr *peer,
+                    const pgw_endpoint_t *listener);
+void pgw_audit_startup(pgw_audit_t *a, const pgw_startup_t *st);
+/* Every message, in each direction, before it is forwarded. */
+void pgw_audit_frontend(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us);
+void pgw_audit_backend(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us);
+/* pgwarden itself refused the session before it started. */
+void pgw_audit_refused(pgw_audit_t *a, const char *sqlstate, const char *message);
+/* The session is over: pending statements are reported (status unknown)
+ * and session_end is emitted. reason: PGW_END_*. */
+void pgw_audit_end(pgw_audit_t *a, pgw_end_reason_t reason);
+
+#endif

@@ -1,0 +1,122 @@
+#include "statement.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+struct pgw_analysis_cache *pgw_statement_cache_new(const pgw_config_t *cfg)
+{
+    (void)cfg;
+    return pgw_analysis_cache_new(NULL);
+}
+
+void pgw_statement_cache_free(struct pgw_analysis_cache *c)
+{
+    if (c)
+        pgw_analysis_cache_free(c);
+}
+
+static pgw_stmt_class_t class_of(pgw_audit_class_t c)
+{
+    switch (c) {
+    case PGW_CLASS_READ: return PGW_STMT_CLASS_READ;
+    case PGW_CLASS_WRITE: return PGW_STMT_CLASS_WRITE;
+    case PGW_CLASS_FUNCTION: return PGW_STMT_CLASS_FUNCTION;
+    case PGW_CLASS_ROLE: return PGW_STMT_CLASS_ROLE;
+    case PGW_CLASS_DDL: return PGW_STMT_CLASS_DDL;
+    case PGW_CLASS_MISC_SET: return PGW_STMT_CLASS_MISC_SET;
+    case PGW_CLASS_MISC: break;
+    }
+    return PGW_STMT_CLASS_MISC;
+}
+
+unsigned pgw_statement_split(struct pgw_analysis_cache *c, const char *text, size_t len,
+                             uint32_t (*spans)[2], unsigned cap)
+{
+    pgw_analysis_t an;
+    pgw_analysis_init(&an);
+    if (pgw_analysis_run(c, text, len, &an)) {
+        /* Out of memory: the Query is reported as one statement. */
+        spans[0][0] = 0;
+        spans[0][1] = (uint32_t)len;
+        return 1;
+    }
+    unsigned n = an.count;
+    for (unsigned i = 0; i < n && i < cap; i++) {
+        const pgw_stmt_t *st = pgw_analysis_stmt(&an, i);
+        spans[i][0] = st->offset;
+        spans[i][1] = st->length;
+    }
+    pgw_analysis_clear(&an);
+    return n;
+}
+
+void pgw_statement_describe(struct pgw_analysis_cache *c, const pgw_stmt_done_t *d,
+                            pgw_stmt_view_t *view, pgw_event_statement_t *out)
+{
+    view->has_an = 0;
+    view->heap_objects = NULL;
+    if (d->protocol == PGW_PROTOCOL_FUNCTION_CALL) {
+        out->command = PGW_STR_LIT("FUNCTION CALL");
+        out->class_ = PGW_STMT_CLASS_FUNCTION;
+        return;
+    }
+    if (!d->text)
+        return;                     /* Execute of a statement pgwarden never saw prepared */
+
+    pgw_analysis_t *an = &view->an;
+    pgw_analysis_init(an);
+    view->has_an = 1;
+    if (pgw_analysis_run(c, d->text, d->text_len, an) || an->count == 0) {
+        /* Nothing can be said of the text, so none of it is shown. */
+        out->text = PGW_STR_LIT("");
+        out->redacted = PGW_BOOL(1);
+        return;
+    }
+    const pgw_stmt_t *st = pgw_analysis_stmt(an, 0);
+    const pgw_sql_info_t *info = st->info;
+    uint32_t tlen;
+    const char *text = pgw_analysis_text(an, 0, &tlen);
+    out->text = pgw_str(text, tlen);
+    out->redacted = PGW_BOOL(1);
+    out->command = pgw_cstr(info->command);
+    out->class_ = class_of(info->cls);
+    if (info->fingerprint && info->fingerprint[0]) {
+        out->has_fingerprint = 1;
+        out->fingerprint = strtoull(info->fingerprint, NULL, 16);
+    }
+    if (info->parse_error)
+        out->parse_error = pgw_cstr(info->parse_error);
+    size_t n = info->nobjects;
+    pgw_event_object_t *objs = view->inline_objects;
+    if (n > sizeof view->inline_objects / sizeof view->inline_objects[0]) {
+        objs = view->heap_objects = calloc(n, sizeof *objs);
+        if (!objs) {
+            pgw_error("out of memory: objects of a %s statement not recorded", info->command);
+            n = 0;
+            objs = view->inline_objects;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        const pgw_sql_object_t *o = &info->objects[i];
+        pgw_event_object_t *e = &objs[i];
+        memset(e, 0, sizeof *e);
+        if (o->schema && o->schema[0])
+            e->schema = pgw_cstr(o->schema);
+        e->name = pgw_cstr(o->name);
+        e->type = pgw_cstr(o->type);
+        e->access = o->access == PGW_ACCESS_WRITE ? PGW_OBJ_ACCESS_WRITE : PGW_OBJ_ACCESS_READ;
+    }
+    out->objects = objs;
+    out->nobjects = n;
+}
+
+void pgw_statement_view_free(pgw_stmt_view_t *view)
+{
+    if (view->has_an)
+        pgw_analysis_clear(&view->an);
+    view->has_an = 0;
+    free(view->heap_objects);
+    view->heap_objects = NULL;
+}

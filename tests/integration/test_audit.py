@@ -1,0 +1,259 @@
+"""The audit trail: one event per statement, by every protocol path, with the
+identity of the session, written by the file sink and valid against the
+schema (docs/events.schema.json)."""
+
+import json
+import re
+import threading
+import uuid
+
+import psycopg
+import pytest
+
+from test_event_schema import assert_valid_audit_file
+from harness import SUPERUSER, client_env, free_port, pgbench, psql, wait_until
+
+
+@pytest.fixture(scope="module")
+def audited(request, pg, run_dir):
+    """A pgwarden with the file sink, and a reader of what it wrote."""
+    from conftest import _new_workdir
+    from harness import Proxy
+
+    workdir = _new_workdir(run_dir, "audited")
+    path = workdir / "audit.jsonl"
+    p = Proxy(["127.0.0.1:%d" % free_port()], "127.0.0.1:%d" % pg.port, workdir,
+              ["--audit-file", str(path)])
+    p.start()
+    p.audit_path = path
+    yield p
+    rc = p.stop(timeout=20)
+    assert rc == 0, p.log_tail()
+    assert assert_valid_audit_file(path) > 100
+
+
+def events(proxy):
+    try:
+        with open(proxy.audit_path, "rb") as f:
+            return [json.loads(line) for line in f]
+    except FileNotFoundError:
+        return []
+
+
+def session_events(proxy, app, want_end=True, timeout=10):
+    """The events of the sessions with application_name app, once their
+    session_end is written."""
+    def done():
+        evs = [e for e in events(proxy) if e.get("client", {}).get("application") == app]
+        ended = [e for e in evs if e["kind"] == "session_end"]
+        return evs if (ended or not want_end) and evs else None
+    return wait_until(done, timeout, what="audit events of %s" % app)
+
+
+def statements(evs):
+    return [e for e in evs if e["kind"] == "statement"]
+
+
+def app_name():
+    return "pgw-test-" + uuid.uuid4().hex[:8]
+
+
+def test_simple_query_events_and_identity(pg, audited):
+    app = app_name()
+    with audited.connect(application_name=app) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        conn.execute("CREATE TEMP TABLE t (id int, secret text)")
+        conn.execute("INSERT INTO t VALUES (1, 'hunter-literal'), (2, 'x')")
+        conn.execute("SELECT * FROM t WHERE id = 1")
+    evs = session_events(audited, app)
+    kinds = [e["kind"] for e in evs]
+    assert kinds[0] == "session_start" and kinds[-1] == "session_end"
+    assert [e["session"]["seq"] for e in evs] == list(range(1, len(evs) + 1))
+    assert len({e["session"]["id"] for e in evs}) == 1
+    assert len({e["event_id"] for e in evs}) == len(evs)
+    st = statements(evs)
+    assert [s["statement"]["command"] for s in st][-3:] == ["CREATE TABLE", "INSERT", "SELECT"]
+    ins = st[-2]
+    assert ins["statement"]["class"] == "WRITE"
+    assert ins["result"]["status"] == "ok" and ins["result"]["tag"] == "INSERT 0 2"
+    assert ins["result"]["rows"] == 2
+    assert ins["statement"]["objects"] == [{"name": "t", "type": "table", "access": "write"}]
+    assert "hunter-literal" not in json.dumps(evs)
+    assert "$1" in ins["statement"]["text"]
+    sel = st[-1]
+    assert sel["result"]["rows"] == 1 and sel["result"]["bytes"] > 0
+    for e in evs:
+        assert e["user"] == {"name": SUPERUSER, "database": "postgres"}
+        assert e["client"]["ip"] == "127.0.0.1" and e["client"]["port"] > 0
+        assert e["server"]["port"] == pg.port
+        assert e["session"]["backend_pid"] == pid or e["kind"] == "session_start"
+    start = evs[0]
+    assert start["server_version"].startswith("15")
+    assert evs[-1]["reason"] == "client_closed"
+    assert evs[-1]["statements"] == len(st)
+
+
+def test_multi_statement_with_error_and_skipped(audited):
+    app = app_name()
+    with audited.connect(application_name=app) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1; SELECT 1/0; SELECT 3")
+    st = statements(session_events(audited, app))
+    assert [(s["statement"]["index"], s["statement"]["count"], s["result"]["status"]) for s in st] == [
+        (1, 3, "ok"), (2, 3, "error"), (3, 3, "skipped")]
+    assert st[1]["result"]["sqlstate"] == "22012"
+    assert all(s["statement"]["protocol"] == "simple" for s in st)
+
+
+def test_extended_protocol_and_pipeline(audited):
+    app = app_name()
+    with audited.connect(application_name=app) as conn:
+        conn.execute("CREATE TEMP TABLE p (i int)")
+        with conn.pipeline():
+            for i in range(20):
+                conn.execute("INSERT INTO p VALUES (%s)", (i,))
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            with conn.pipeline():
+                conn.execute("SELECT %s::int", (1,))
+                conn.execute("SELECT 1 / %s::int", (0,))
+                conn.execute("SELECT %s::int", (3,))
+        # Server-side prepared: the text is carried from Parse to each Execute.
+        for i in range(8):
+            conn.execute("SELECT count(*) FROM p WHERE i > %s", (i,), prepare=True)
+    st = statements(session_events(audited, app))
+    inserts = [s for s in st if s["statement"]["command"] == "INSERT"]
+    assert len(inserts) == 20
+    assert all(s["statement"]["protocol"] == "extended" and s["result"]["status"] == "ok"
+               and s["statement"]["params"]["count"] == 1 for s in inserts)
+    statuses = [s["result"]["status"] for s in st if "SELECT" in s["statement"]["text"]
+                and "FROM p" not in s["statement"]["text"]]
+    assert statuses == ["ok", "error", "skipped"]
+    prepared = [s for s in st if "FROM p WHERE" in s["statement"]["text"]]
+    assert len(prepared) == 8
+    assert all(s["result"]["rows"] == 1 for s in prepared)
+    assert len({s["statement"]["fingerprint"] for s in prepared}) == 1
+
+
+PGBENCH_TPCB = ["BEGIN", "UPDATE", "SELECT", "UPDATE", "UPDATE", "INSERT", "COMMIT"]
+
+
+@pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
+def test_pgbench_exactly_one_event_per_statement(pg, audited, mode):
+    dbname = "pgw_audit_bench"
+    if not pg.sql("SELECT 1 FROM pg_database WHERE datname = '%s'" % dbname):
+        pg.sql("CREATE DATABASE %s" % dbname)
+        pgbench(pg, "-i", "-s", "1", "-q", dbname=dbname)
+    app = "pgbench-" + mode
+    clients, per_client = 4, 25
+    r = pgbench(audited, "-n", "-c", str(clients), "-t", str(per_client), "-M", mode,
+                dbname=dbname, env=client_env(PGAPPNAME=app))
+    out = r.stdout.decode()
+    done = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
+    assert done == clients * per_client
+    def all_ended():
+        evs = [e for e in events(audited) if e.get("client", {}).get("application") == app]
+        return evs if sum(e["kind"] == "session_end" for e in evs) >= clients else None
+    evs = wait_until(all_ended, 15, what="pgbench sessions ended")
+    st = [s for s in statements(evs)
+          if s["statement"].get("objects") and s["statement"]["objects"][0]["name"].startswith("pgbench_")
+          or s["statement"]["command"] in ("BEGIN", "COMMIT")]
+    by_cmd = {}
+    for s in st:
+        assert s["result"]["status"] == "ok", s
+        by_cmd[s["statement"]["command"]] = by_cmd.get(s["statement"]["command"], 0) + 1
+    assert by_cmd.get("BEGIN") == done and by_cmd.get("COMMIT") == done
+    assert by_cmd.get("UPDATE") == 3 * done and by_cmd.get("INSERT") == done
+    assert by_cmd.get("SELECT", 0) >= done
+    ups = [s for s in st if s["statement"]["command"] == "UPDATE"]
+    assert all(s["result"]["rows"] == 1 for s in ups)
+
+
+def test_passwords_never_logged(audited):
+    app = app_name()
+    with audited.connect(application_name=app) as conn:
+        conn.execute("CREATE ROLE pgw_alice LOGIN")
+        conn.execute("ALTER ROLE pgw_alice PASSWORD 'hunter2'")
+        conn.execute("CREATE USER pgw_bob WITH PASSWORD 'xyzzy-secret'")
+        with pytest.raises(psycopg.errors.SyntaxError):
+            conn.execute("ALTER ROLE pgw_alice PASSWORD 'hunter2' garbage")
+        conn.execute("DROP ROLE pgw_alice")
+        conn.execute("DROP USER pgw_bob")
+    evs = session_events(audited, app)
+    blob = open(audited.audit_path, "rb").read()
+    assert b"hunter2" not in blob and b"xyzzy-secret" not in blob
+    roles = [s for s in statements(evs) if s["statement"].get("class") == "ROLE"]
+    assert len(roles) >= 4
+    bad = [s for s in statements(evs) if s["result"]["status"] == "error"]
+    assert bad and bad[0]["result"]["sqlstate"] == "42601"
+
+
+def test_copy_events(pg, audited, tmp_path):
+    app = app_name()
+    src = tmp_path / "rows.txt"
+    src.write_text("".join("%d\trow%d\n" % (i, i) for i in range(1000)))
+    script = ("CREATE TEMP TABLE c (i int, s text);\n"
+              "\\copy c FROM '%s'\n"
+              "\\copy c TO '%s'\n" % (src, tmp_path / "out.txt"))
+    psql(audited, "-v", "ON_ERROR_STOP=1", input=script.encode(), env=client_env(PGAPPNAME=app))
+    st = statements(session_events(audited, app))
+    cin = [s for s in st if s.get("copy", {}).get("direction") == "in"]
+    cout = [s for s in st if s.get("copy", {}).get("direction") == "out"]
+    assert len(cin) == 1 and len(cout) == 1
+    assert cin[0]["copy"]["rows"] == 1000 and cin[0]["copy"]["bytes"] == src.stat().st_size
+    assert cin[0]["statement"]["class"] == "WRITE"
+    assert cout[0]["copy"]["rows"] == 1000 and cout[0]["copy"]["bytes"] == src.stat().st_size
+    assert cout[0]["statement"]["class"] == "READ"
+
+
+def test_large_result_rows_and_bytes(audited):
+    app = app_name()
+    with audited.connect(application_name=app) as conn:
+        n = sum(1 for _ in conn.execute("SELECT repeat('x', 1000) FROM generate_series(1, 50000)"))
+    assert n == 50000
+    st = statements(session_events(audited, app))
+    big = [s for s in st if "generate_series" in s["statement"]["text"]][0]
+    assert big["result"]["rows"] == 50000
+    assert big["result"]["bytes"] > 50_000_000
+
+
+def test_auth_failure_event(pg, audited):
+    app = app_name()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(host=audited.host, port=audited.port, user="pgw_no_such_user",
+                        dbname="postgres", application_name=app, connect_timeout=5)
+    evs = session_events(audited, app, want_end=False)
+    fail = [e for e in evs if e["kind"] == "auth_failure"]
+    assert len(fail) == 1 and fail[0]["result"]["sqlstate"] == "28000"
+    assert fail[0]["user"]["name"] == "pgw_no_such_user"
+    assert not [e for e in evs if e["kind"] in ("session_start", "session_end")]
+
+
+def test_concurrent_sessions_each_complete(audited):
+    app = app_name()
+    errors = []
+
+    def work(i):
+        try:
+            with audited.connect(application_name=app) as conn:
+                for j in range(10):
+                    conn.execute("SELECT %s::int + %s::int", (i, j))
+        except Exception as e:
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+    def all_ended():
+        evs = [e for e in events(audited) if e.get("client", {}).get("application") == app]
+        return evs if sum(e["kind"] == "session_end" for e in evs) == 20 else None
+    evs = wait_until(all_ended, 15, what="20 sessions ended")
+    per_session = {}
+    for e in evs:
+        per_session.setdefault(e["session"]["id"], []).append(e)
+    assert len(per_session) == 20
+    for sid, es in per_session.items():
+        assert [e["session"]["seq"] for e in es] == list(range(1, len(es) + 1))
+        assert sum(e["kind"] == "statement" for e in es) == 10
