@@ -38,9 +38,9 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 
 ALL_TARGETS = ["direct", "fwdlimit-tcp", "fwdlimit-unix", "pgbouncer", "pgbouncer-unix",
-               "pgwarden-tcp", "pgwarden-unix"]
+               "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix"]
 DEFAULT_TARGETS = ["direct", "fwdlimit-tcp", "fwdlimit-unix", "pgbouncer",
-                   "pgwarden-tcp", "pgwarden-unix"]
+                   "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix"]
 DB = "bench"
 DBUSER = "bench"
 
@@ -564,7 +564,9 @@ def paired(results, a, b, m):
 def key_ratios(targets, modes, summary, results, skipped):
     med = lambda t, m: summary.get((t, m))[0] if summary.get((t, m)) else None
     pairs = [("pgwarden-tcp", "fwdlimit-tcp"), ("pgwarden-unix", "fwdlimit-unix"),
-             ("pgwarden-tcp", "pgbouncer"), ("pgwarden-unix", "pgbouncer")]
+             ("pgwarden-tcp", "pgbouncer"), ("pgwarden-unix", "pgbouncer"),
+             ("pgwarden-audit-tcp", "fwdlimit-tcp"), ("pgwarden-audit-unix", "fwdlimit-unix"),
+             ("pgwarden-audit-tcp", "pgbouncer"), ("pgwarden-audit-tcp", "pgwarden-tcp")]
     if "pgbouncer-unix" in targets:
         pairs.append(("pgwarden-unix", "pgbouncer-unix"))
     pairs += [("fwdlimit-tcp", "direct"), ("fwdlimit-unix", "direct"), ("pgbouncer", "direct")]
@@ -684,6 +686,11 @@ def start_targets(args, tmp, runas, env, direct, sockdir, pgw_bin, fwd_bin, skip
             cmd = [pgw_bin, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{pg_port}"] + pgw_common
         elif name == "pgwarden-unix":
             cmd = [pgw_bin, "--listen", f"127.0.0.1:{port}", "--upstream", sockdir] + pgw_common
+        elif name in ("pgwarden-audit-tcp", "pgwarden-audit-unix"):
+            # Full audit: every statement analysed and written by the file sink.
+            up = f"127.0.0.1:{pg_port}" if name.endswith("tcp") else sockdir
+            cmd = [pgw_bin, "--listen", f"127.0.0.1:{port}", "--upstream", up,
+                   "--audit-file", os.path.join(tmp, name + ".jsonl")] + pgw_common
         else:   # pgbouncer, pgbouncer-unix
             host = "127.0.0.1" if name == "pgbouncer" else sockdir
             cmd, ra = [args.pgbouncer, "-q", write_pgbouncer_ini(tmp, name, port, host, pg_port, runas)], runas
