@@ -905,3 +905,25 @@ int pgw_analysis_lookup(pgw_analysis_cache_t *c, const char *sql, size_t len, pg
     sql_cache_count(c, 1);
     return 1;
 }
+
+unsigned pgw_analysis_split(const char *sql, size_t len, uint32_t (*spans)[2], unsigned cap)
+{
+    sql_lex_t lx;
+    unsigned n;
+
+    len = strnlen(sql, len);
+    if (len > UINT32_MAX - 1)
+        return 0;
+    sql_lex_init(&lx);
+    if (sql_lex_run(&lx, sql, (uint32_t)len, 0)) {
+        sql_lex_free(&lx);
+        return 0;
+    }
+    n = lx.npieces;
+    for (unsigned i = 0; i < n && i < cap; i++) {
+        spans[i][0] = lx.pieces[i].start;
+        spans[i][1] = lx.pieces[i].end - lx.pieces[i].start;
+    }
+    sql_lex_free(&lx);
+    return n;
+}

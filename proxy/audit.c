@@ -5,12 +5,15 @@
 #include <string.h>
 
 #include "log.h"
+#include <stdlib.h>
+#include <uv.h>
 #include "pgwarden/sink.h"
 #include "statement.h"
 
 /* ---- the parts every event shares --------------------------------------- */
 
-static void fill_common(pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t kind, int64_t time_us)
+static void fill_common(const pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t kind,
+                        int64_t time_us, uint64_t seq)
 {
     const pgw_observer_info_t *o = a->w->observer;
     pgw_event_init(ev, kind, time_us, &a->w->uuid);
@@ -18,7 +21,7 @@ static void fill_common(pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t kind, 
     ev->observer.instance = pgw_str(o->instance, 36);
     ev->observer.version = PGW_STR_LIT(PGW_VERSION);
     ev->session.id = pgw_str(a->id, 36);
-    ev->session.seq = ++a->seq;
+    ev->session.seq = seq;
     ev->session.backend_pid = a->backend_pid;
     if (a->client_socket) {
         ev->client.socket = pgw_cstr(a->client_socket);
@@ -40,24 +43,24 @@ static void fill_common(pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t kind, 
     }
 }
 
-static void emit(pgw_audit_t *a, const pgw_event_t *ev)
+static void emit(pgw_worker_t *w, const pgw_event_t *ev)
 {
     /* A refusal is counted and logged by the producer; the statement itself
      * has already been forwarded, so there is nothing more to undo here. */
-    (void)pgw_sink_emit(&a->w->producer, ev);
-    pgw_worker_audit_emitted(a->w);
+    (void)pgw_sink_emit(&w->producer, ev);
+    pgw_worker_audit_emitted(w);
 }
 
 /* ---- statements ---------------------------------------------------------- */
 
-static void on_statement(void *ud, const pgw_stmt_done_t *d)
+/* ident is the session as it was when the statement completed: for an
+ * event finished after a parse off the loop, the session may be gone. */
+static void statement_event(const pgw_audit_t *ident, uint64_t seq, const pgw_stmt_done_t *d,
+                            pgw_stmt_view_t *view)
 {
-    pgw_audit_t *a = ud;
     pgw_event_t ev;
-    fill_common(a, &ev, PGW_EVENT_STATEMENT, d->time_us);
-
-    pgw_stmt_view_t view;
-    pgw_statement_describe(a->w->analysis, d, &view, &ev.statement);
+    fill_common(ident, &ev, PGW_EVENT_STATEMENT, d->time_us, seq);
+    pgw_statement_fill(d, view, &ev.statement);
     ev.statement.truncated = PGW_BOOL(0);
     ev.statement.protocol = d->protocol;
     if (d->protocol == PGW_PROTOCOL_EXTENDED) {
@@ -70,6 +73,10 @@ static void on_statement(void *ud, const pgw_stmt_done_t *d)
     }
     if (d->nparams >= 0)
         ev.statement.param_count = PGW_INT(d->nparams);
+    if (d->params && d->nparams > 0) {
+        ev.statement.param_values = d->params;
+        ev.statement.nparam_values = (size_t)d->nparams;
+    }
 
     ev.result.status = d->status;
     if (d->tag)
@@ -90,7 +97,117 @@ static void on_statement(void *ud, const pgw_stmt_done_t *d)
         if (d->has_rows)
             ev.copy.rows = PGW_INT(d->rows);
     }
-    emit(a, &ev);
+    emit(ident->w, &ev);
+}
+
+/* A statement whose text is too long to parse on the loop and missed the
+ * cache: parsed in libuv's thread pool, its event written when done. The
+ * job owns copies of everything the event needs. */
+typedef struct parse_job {
+    uv_work_t req;
+    pgw_audit_t *owner;             /* kept alive until its jobs are done */
+    pgw_audit_t ident;
+    uint64_t seq;
+    pgw_stmt_done_t d;
+    pgw_stmt_view_t view;
+    _Alignas(pgw_event_param_t) char strings[];   /* params, then their bytes and the strings */
+} parse_job_t;
+
+static void job_parse(uv_work_t *req)
+{
+    parse_job_t *j = req->data;
+    pgw_statement_parse(&j->d, &j->view);
+}
+
+static void session_end_event(pgw_audit_t *a);
+
+static void job_done(uv_work_t *req, int status)
+{
+    parse_job_t *j = req->data;
+    pgw_audit_t *a = j->owner;
+    pgw_worker_t *w = a->w;
+    pgw_statement_learn(w->analysis, &j->view);
+    statement_event(&j->ident, j->seq, &j->d, &j->view);
+    pgw_statement_view_free(&j->view);
+    free(j);
+    /* The session ended while its statement was parsed: its session_end
+     * comes now, after all its statements, and the audit is freed. */
+    if (--a->jobs == 0 && a->end_deferred) {
+        session_end_event(a);
+        free(a);
+    }
+    w->nhelpers--;
+    pgw_worker_maybe_finish(w);
+}
+
+static const char *keep(char **at, const char *s, size_t n)
+{
+    if (!s)
+        return NULL;
+    char *p = *at;
+    memcpy(p, s, n);
+    p[n] = '\0';
+    *at += n + 1;
+    return p;
+}
+
+static int parse_later(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d, pgw_stmt_view_t *view)
+{
+    size_t lstmt = d->stmt_name ? strlen(d->stmt_name) : 0, lportal = d->portal_name ? strlen(d->portal_name) : 0;
+    size_t ltag = d->tag ? strlen(d->tag) : 0, lstate = d->sqlstate ? strlen(d->sqlstate) : 0;
+    size_t lmsg = d->message ? strlen(d->message) : 0;
+    size_t np = d->params && d->nparams > 0 ? (size_t)d->nparams : 0, lparams = 0;
+    for (size_t i = 0; i < np; i++)
+        lparams += d->params[i].len;
+    parse_job_t *j = malloc(sizeof *j + np * sizeof *d->params + d->text_len + lstmt + lportal +
+                            ltag + lstate + lmsg + lparams + 6);
+    if (!j)
+        return -1;
+    j->req.data = j;
+    j->owner = a;
+    j->ident = *a;
+    j->seq = seq;
+    j->d = *d;
+    j->view = *view;                /* an empty analysis: safe to move */
+    pgw_event_param_t *params = (pgw_event_param_t *)(void *)j->strings;
+    char *at = j->strings + np * sizeof *params;
+    for (size_t i = 0; i < np; i++) {
+        params[i] = d->params[i];
+        params[i].ptr = at;
+        memcpy(at, d->params[i].ptr, d->params[i].len);
+        at += d->params[i].len;
+    }
+    j->d.params = np ? params : NULL;
+    j->d.text = keep(&at, d->text, d->text_len);
+    j->d.query = NULL;
+    j->d.query_len = 0;
+    j->d.stmt_name = keep(&at, d->stmt_name, lstmt);
+    j->d.portal_name = keep(&at, d->portal_name, lportal);
+    j->d.tag = keep(&at, d->tag, ltag);
+    j->d.sqlstate = keep(&at, d->sqlstate, lstate);
+    j->d.message = keep(&at, d->message, lmsg);
+    if (uv_queue_work(&a->w->loop, &j->req, job_parse, job_done)) {
+        free(j);
+        return -1;
+    }
+    a->w->nhelpers++;
+    a->jobs++;
+    return 0;
+}
+
+static void on_statement(void *ud, const pgw_stmt_done_t *d)
+{
+    pgw_audit_t *a = ud;
+    pgw_stmt_view_t view;
+    uint64_t seq = ++a->seq;
+    if (!pgw_statement_analyze(a->w->analysis, d, &view)) {
+        if (parse_later(a, seq, d, &view) == 0)
+            return;
+        pgw_warn("audit: no memory to parse a %zu-byte statement off the loop: parsing it here",
+                 (size_t)d->text_len);
+        pgw_statement_parse(d, &view);
+    }
+    statement_event(a, seq, d, &view);
     pgw_statement_view_free(&view);
 }
 
@@ -126,6 +243,7 @@ void pgw_audit_init(pgw_audit_t *a, pgw_worker_t *w, const struct sockaddr *peer
         a->client_port = ntohs(s4->sin_port);
     }
     pgw_tracker_init(&a->tracker, on_statement, split, a);
+    a->tracker.param_max = w->cfg->log_parameters ? w->cfg->parameter_max_bytes : 0;
 }
 
 void pgw_audit_startup(pgw_audit_t *a, const pgw_startup_t *st)
@@ -189,24 +307,24 @@ static void before_ready(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us)
         pgw_error_t e;
         if (pgw_parse_error(m, &e) || a->ended)
             break;
-        fill_common(a, &ev, PGW_EVENT_AUTH_FAILURE, now_us);
+        fill_common(a, &ev, PGW_EVENT_AUTH_FAILURE, now_us, ++a->seq);
         if (a->auth_method)
             ev.auth_method = pgw_cstr(a->auth_method);
         ev.result.status = PGW_STATUS_ERROR;
         ev.result.sqlstate = pgw_cstr(e.sqlstate);
         ev.result.message = pgw_cstr(e.message);
-        emit(a, &ev);
+        emit(a->w, &ev);
         a->ended = 1;               /* refused: no session_start, no session_end */
         break;
     }
     case 'Z':
         a->started = 1;
-        fill_common(a, &ev, PGW_EVENT_SESSION_START, a->start_us);
+        fill_common(a, &ev, PGW_EVENT_SESSION_START, a->start_us, ++a->seq);
         if (a->server_version[0])
             ev.server_version = pgw_cstr(a->server_version);
         if (a->auth_method)
             ev.auth_method = pgw_cstr(a->auth_method);
-        emit(a, &ev);
+        emit(a->w, &ev);
         break;
     default:
         break;
@@ -216,6 +334,13 @@ static void before_ready(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us)
 void pgw_audit_backend(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us)
 {
     a->bytes_out += (uint64_t)m->len + 1;
+    if (m->type == 'S') {
+        /* The server reports application_name whenever it changes (SET, or
+         * a driver that sets it after connecting): events carry the current one. */
+        pgw_param_status_t ps;
+        if (pgw_parse_param_status(m, &ps) == 0 && strcmp(ps.name, "application_name") == 0)
+            snprintf(a->application, sizeof a->application, "%s", ps.value);
+    }
     if (!a->started)
         before_ready(a, m, now_us);
     else
@@ -227,28 +352,39 @@ void pgw_audit_refused(pgw_audit_t *a, const char *sqlstate, const char *message
     if (a->started || a->ended)
         return;
     pgw_event_t ev;
-    fill_common(a, &ev, PGW_EVENT_AUTH_FAILURE, pgw_event_now_us());
+    fill_common(a, &ev, PGW_EVENT_AUTH_FAILURE, pgw_event_now_us(), ++a->seq);
     ev.result.status = PGW_STATUS_ERROR;
     ev.result.sqlstate = pgw_cstr(sqlstate);
     ev.result.message = pgw_cstr(message);
-    emit(a, &ev);
+    emit(a->w, &ev);
     a->ended = 1;
 }
 
-void pgw_audit_end(pgw_audit_t *a, pgw_end_reason_t reason)
+static void session_end_event(pgw_audit_t *a)
 {
-    int64_t now = pgw_event_now_us();
-    pgw_tracker_finish(&a->tracker, now);
     if (!a->started || a->ended)
         return;
     a->ended = 1;
     pgw_event_t ev;
-    fill_common(a, &ev, PGW_EVENT_SESSION_END, now);
-    ev.end.reason = reason;
-    ev.end.duration_us = PGW_INT(now - a->start_us);
+    fill_common(a, &ev, PGW_EVENT_SESSION_END, a->end_us, ++a->seq);
+    ev.end.reason = a->end_reason;
+    ev.end.duration_us = PGW_INT(a->end_us - a->start_us);
     ev.end.statements = PGW_INT(a->tracker.statements);
     ev.end.errors = PGW_INT(a->tracker.errors);
     ev.end.bytes_in = PGW_INT(a->bytes_in);
     ev.end.bytes_out = PGW_INT(a->bytes_out);
-    emit(a, &ev);
+    emit(a->w, &ev);
+}
+
+void pgw_audit_end(pgw_audit_t *a, pgw_end_reason_t reason)
+{
+    a->end_us = pgw_event_now_us();
+    a->end_reason = reason;
+    pgw_tracker_finish(&a->tracker, a->end_us);
+    if (a->jobs) {
+        a->end_deferred = 1;        /* the last parse job ends it */
+        return;
+    }
+    session_end_event(a);
+    free(a);
 }

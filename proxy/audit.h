@@ -32,6 +32,10 @@ typedef struct pgw_audit {
     int started;                    /* session_start emitted */
     int ended;
     uint64_t bytes_in, bytes_out;
+    unsigned jobs;                  /* statements being parsed off the loop */
+    int end_deferred;               /* ended while jobs were out */
+    int64_t end_us;
+    pgw_end_reason_t end_reason;
 } pgw_audit_t;
 
 /* After accept: the client's address and the listener. */
@@ -44,7 +48,9 @@ void pgw_audit_backend(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us);
 /* pgwarden itself refused the session before it started. */
 void pgw_audit_refused(pgw_audit_t *a, const char *sqlstate, const char *message);
 /* The session is over: pending statements are reported (status unknown)
- * and session_end is emitted. reason: PGW_END_*. */
+ * and session_end is emitted, after the events of statements still being
+ * parsed off the loop. Frees a (malloc'ed by the caller), now or when the
+ * last of those parses is done. */
 void pgw_audit_end(pgw_audit_t *a, pgw_end_reason_t reason);
 
 #endif

@@ -25,6 +25,8 @@ static const char usage[] =
 "                           .s.PGSQL.* socket in DIR (or DIR/.s.PGSQL.5432 if several),\n"
 "                           or the socket file itself\n"
 "  --audit-file PATH|-      write audit events as JSON lines to PATH, or to stdout\n"
+"  --log-parameters         put Bind parameter values into statement events (default: count only)\n"
+"  --parameter-max-bytes N  cut each logged value at N bytes (default 1024)\n"
 "  --threads N              event-loop threads (default: online CPUs)\n"
 "  --drain-timeout SECONDS  on SIGTERM/SIGINT, how long sessions may finish (default 30)\n"
 "  --max-message-size BYTES largest accepted protocol message (default 1073741824)\n"
@@ -148,7 +150,7 @@ static int parse_number(const char *opt, const char *arg, double lo, double hi, 
 int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
 {
     enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_HELP, O_VERSION,
-           O_AUDIT_FILE };
+           O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX };
     static const struct option opts[] = {
         { "listen", required_argument, NULL, O_LISTEN },
         { "upstream", required_argument, NULL, O_UPSTREAM },
@@ -157,6 +159,8 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
         { "max-message-size", required_argument, NULL, O_MAXMSG },
         { "log-level", required_argument, NULL, O_LOGLEVEL },
         { "audit-file", required_argument, NULL, O_AUDIT_FILE },
+        { "log-parameters", no_argument, NULL, O_LOG_PARAMS },
+        { "parameter-max-bytes", required_argument, NULL, O_PARAM_MAX },
         { "help", no_argument, NULL, O_HELP },
         { "version", no_argument, NULL, O_VERSION },
         { NULL, 0, NULL, 0 },
@@ -171,6 +175,7 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
     cfg->drain_timeout = 30;
     cfg->max_message_size = 1u << 30;
     cfg->log_level = PGW_LOG_INFO;
+    cfg->parameter_max_bytes = 1024;
 
     opterr = 0;
     int c;
@@ -214,6 +219,14 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
                 return -1;
             }
             cfg->audit_file = optarg;
+            break;
+        case O_LOG_PARAMS:
+            cfg->log_parameters = 1;
+            break;
+        case O_PARAM_MAX:
+            if (parse_number("--parameter-max-bytes", optarg, 1, 1u << 20, &v))
+                return -1;
+            cfg->parameter_max_bytes = (uint32_t)v;
             break;
         case O_HELP:
             fputs(usage, stdout);

@@ -26,6 +26,8 @@ typedef struct pgw_config {
     uint32_t max_message_size;      /* length-word cap for regular messages */
     int log_level;
     const char *audit_file;         /* JSON lines; "-" is stdout; NULL: no audit */
+    int log_parameters;             /* Bind values in statement events */
+    uint32_t parameter_max_bytes;   /* each value cut at this length */
 } pgw_config_t;
 
 /* Parses argv into cfg. Returns 0 to run, 1 when --help/--version was

@@ -355,7 +355,7 @@ static void on_closed(pgw_leg_t *leg)
     pgw_worker_t *w = s->w;
     if (s->audit) {
         pgw_audit_end(s->audit, s->end_reason ? s->end_reason : PGW_END_ERROR);
-        free(s->audit);
+        s->audit = NULL;
     }
     pgw_list_remove(&s->link);
     w->nsessions--;

@@ -34,6 +34,16 @@ static pgw_stmt_class_t class_of(pgw_audit_class_t c)
 unsigned pgw_statement_split(struct pgw_analysis_cache *c, const char *text, size_t len,
                              uint32_t (*spans)[2], unsigned cap)
 {
+    /* A long Query is split by the lexer: its statements are analysed one
+     * by one later, off the loop when they miss the cache. */
+    if (len > PGW_ANALYSIS_SYNC_MAX) {
+        unsigned n = pgw_analysis_split(text, len, spans, cap);
+        if (n)
+            return n;
+        spans[0][0] = 0;
+        spans[0][1] = (uint32_t)len;
+        return 1;
+    }
     pgw_analysis_t an;
     pgw_analysis_init(&an);
     if (pgw_analysis_run(c, text, len, &an)) {
@@ -52,11 +62,45 @@ unsigned pgw_statement_split(struct pgw_analysis_cache *c, const char *text, siz
     return n;
 }
 
-void pgw_statement_describe(struct pgw_analysis_cache *c, const pgw_stmt_done_t *d,
-                            pgw_stmt_view_t *view, pgw_event_statement_t *out)
+static int needs_analysis(const pgw_stmt_done_t *d)
+{
+    return d->protocol != PGW_PROTOCOL_FUNCTION_CALL && d->text;
+}
+
+int pgw_statement_analyze(struct pgw_analysis_cache *c, const pgw_stmt_done_t *d,
+                          pgw_stmt_view_t *view)
 {
     view->has_an = 0;
+    view->rc = 0;
     view->heap_objects = NULL;
+    if (!needs_analysis(d))
+        return 1;
+    pgw_analysis_init(&view->an);
+    view->has_an = 1;
+    if (d->text_len > PGW_ANALYSIS_SYNC_MAX) {
+        int hit = pgw_analysis_lookup(c, d->text, d->text_len, &view->an);
+        if (hit == 1)
+            return 1;
+        view->rc = hit;
+        return hit < 0;             /* out of memory: nothing more to try */
+    }
+    view->rc = pgw_analysis_run(c, d->text, d->text_len, &view->an);
+    return 1;
+}
+
+void pgw_statement_parse(const pgw_stmt_done_t *d, pgw_stmt_view_t *view)
+{
+    view->rc = pgw_analysis_parse(d->text, d->text_len, &view->an);
+}
+
+void pgw_statement_learn(struct pgw_analysis_cache *c, pgw_stmt_view_t *view)
+{
+    if (view->has_an && view->rc == 0)
+        pgw_analysis_cache_add(c, &view->an);
+}
+
+void pgw_statement_fill(const pgw_stmt_done_t *d, pgw_stmt_view_t *view, pgw_event_statement_t *out)
+{
     if (d->protocol == PGW_PROTOCOL_FUNCTION_CALL) {
         out->command = PGW_STR_LIT("FUNCTION CALL");
         out->class_ = PGW_STMT_CLASS_FUNCTION;
@@ -64,11 +108,8 @@ void pgw_statement_describe(struct pgw_analysis_cache *c, const pgw_stmt_done_t 
     }
     if (!d->text)
         return;                     /* Execute of a statement pgwarden never saw prepared */
-
     pgw_analysis_t *an = &view->an;
-    pgw_analysis_init(an);
-    view->has_an = 1;
-    if (pgw_analysis_run(c, d->text, d->text_len, an) || an->count == 0) {
+    if (!view->has_an || view->rc || an->count == 0) {
         /* Nothing can be said of the text, so none of it is shown. */
         out->text = PGW_STR_LIT("");
         out->redacted = PGW_BOOL(1);

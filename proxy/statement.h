@@ -20,6 +20,7 @@ struct pgw_analysis_cache;
 typedef struct pgw_stmt_view {
     pgw_analysis_t an;              /* holds references to cached infos */
     int has_an;
+    int rc;                         /* of the analysis: 0 or -errno */
     pgw_event_object_t inline_objects[16];
     pgw_event_object_t *heap_objects;
 } pgw_stmt_view_t;
@@ -27,11 +28,24 @@ typedef struct pgw_stmt_view {
 struct pgw_analysis_cache *pgw_statement_cache_new(const pgw_config_t *cfg);
 void pgw_statement_cache_free(struct pgw_analysis_cache *c);
 
+/* Statements longer than this are never parsed on a loop thread: a miss
+ * goes to libuv's thread pool (a 1 MB INSERT takes a quarter second). */
+#define PGW_ANALYSIS_SYNC_MAX (4 * 1024)
+
+/* Analyses d into view->an on this thread: from the cache, or with the
+ * parser when the text is short. Returns 1 when view->an is ready (or
+ * nothing is to be analysed), 0 when the text must be parsed elsewhere
+ * (pgw_statement_parse, then pgw_statement_learn on this thread). */
+int pgw_statement_analyze(struct pgw_analysis_cache *c, const pgw_stmt_done_t *d,
+                          pgw_stmt_view_t *view);
+/* The parse for pgw_statement_analyze's 0: any thread, no cache. */
+void pgw_statement_parse(const pgw_stmt_done_t *d, pgw_stmt_view_t *view);
+/* Back on the cache's thread: remembers what pgw_statement_parse found. */
+void pgw_statement_learn(struct pgw_analysis_cache *c, pgw_stmt_view_t *view);
 /* Fills out (text, redacted, fingerprint, command, class, objects,
- * parse_error) for the statement d; out borrows from view until
+ * parse_error) from view; out borrows from view until
  * pgw_statement_view_free(view). */
-void pgw_statement_describe(struct pgw_analysis_cache *c, const pgw_stmt_done_t *d,
-                            pgw_stmt_view_t *view, pgw_event_statement_t *out);
+void pgw_statement_fill(const pgw_stmt_done_t *d, pgw_stmt_view_t *view, pgw_event_statement_t *out);
 void pgw_statement_view_free(pgw_stmt_view_t *view);
 
 /* pgw_split_fn for the tracker. */

@@ -29,6 +29,7 @@ struct pgw_portal {
     char *name;
     pgw_prepared_t *stmt;           /* NULL when Bind named an unknown statement */
     int nparams;
+    pgw_event_param_t *params;      /* values, when logged: one block with their bytes */
     int suspended;                  /* PortalSuspended: the execution goes on */
     acc_t acc;
 };
@@ -75,6 +76,7 @@ static void portal_unref(pgw_portal_t *p)
 {
     if (p && --p->refs == 0) {
         prepared_unref(p->stmt);
+        free(p->params);
         free(p->name);
         free(p);
     }
@@ -139,6 +141,7 @@ static void emit(pgw_tracker_t *t, const pgw_tracker_item_t *it, const pgw_porta
         if (portal) {
             d.portal_name = portal->name;
             d.nparams = portal->nparams;
+            d.params = portal->params;
         }
     }
     if (d.status != PGW_STATUS_SKIPPED)
@@ -348,6 +351,31 @@ static void on_parse(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     it->stmt = st;
 }
 
+/* A copy of the Bind values, each cut at t->param_max bytes, in one block:
+ * the portal may be executed long after the message is gone. */
+static pgw_event_param_t *copy_params(const pgw_tracker_t *t, const pgw_bind_t *b)
+{
+    size_t bytes = 0;
+    uint32_t cur = 0;
+    const uint8_t *val;
+    int32_t len;
+    uint16_t fmt;
+    for (uint16_t i = 0; pgw_bind_next_param(b, &cur, i, &val, &len, &fmt) == 1; i++)
+        bytes += len > 0 ? ((uint32_t)len < t->param_max ? (size_t)len : t->param_max) : 0;
+    pgw_event_param_t *v = malloc((size_t)b->nparams * sizeof *v + bytes + 1);
+    if (!v)
+        return NULL;
+    uint8_t *at = (uint8_t *)(v + b->nparams);
+    cur = 0;
+    for (uint16_t i = 0; pgw_bind_next_param(b, &cur, i, &val, &len, &fmt) == 1; i++) {
+        size_t n = len > 0 ? ((uint32_t)len < t->param_max ? (size_t)len : t->param_max) : 0;
+        memcpy(at, val, n);
+        v[i] = (pgw_event_param_t){ .ptr = at, .len = n, .is_null = len < 0, .binary = fmt == 1 };
+        at += n;
+    }
+    return v;
+}
+
 static void on_bind(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
 {
     pgw_bind_t b;
@@ -371,6 +399,8 @@ static void on_bind(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     if (po->stmt)
         po->stmt->refs++;
     po->nparams = b.nparams;
+    if (t->param_max && b.nparams)
+        po->params = copy_params(t, &b);
     po->refs = 2;
     po->in_map = 1;
     po->next = t->portals;

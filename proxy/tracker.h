@@ -34,6 +34,7 @@ typedef struct pgw_stmt_done {
     const char *stmt_name, *portal_name;   /* extended protocol; "" = unnamed */
     unsigned index, count;          /* 1-based position within a Query; 0 otherwise */
     int nparams;                    /* Bind parameters; -1 when not applicable */
+    const pgw_event_param_t *params;   /* their values when logged; NULL otherwise */
     int64_t time_us;                /* receipt of the message that started it (realtime) */
     int64_t duration_us;
     pgw_result_status_t status;
@@ -61,6 +62,7 @@ typedef struct pgw_tracker {
     pgw_emit_fn emit;
     pgw_split_fn split;
     void *ud;
+    uint32_t param_max;             /* log Bind values up to this many bytes each; 0: not at all */
 
     pgw_tracker_item_t *items;      /* ring of pending frontend messages */
     unsigned head, count, cap;

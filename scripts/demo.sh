@@ -20,11 +20,10 @@ PG_BIN=${PGW_PG_BIN:-/usr/lib/postgresql/15/bin}
 PGWARDEN=${PGW_BINARY:-$REPO/build/pgwarden}
 [ -x "$PGWARDEN" ] || { echo "demo: $PGWARDEN not found; run scripts/build.sh" >&2; exit 1; }
 
-# Where the audit events go once the file sink exists, e.g.
-#   AUDIT_ARGS=(--audit-file -)        (JSON lines on stdout)
-#   AUDIT_ARGS=(--audit-file "$TMP/audit.jsonl")
-# Left empty for now: this build of pgwarden has no audit sink yet.
-AUDIT_ARGS=()
+# Audit events go to the file sink (the embedded default): one JSON line per
+# event, kept after the demo stops. PGW_DEMO_AUDIT=- prints them on stdout.
+AUDIT_FILE=${PGW_DEMO_AUDIT:-$REPO/demo-audit.jsonl}
+AUDIT_ARGS=(--audit-file "$AUDIT_FILE")
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -98,6 +97,10 @@ cat <<MSG
     psql "$CONNINFO"
 
   or pgbench:  $PG_BIN/pgbench -h 127.0.0.1 -p $PROXY_PORT -U postgres -i postgres
+
+  Every statement is audited, one JSON line per event, in:
+
+    $AUDIT_FILE      (tail -f it while you type)
 
   Press Ctrl-C to stop both and delete $TMP.
 

@@ -15,6 +15,7 @@ PACKAGES=(
     libinih-dev libhttp-parser-dev
     postgresql-15 postgresql-client-15 postgresql-contrib pgbouncer
     python3-pip python3-venv
+    openjdk-17-jdk-headless maven
     valgrind
 )
 
@@ -61,4 +62,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "$want" > "$stamp"
 else
     echo "install-deps: .venv up to date"
+fi
+
+# The JDBC driver for the JDBC integration test, from Maven Central into the
+# local Maven repository (~/.m2), once.
+PGJDBC=org.postgresql:postgresql:42.7.14
+jar="$HOME/.m2/repository/org/postgresql/postgresql/42.7.14/postgresql-42.7.14.jar"
+if [ ! -f "$jar" ]; then
+    echo "install-deps: fetching $PGJDBC with Maven"
+    mvn -q -B dependency:get -Dartifact="$PGJDBC" -Dtransitive=false
 fi

@@ -209,4 +209,12 @@ int pgw_analysis_run(pgw_analysis_cache_t *c, const char *sql, size_t len,
                      pgw_analysis_t *out)
     __attribute__((warn_unused_result));
 
+/* The statements of sql by the lexer alone (top-level ';', as the cache's
+ * split): no parser, cost linear in the length, callable from any thread.
+ * Fills up to cap (offset, length) pairs and returns how many statements
+ * there are; 0 for none or when out of memory. For strings too big to parse
+ * on a loop thread; the parser may still disagree on rare inputs (a
+ * function named "begin"), which only moves a statement boundary. */
+unsigned pgw_analysis_split(const char *sql, size_t len, uint32_t (*spans)[2], unsigned cap);
+
 #endif

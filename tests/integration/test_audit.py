@@ -3,8 +3,11 @@ identity of the session, written by the file sink and valid against the
 schema (docs/events.schema.json)."""
 
 import json
+import subprocess
+from pathlib import Path
 import re
 import threading
+import time
 import uuid
 
 import psycopg
@@ -257,3 +260,147 @@ def test_concurrent_sessions_each_complete(audited):
     for sid, es in per_session.items():
         assert [e["session"]["seq"] for e in es] == list(range(1, len(es) + 1))
         assert sum(e["kind"] == "statement" for e in es) == 10
+
+
+def test_big_statement_does_not_stall_other_sessions(pg, start_proxy, tmp_path):
+    """A 2 MB INSERT ... VALUES takes the parser half a second: it is parsed
+    off the loop, so another session on the same (only) loop thread keeps
+    its usual latency meanwhile, and the big statement still gets its full
+    event."""
+    audit = tmp_path / "audit.jsonl"
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port, threads=1,
+                    extra_args=["--audit-file", str(audit)])
+    p.audit_path = audit
+    rows = ",".join("(%d, 'value number %d')" % (i, i) for i in range(60000))
+    big_sql = "INSERT INTO big_ins VALUES " + rows
+    assert len(big_sql) > 1_500_000
+    with p.connect() as setup:
+        setup.execute("CREATE TABLE IF NOT EXISTS big_ins (i int, s text)")
+    lat, stop = [], threading.Event()
+
+    def pinger():
+        with p.connect(application_name="pinger") as c:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                c.execute("SELECT 1")
+                lat.append(time.monotonic() - t0)
+    th = threading.Thread(target=pinger)
+    th.start()
+    try:
+        time.sleep(0.3)
+        app = app_name()
+        with p.connect(application_name=app) as conn:
+            for _ in range(3):
+                conn.execute(big_sql)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        th.join()
+    assert len(lat) > 50
+    assert max(lat) < 0.2, "a session stalled for %.3f s while big statements were analysed" % max(lat)
+    evs = session_events(p, app)
+    assert evs[-1]["kind"] == "session_end", "session_end must follow the statements parsed off the loop"
+    assert evs[-1]["session"]["seq"] == len(evs)
+    st = statements(evs)
+    big = [s for s in st if s["statement"]["command"] == "INSERT"]
+    assert len(big) == 3
+    for s in big:
+        assert s["result"]["rows"] == 60000
+        assert s["statement"]["objects"] == [{"name": "big_ins", "type": "table", "access": "write"}]
+        assert "value number" not in s["statement"]["text"]
+    with p.connect() as setup:
+        setup.execute("DROP TABLE big_ins")
+
+
+def test_asyncpg_binary_parameters(audited):
+    asyncpg = pytest.importorskip("asyncpg")
+    import asyncio
+    app = app_name()
+
+    async def run():
+        conn = await asyncpg.connect(host=audited.host, port=audited.port, user=SUPERUSER,
+                                     database="postgres", server_settings={"application_name": app},
+                                     ssl=False)
+        try:
+            assert await conn.fetchval("SELECT $1::int8 + $2::int8", 40, 2) == 42
+            stmt = await conn.prepare("SELECT $1::bytea || $2::bytea")
+            for i in range(5):
+                assert await stmt.fetchval(b"\x00\x01", bytes([i])) == b"\x00\x01" + bytes([i])
+            await conn.executemany("SELECT $1::text", [("a",), ("b",), ("c",)])
+        finally:
+            await conn.close()
+    asyncio.run(run())
+    st = statements(session_events(audited, app))
+    add = [s for s in st if "int8 + " in s["statement"]["text"]]
+    assert len(add) == 1
+    assert add[0]["statement"]["protocol"] == "extended"
+    assert add[0]["statement"]["params"]["count"] == 2
+    assert add[0]["statement"]["statement_name"].startswith("__asyncpg_stmt_")
+    assert add[0]["result"]["rows"] == 1
+    cat = [s for s in st if "bytea ||" in s["statement"]["text"]]
+    assert len(cat) == 5 and len({s["statement"]["statement_name"] for s in cat}) == 1
+    assert all(s["result"]["status"] == "ok" and s["statement"]["params"]["count"] == 2 for s in cat)
+    many = [s for s in st if s["statement"]["text"].startswith("SELECT $1::text")]
+    assert len(many) == 3
+
+
+PGJDBC = "org.postgresql:postgresql:42.7.14"
+
+
+def _pgjdbc_jar():
+    group, artifact, version = PGJDBC.split(":")
+    return (Path.home() / ".m2" / "repository" / group.replace(".", "/") / artifact / version
+            / ("%s-%s.jar" % (artifact, version)))
+
+
+def test_jdbc_prepared_batch_and_error(audited, tmp_path):
+    jar = _pgjdbc_jar()
+    assert jar.exists(), "%s missing: scripts/install-deps.sh fetches it with Maven" % jar
+    src = Path(__file__).parent / "jdbc" / "AuditProbe.java"
+    subprocess.run(["javac", "-d", str(tmp_path), "-cp", str(jar), str(src)], check=True)
+    app = app_name()
+    r = subprocess.run(["java", "-cp", "%s:%s" % (tmp_path, jar), "AuditProbe",
+                        audited.host, str(audited.port), app],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == b"ok", r.stderr.decode()[-3000:]
+    st = statements(session_events(audited, app))
+    mult = [s for s in st if "::int *" in s["statement"]["text"]]
+    assert len(mult) == 6
+    assert all(s["statement"]["protocol"] == "extended" and s["result"]["rows"] == 1
+               and s["statement"]["params"]["count"] == 1 for s in mult)
+    # pgjdbc switches to a named server-side statement after prepareThreshold uses.
+    assert mult[0]["statement"]["statement_name"] == ""
+    assert mult[-1]["statement"]["statement_name"].startswith("S_")
+    ins = [s for s in st if s["statement"]["command"] == "INSERT"]
+    assert len(ins) == 10 and all(s["result"]["rows"] == 1 for s in ins)
+    assert all(s["statement"]["params"]["count"] == 2 for s in ins)
+    err = [s for s in st if s["result"]["status"] == "error"]
+    assert len(err) == 1 and err[0]["result"]["sqlstate"] == "22012"
+    assert b"secret-" not in open(audited.audit_path, "rb").read()
+
+
+def test_parameter_values_only_when_enabled(pg, audited, start_proxy, tmp_path):
+    import base64
+    # Off by default: the count, never the values.
+    app = app_name()
+    with audited.connect(application_name=app) as conn:
+        conn.execute("SELECT %s::text, %s::int", ("visible-only-if-enabled", 7))
+    st = statements(session_events(audited, app))
+    assert st[-1]["statement"]["params"] == {"count": 2}
+    assert b"visible-only-if-enabled" not in open(audited.audit_path, "rb").read()
+
+    audit = tmp_path / "audit.jsonl"
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port,
+                    extra_args=["--audit-file", str(audit), "--log-parameters",
+                                "--parameter-max-bytes", "8"])
+    p.audit_path = audit
+    app = app_name()
+    with p.connect(application_name=app) as conn:
+        conn.execute("SELECT %s::text, %s::int, %s::text", ("abc", 7, None))
+        conn.execute("SELECT %b::bytea", (b"\x00\xff\x10",), binary=True)
+        conn.execute("SELECT %s::text", ("0123456789abcdef",))
+    st = statements(session_events(p, app))
+    # psycopg sends the int in binary (int2 7): base64 of its two bytes
+    assert st[-3]["statement"]["params"] == {"count": 3, "values": ["abc", base64.b64encode(b"\x00\x07").decode(), None]}
+    assert st[-2]["statement"]["params"]["values"] == [base64.b64encode(b"\x00\xff\x10").decode()]
+    assert st[-1]["statement"]["params"]["values"] == ["01234567"]
