@@ -369,7 +369,8 @@ static pgw_event_param_t *copy_params(const pgw_tracker_t *t, const pgw_bind_t *
     cur = 0;
     for (uint16_t i = 0; pgw_bind_next_param(b, &cur, i, &val, &len, &fmt) == 1; i++) {
         size_t n = len > 0 ? ((uint32_t)len < t->param_max ? (size_t)len : t->param_max) : 0;
-        memcpy(at, val, n);
+        if (n)
+            memcpy(at, val, n);
         v[i] = (pgw_event_param_t){ .ptr = at, .len = n, .is_null = len < 0, .binary = fmt == 1 };
         at += n;
     }

@@ -21,7 +21,18 @@ fi
 .venv/bin/python -m pytest tests/integration "$@"
 pytest_rc=$?
 
-if [ "$pytest_rc" -ne 0 ]; then
-    exit "$pytest_rc"
-fi
-exit "$ctest_rc"
+# The same suites once more on an AddressSanitizer + UBSan build (any report
+# aborts the process, so the tests see it). Its pytest summary ends the output.
+echo "test.sh: sanitizer build (build-asan/)"
+cmake -B build-asan -DPGW_ASAN=ON -DPGW_WERROR=ON > /dev/null &&
+    cmake --build build-asan -j"$(nproc)" > build-asan.log 2>&1 ||
+    { tail -50 build-asan.log; echo "test.sh: sanitizer build failed" >&2; exit 1; }
+ctest --test-dir build-asan --output-on-failure
+asan_ctest_rc=$?
+PGW_BINARY="$PWD/build-asan/pgwarden" .venv/bin/python -m pytest tests/integration "$@"
+asan_pytest_rc=$?
+
+for rc in "$ctest_rc" "$pytest_rc" "$asan_ctest_rc" "$asan_pytest_rc"; do
+    [ "$rc" -ne 0 ] && exit "$rc"
+done
+exit 0
