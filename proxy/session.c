@@ -145,6 +145,8 @@ static int fe_message(void *ud, const pgw_msg_t *m)
 {
     pgw_session_t *s = ud;
     if (s->state != S_STARTUP) {
+        if (m->type == 'X' && !s->end_reason)
+            s->end_reason = PGW_END_CLIENT_CLOSED;   /* whichever socket closes first */
         if (s->audit)
             pgw_audit_frontend(s->audit, m, s->now_us);
         return 0;

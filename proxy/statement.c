@@ -106,8 +106,14 @@ void pgw_statement_fill(const pgw_stmt_done_t *d, pgw_stmt_view_t *view, pgw_eve
         out->class_ = PGW_STMT_CLASS_FUNCTION;
         return;
     }
-    if (!d->text)
-        return;                     /* Execute of a statement pgwarden never saw prepared */
+    if (!d->text) {
+        /* An Execute of a portal pgwarden could not tie to a Parse: said
+         * so, rather than guessed. */
+        out->text = PGW_STR_LIT("");
+        out->redacted = PGW_BOOL(1);
+        out->parse_error = PGW_STR_LIT("statement text unknown to pgwarden");
+        return;
+    }
     pgw_analysis_t *an = &view->an;
     if (!view->has_an || view->rc || an->count == 0) {
         /* Nothing can be said of the text, so none of it is shown. */

@@ -264,15 +264,45 @@ static void begin_execute(pgw_tracker_item_t *it)
 
 /* ---- frontend ------------------------------------------------------------ */
 
+static void set_skip_stmt(pgw_tracker_t *t, pgw_prepared_t *p)
+{
+    if (p)
+        p->refs++;
+    prepared_unref(t->skip_stmt);
+    t->skip_stmt = p;
+}
+
 static void skipped_now(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
 {
-    /* The server discards this message (skip-until-Sync); an Execute or a
-     * Query that will never run is still reported, as skipped. */
+    /* The server discards this message (skip-until-Sync). Parse and Bind
+     * change nothing there, but are followed here so that an Execute that
+     * will never run is still reported, as skipped, with its text. */
     acc_t acc = { .start_us = now_us };
-    if (m->type == 'E') {
+    if (m->type == 'P') {
+        pgw_parse_t p;
+        pgw_prepared_t *st = pgw_parse_parse(m, &p) ? NULL : calloc(1, sizeof *st);
+        if (st) {
+            st->refs = 1;
+            st->name = dup_n(p.name, strlen(p.name));
+            st->text = dup_n(p.text, p.text_len);
+            st->text_len = p.text_len;
+            if (!st->name || !st->text) {
+                prepared_unref(st);
+                st = NULL;
+            }
+        }
+        set_skip_stmt(t, st);
+        prepared_unref(st);
+    } else if (m->type == 'B') {
+        pgw_bind_t b;
+        if (pgw_parse_bind(m, &b) == 0 && !(t->skip_stmt && strcmp(t->skip_stmt->name, b.stmt) == 0))
+            set_skip_stmt(t, find_prepared(t, b.stmt));
+    } else if (m->type == 'E') {
         pgw_execute_t ex;
-        if (pgw_parse_execute(m, &ex) == 0)
-            emit(t, NULL, find_portal(t, ex.portal), NULL, &acc, PGW_STATUS_SKIPPED, NULL, NULL, now_us);
+        if (pgw_parse_execute(m, &ex) == 0) {
+            pgw_portal_t *po = t->skip_stmt ? NULL : find_portal(t, ex.portal);
+            emit(t, NULL, po, t->skip_stmt, &acc, PGW_STATUS_SKIPPED, NULL, NULL, now_us);
+        }
     } else if (m->type == 'Q') {
         pgw_query_t q;
         if (pgw_parse_query(m, &q) == 0) {
@@ -454,6 +484,7 @@ void pgw_tracker_frontend(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     if (t->skip_until_sync) {
         if (m->type == 'S') {
             t->skip_until_sync = 0;
+            set_skip_stmt(t, NULL);
         } else if (m->type != 'X' && m->type != 'H' && m->type != 'd' && m->type != 'c' &&
                    m->type != 'f' && m->type != 'p') {
             skipped_now(t, m, now_us);
@@ -703,6 +734,7 @@ void pgw_tracker_finish(pgw_tracker_t *t, int64_t now_us)
         unmap_portal(t, t->portals, now_us);
     while (t->prepared)
         unmap_prepared(t, t->prepared);
+    set_skip_stmt(t, NULL);
     free(t->items);
     t->items = NULL;
     t->cap = 0;

@@ -67,6 +67,7 @@ typedef struct pgw_tracker {
     pgw_tracker_item_t *items;      /* ring of pending frontend messages */
     unsigned head, count, cap;
     int skip_until_sync;            /* an extended-protocol error was reported */
+    pgw_prepared_t *skip_stmt;      /* while skipping: what the next Execute would have run */
 
     pgw_prepared_t *prepared;       /* named and unnamed statements */
     pgw_portal_t *portals;

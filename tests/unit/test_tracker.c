@@ -289,6 +289,22 @@ static void test_error_after_all_queued(void)
     CHECK_EQ(T.count, 0);
 }
 
+static void test_skipped_after_error_keeps_text(void)
+{
+    /* The error is seen before the rest of the pipeline arrives: the server
+     * skips those messages, and the Execute is reported with its text. */
+    reset();
+    P("", "SELECT 1/0"); B("", "", 0); E("", 0);
+    r1(); r2(); rE("22012");
+    P("", "SELECT 42"); B("", "", 0); E("", 0); S();
+    rZ('I');
+    CHECK_EQ(nrec, 2);
+    CHECK_EQ(recs[1].d.status, PGW_STATUS_SKIPPED);
+    CHECK_STR(recs[1].text, "SELECT 42");
+    CHECK_EQ(T.count, 0);
+    CHECK(T.skip_stmt == NULL);
+}
+
 static void test_portal_suspended(void)
 {
     reset();
@@ -372,6 +388,7 @@ int main(void)
     test_parse_error_is_one_event();
     test_pipeline_error_skips_until_sync();
     test_error_after_all_queued();
+    test_skipped_after_error_keeps_text();
     test_portal_suspended();
     test_copy();
     test_cancel_and_unknown();
