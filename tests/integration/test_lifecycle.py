@@ -18,7 +18,8 @@ def refuses_new_sessions(addr):
     refused, or the proxy answers the startup with an error / a close."""
     try:
         c = pgwire.connect(addr, timeout=2)
-    except (ConnectionRefusedError, FileNotFoundError):
+    except (ConnectionRefusedError, ConnectionResetError, FileNotFoundError):
+        # Reset: the connect landed in the backlog of a listener being closed.
         return True
     with c:
         try:
