@@ -80,7 +80,7 @@ echo "demo: PostgreSQL listens on 127.0.0.1:$PGPORT and $PGSOCK"
 PROXY_PID=$!
 
 for _ in $(seq 100); do
-    if "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PROXY_PORT"; then break; fi
+    if "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PROXY_PORT" -U postgres -d postgres; then break; fi
     kill -0 "$PROXY_PID" 2>/dev/null || { echo "demo: pgwarden exited" >&2; exit 1; }
     sleep 0.1
 done
