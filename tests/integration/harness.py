@@ -71,6 +71,17 @@ def _tail(data, n=4000):
     return data[-n:]
 
 
+def file_tail(path, nbytes, missing):
+    """The last nbytes of a log file, or missing when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - nbytes))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return missing
+
+
 def wait_for_socket(addr, timeout, proc=None):
     """Waits until addr ((host, port) or unix path) accepts a connection."""
     deadline = time.monotonic() + timeout
@@ -207,13 +218,7 @@ host  all all          ::1/128      trust
             return rows
 
     def log_tail(self, nbytes=4000):
-        try:
-            with open(self.logfile, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - nbytes))
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return file_tail(self.logfile, nbytes, "")
 
 
 # ---------------------------------------------------------------- pgwarden
@@ -323,13 +328,7 @@ class Proxy(Endpoint):
                 f.close()
 
     def log_tail(self, nbytes=6000):
-        try:
-            with open(self.stderr_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - nbytes))
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return "(no stderr file)"
+        return file_tail(self.stderr_path, nbytes, "(no stderr file)")
 
     def unix_endpoint(self, i=0):
         """Where clients reach the i-th unix listener."""
