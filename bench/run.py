@@ -478,6 +478,7 @@ def wait_quiet(args, roots):
 TPS_RE = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
 LAT_RE = re.compile(r"^latency average = ([0-9.]+) ms", re.M)
 FAILED_RE = re.compile(r"^number of failed transactions: (\d+)", re.M)
+TXNS_RE = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
 
 
 def pgbench(args, target, mode, seconds, env):
@@ -502,7 +503,15 @@ def pgbench(args, target, mode, seconds, env):
     note = None
     if m_failed and int(m_failed.group(1)) > 0:
         note = f"{m_failed.group(1)} failed transactions"
+    m_txns = TXNS_RE.search(text)
+    target.last_txns = int(m_txns.group(1)) if m_txns else None
     return float(m_tps.group(1)), float(m_lat.group(1)), note
+
+
+def proc_cpu_ticks(pid):
+    """utime + stime of one process, all its threads, in clock ticks; None when gone."""
+    st = _proc_stat(pid)
+    return st[1][0] + st[1][1] if st else None
 
 
 # --------------------------------------------------------------------------- report
@@ -525,8 +534,9 @@ def summarize(targets, modes, results):
             rs = [r for r in results if r["target"] == t and r["mode"] == m and r["tps"] is not None]
             if rs:
                 tps = [r["tps"] for r in rs]
+                cpu = [r["cpu_us"] for r in rs if r.get("cpu_us") is not None]
                 summary[(t, m)] = (statistics.median(tps), statistics.median([r["lat"] for r in rs]),
-                                   min(tps), max(tps), len(rs))
+                                   min(tps), max(tps), len(rs), statistics.median(cpu) if cpu else None)
             else:
                 summary[(t, m)] = None
     return summary
@@ -535,18 +545,19 @@ def summarize(targets, modes, results):
 def table(targets, modes, summary, rounds):
     med = lambda t, m: summary.get((t, m))[0] if summary.get((t, m)) else None
     lines = ["| target | mode | median TPS | median latency (ms) | ÷ direct | ÷ fwdlimit (same upstream) "
-             "| ÷ pgbouncer | TPS min–max (runs) |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+             "| ÷ pgbouncer | proxy CPU µs/txn | TPS min–max (runs) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for m in modes:
         for t in targets:
             s = summary.get((t, m))
             if not s:
-                lines.append(f"| {t} | {m} | failed | — | — | — | — | 0/{rounds} |")
+                lines.append(f"| {t} | {m} | failed | — | — | — | — | — | 0/{rounds} |")
                 continue
-            tps, lat, lo, hi, n = s
+            tps, lat, lo, hi, n, cpu = s
+            cpu_cell = f"{cpu:.1f}" if cpu is not None else "—"
             lines.append(f"| {t} | {m} | {tps:,.0f} | {lat:.3f} | {fmt_ratio(tps, med('direct', m))} "
                          f"| {fmt_ratio(tps, med(fwd_for(t), m))} | {fmt_ratio(tps, med('pgbouncer', m))} "
-                         f"| {lo:,.0f}–{hi:,.0f} ({n}/{rounds}) |")
+                         f"| {cpu_cell} | {lo:,.0f}–{hi:,.0f} ({n}/{rounds}) |")
     return "\n".join(lines)
 
 
@@ -718,11 +729,16 @@ def measure(args, t, mode, roots, env, label):
         if args.warmup > 0:
             pgbench(args, t, mode, args.warmup, env)
         win = CpuWindow(roots)
+        own0 = proc_cpu_ticks(t.proc.pid) if t.cmd else None
         tps, lat, note = pgbench(args, t, mode, args.seconds, env)
         other, steal = win.other_pct(), win.steal_pct()
+        own1 = proc_cpu_ticks(t.proc.pid) if t.cmd else None
+        cpu_us = None
+        if own0 is not None and own1 is not None and getattr(t, "last_txns", None):
+            cpu_us = (own1 - own0) * 1e6 / CLK_TCK / t.last_txns
         if attempt and tps is not None and other >= rec["other"]:
             continue                           # the earlier, quieter run stands
-        rec.update(tps=tps, lat=lat, note=note, other=other, steal=steal)
+        rec.update(tps=tps, lat=lat, note=note, other=other, steal=steal, cpu_us=cpu_us)
         if tps is None or other <= args.max_other_cpu or attempt == args.retries:
             break
         log(f"{label} {tps:,.0f} tps but other CPU {other:.0f}%: run again")
@@ -750,7 +766,8 @@ def run_rounds(args, targets, order, env):
                 rec.update({"round": rnd + 1, "pos": pos + 1, "target": name, "mode": mode})
                 results.append(rec)
                 if rec["tps"] is not None:
-                    log(f"{label} {rec['tps']:,.0f} tps, {rec['lat']:.3f} ms, other CPU {rec['other']:.0f}%, "
+                    cpu = f", proxy {rec['cpu_us']:.1f} µs CPU/txn" if rec.get("cpu_us") is not None else ""
+                    log(f"{label} {rec['tps']:,.0f} tps, {rec['lat']:.3f} ms{cpu}, other CPU {rec['other']:.0f}%, "
                         f"steal {rec['steal']:.0f}%"
                         + (f" ({rec['note']})" if rec["note"] else ""))
                 else:
@@ -795,14 +812,15 @@ def write_report(args, ctx, targets, order, results, skipped, build_notes, tbl, 
     md += ["## Rounds", "",
            "`other CPU` = CPU time of processes outside the benchmark during the run, `steal` = CPU time "
            "the hypervisor gave to other guests, both in % of all CPUs.", "",
-           "| round | # in round | mode | target | TPS | latency (ms) | other CPU | steal | note |",
-           "|---:|---:|---|---|---:|---:|---:|---:|---|"]
+           "| round | # in round | mode | target | TPS | latency (ms) | proxy CPU µs/txn | other CPU | steal | note |",
+           "|---:|---:|---|---|---:|---:|---:|---:|---:|---|"]
     for r in results:
         tps = f"{r['tps']:.1f}" if r["tps"] else "—"
         lat = f"{r['lat']:.3f}" if r["lat"] else "—"
         other = f"{r['other']:.0f}%" if r["other"] is not None else "—"
         steal = f"{r['steal']:.0f}%" if r["steal"] is not None else "—"
-        md.append(f"| {r['round']} | {r['pos']} | {r['mode']} | {r['target']} | {tps} | {lat} | {other} "
+        cpu = f"{r['cpu_us']:.1f}" if r.get("cpu_us") is not None else "—"
+        md.append(f"| {r['round']} | {r['pos']} | {r['mode']} | {r['target']} | {tps} | {lat} | {cpu} | {other} "
                   f"| {steal} | {r['note'] or ''} |")
     md.append("")
     with open(args.output, "w") as f:

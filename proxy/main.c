@@ -58,6 +58,24 @@ static void observer_init(pgw_observer_info_t *o, const pgw_config_t *cfg)
 /* ---- listening sockets, opened before any thread starts so that errors
  * reach the operator at once ---------------------------------------------- */
 
+/* SO_REUSEPORT would let this process share the address with another one
+ * listening there already (a second pgwarden left running), each taking a
+ * share of the connections. A plain bind first refuses that. */
+static int tcp_address_free(const pgw_endpoint_t *ep)
+{
+    int fd = socket(ep->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    if (fd < 0)
+        return -1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ep->sa.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    int rc = bind(fd, (const struct sockaddr *)&ep->sa, ep->salen);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
 static int open_tcp_listener(const pgw_endpoint_t *ep)
 {
     int fd = socket(ep->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
@@ -124,6 +142,8 @@ static int open_listeners(const pgw_config_t *cfg, int nworkers, int (*fds)[PGW_
             int fd;
             if (ep->is_unix)
                 fd = k == 0 ? open_unix_listener(ep) : dup(fds[0][i]);
+            else if (k == 0 && tcp_address_free(ep))
+                fd = -1;
             else
                 fd = open_tcp_listener(ep);
             if (fd < 0) {

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 import pgwire
-from harness import wait_until
+from harness import PGW_BINARY, wait_until
 
 
 def refuses_new_sessions(addr):
@@ -86,3 +86,18 @@ def test_stop_with_no_sessions_is_quick(pg, start_proxy):
     p.signal(signal.SIGTERM)
     assert p.wait(timeout=10) == 0, p.log_tail()
     assert time.monotonic() - t0 < 3
+
+
+def test_second_instance_on_same_port_is_refused(pg, proxy):
+    """Every listener uses SO_REUSEPORT (one socket per thread); a second
+    pgwarden started on an address that one already serves must fail at
+    start, not quietly take a share of the connections."""
+    host, port = proxy.tcp_addrs[0]
+    r = subprocess.run([str(PGW_BINARY), "--listen", "%s:%d" % (host, port),
+                        "--upstream", "127.0.0.1:%d" % pg.port, "--threads", "2"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode != 0
+    assert "cannot listen on %s:%d" % (host, port) in r.stderr
+    assert "in use" in r.stderr
+    with proxy.connect() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
