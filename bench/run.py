@@ -508,10 +508,18 @@ def pgbench(args, target, mode, seconds, env):
     return float(m_tps.group(1)), float(m_lat.group(1)), note
 
 
-def proc_cpu_ticks(pid):
-    """utime + stime of one process, all its threads, in clock ticks; None when gone."""
-    st = _proc_stat(pid)
-    return st[1][0] + st[1][1] if st else None
+def proc_cpu_ns(pid):
+    """CPU time of one process's threads in ns, from the scheduler's own accounting
+    (/proc/PID/task/*/schedstat): exact, unlike utime/stime, which are sampled at
+    the timer tick and miss most of a proxy's short bursts. None when gone."""
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 # --------------------------------------------------------------------------- report
@@ -729,13 +737,13 @@ def measure(args, t, mode, roots, env, label):
         if args.warmup > 0:
             pgbench(args, t, mode, args.warmup, env)
         win = CpuWindow(roots)
-        own0 = proc_cpu_ticks(t.proc.pid) if t.cmd else None
+        own0 = proc_cpu_ns(t.proc.pid) if t.cmd else None
         tps, lat, note = pgbench(args, t, mode, args.seconds, env)
         other, steal = win.other_pct(), win.steal_pct()
-        own1 = proc_cpu_ticks(t.proc.pid) if t.cmd else None
+        own1 = proc_cpu_ns(t.proc.pid) if t.cmd else None
         cpu_us = None
         if own0 is not None and own1 is not None and getattr(t, "last_txns", None):
-            cpu_us = (own1 - own0) * 1e6 / CLK_TCK / t.last_txns
+            cpu_us = (own1 - own0) / 1e3 / t.last_txns
         if attempt and tps is not None and other >= rec["other"]:
             continue                           # the earlier, quieter run stands
         rec.update(tps=tps, lat=lat, note=note, other=other, steal=steal, cpu_us=cpu_us)

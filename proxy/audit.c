@@ -12,7 +12,7 @@
 
 /* ---- the parts every event shares --------------------------------------- */
 
-static void fill_common(const pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t kind,
+static void fill_common(pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t kind,
                         int64_t time_us, uint64_t seq)
 {
     const pgw_observer_info_t *o = a->w->observer;
@@ -41,6 +41,20 @@ static void fill_common(const pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t 
         ev->user.name = pgw_cstr(a->user);
         ev->user.database = pgw_cstr(a->database);
     }
+    if (!a->ident_cached)
+        return;
+    if (!a->ident_valid) {
+        pgw_jbuf_reset(&a->ident_json);
+        a->ident_valid = pgw_event_encode_identity(ev, &a->ident_json) == 0;
+    }
+    if (a->ident_valid)
+        ev->identity_json = pgw_str(a->ident_json.data, a->ident_json.len);
+}
+
+static void audit_free(pgw_audit_t *a)
+{
+    pgw_jbuf_free(&a->ident_json);
+    free(a);
 }
 
 static void emit(pgw_worker_t *w, const pgw_event_t *ev)
@@ -55,7 +69,7 @@ static void emit(pgw_worker_t *w, const pgw_event_t *ev)
 
 /* ident is the session as it was when the statement completed: for an
  * event finished after a parse off the loop, the session may be gone. */
-static void statement_event(const pgw_audit_t *ident, uint64_t seq, const pgw_stmt_done_t *d,
+static void statement_event(pgw_audit_t *ident, uint64_t seq, const pgw_stmt_done_t *d,
                             pgw_stmt_view_t *view)
 {
     pgw_event_t ev;
@@ -134,7 +148,7 @@ static void job_done(uv_work_t *req, int status)
      * comes now, after all its statements, and the audit is freed. */
     if (--a->jobs == 0 && a->end_deferred) {
         session_end_event(a);
-        free(a);
+        audit_free(a);
     }
     w->nhelpers--;
     pgw_worker_maybe_finish(w);
@@ -166,9 +180,11 @@ static int parse_later(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d, p
     j->req.data = j;
     j->owner = a;
     j->ident = *a;
+    j->ident.ident_cached = 0;      /* a's buffer is a's alone */
+    memset(&j->ident.ident_json, 0, sizeof j->ident.ident_json);
     j->seq = seq;
     j->d = *d;
-    j->view = *view;                /* an empty analysis: safe to move */
+    pgw_statement_view_move(&j->view, view);
     pgw_event_param_t *params = (pgw_event_param_t *)(void *)j->strings;
     char *at = j->strings + np * sizeof *params;
     for (size_t i = 0; i < np; i++) {
@@ -211,10 +227,11 @@ static void on_statement(void *ud, const pgw_stmt_done_t *d)
     pgw_statement_view_free(&view);
 }
 
-static unsigned split(void *ud, const char *text, size_t len, uint32_t (*spans)[2], unsigned cap)
+static unsigned split(void *ud, const char *text, size_t len, uint32_t (*spans)[2], unsigned cap,
+                      pgw_memo_t **memo)
 {
     pgw_audit_t *a = ud;
-    return pgw_statement_split(a->w->analysis, text, len, spans, cap);
+    return pgw_statement_split(a->w->analysis, text, len, spans, cap, memo);
 }
 
 /* ---- session ------------------------------------------------------------- */
@@ -242,12 +259,15 @@ void pgw_audit_init(pgw_audit_t *a, pgw_worker_t *w, const struct sockaddr *peer
         inet_ntop(AF_INET, &s4->sin_addr, a->client_ip, sizeof a->client_ip);
         a->client_port = ntohs(s4->sin_port);
     }
+    pgw_jbuf_init(&a->ident_json, 64 * 1024);
+    a->ident_cached = 1;
     pgw_tracker_init(&a->tracker, on_statement, split, a);
     a->tracker.param_max = w->cfg->log_parameters ? w->cfg->parameter_max_bytes : 0;
 }
 
 void pgw_audit_startup(pgw_audit_t *a, const pgw_startup_t *st)
 {
+    a->ident_valid = 0;
     snprintf(a->user, sizeof a->user, "%s", st->user);
     snprintf(a->database, sizeof a->database, "%s", st->database ? st->database : st->user);
     if (st->application_name)
@@ -338,8 +358,10 @@ void pgw_audit_backend(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us)
         /* The server reports application_name whenever it changes (SET, or
          * a driver that sets it after connecting): events carry the current one. */
         pgw_param_status_t ps;
-        if (pgw_parse_param_status(m, &ps) == 0 && strcmp(ps.name, "application_name") == 0)
+        if (pgw_parse_param_status(m, &ps) == 0 && strcmp(ps.name, "application_name") == 0) {
             snprintf(a->application, sizeof a->application, "%s", ps.value);
+            a->ident_valid = 0;
+        }
     }
     if (!a->started)
         before_ready(a, m, now_us);
@@ -386,5 +408,5 @@ void pgw_audit_end(pgw_audit_t *a, pgw_end_reason_t reason)
         return;
     }
     session_end_event(a);
-    free(a);
+    audit_free(a);
 }
