@@ -515,7 +515,8 @@ static void cancel_connected(uv_connect_t *req, int status)
         return;
     }
     pgw_leg_connected(&c->leg);
-    if (send_copy(&c->leg, c->pkt, sizeof c->pkt))
+    /* Written at once (the usual case) or queued: then on cancel_drained. */
+    if (send_copy(&c->leg, c->pkt, sizeof c->pkt) || pgw_leg_idle(&c->leg))
         pgw_leg_close(&c->leg);
 }
 
