@@ -27,6 +27,7 @@ static const char usage[] =
 "  --audit-file PATH|-      write audit events as JSON lines to PATH, or to stdout\n"
 "  --log-parameters         put Bind parameter values into statement events (default: count only)\n"
 "  --parameter-max-bytes N  cut each logged value at N bytes (default 1024)\n"
+"  --metrics-listen HOST:PORT  serve /metrics (Prometheus), /healthz and /readyz over HTTP\n"
 "  --threads N              event-loop threads (default: online CPUs)\n"
 "  --drain-timeout SECONDS  on SIGTERM/SIGINT, how long sessions may finish (default 30)\n"
 "  --max-message-size BYTES largest accepted protocol message (default 1073741824)\n"
@@ -150,7 +151,7 @@ static int parse_number(const char *opt, const char *arg, double lo, double hi, 
 int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
 {
     enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_HELP, O_VERSION,
-           O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX };
+           O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX, O_METRICS };
     static const struct option opts[] = {
         { "listen", required_argument, NULL, O_LISTEN },
         { "upstream", required_argument, NULL, O_UPSTREAM },
@@ -161,12 +162,13 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
         { "audit-file", required_argument, NULL, O_AUDIT_FILE },
         { "log-parameters", no_argument, NULL, O_LOG_PARAMS },
         { "parameter-max-bytes", required_argument, NULL, O_PARAM_MAX },
+        { "metrics-listen", required_argument, NULL, O_METRICS },
         { "help", no_argument, NULL, O_HELP },
         { "version", no_argument, NULL, O_VERSION },
         { NULL, 0, NULL, 0 },
     };
     const char *listen_args[PGW_MAX_LISTEN];
-    const char *upstream_arg = NULL;
+    const char *upstream_arg = NULL, *metrics_arg = NULL;
     double v;
 
     memset(cfg, 0, sizeof *cfg);
@@ -228,6 +230,9 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
                 return -1;
             cfg->parameter_max_bytes = (uint32_t)v;
             break;
+        case O_METRICS:
+            metrics_arg = optarg;
+            break;
         case O_HELP:
             fputs(usage, stdout);
             return 1;
@@ -264,5 +269,15 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
             return -1;
     if (parse_endpoint(&cfg->upstream, upstream_arg, 0, 0))
         return -1;
+    if (metrics_arg) {
+        snprintf(cfg->metrics_listen.text, sizeof cfg->metrics_listen.text, "%s", metrics_arg);
+        int rc = parse_tcp(&cfg->metrics_listen, metrics_arg, 1);
+        if (rc) {
+            if (rc == -1)
+                fprintf(stderr, "pgwarden: --metrics-listen: \"%s\" is not HOST:PORT\n", metrics_arg);
+            return -1;
+        }
+        cfg->has_metrics = 1;
+    }
     return 0;
 }

@@ -28,6 +28,8 @@ typedef struct pgw_config {
     const char *audit_file;         /* JSON lines; "-" is stdout; NULL: no audit */
     int log_parameters;             /* Bind values in statement events */
     uint32_t parameter_max_bytes;   /* each value cut at this length */
+    int has_metrics;
+    pgw_endpoint_t metrics_listen;  /* the HTTP endpoint, when has_metrics */
 } pgw_config_t;
 
 /* Parses argv into cfg. Returns 0 to run, 1 when --help/--version was
