@@ -79,7 +79,7 @@ static size_t reference(const uint8_t *s, size_t n, uint8_t *out)
 static void check_str(const uint8_t *s, size_t n)
 {
     static uint8_t want[3 * 300000], got[3 * 300000];
-    size_t wn, gn;
+    size_t wn = 0, gn = 0;
 
     if (n > 300000)
         abort();
