@@ -33,6 +33,7 @@ static const char usage[] =
 "  --drain-timeout SECONDS  on SIGTERM/SIGINT, how long sessions may finish (default 30)\n"
 "  --max-message-size BYTES largest accepted protocol message (default 1073741824)\n"
 "  --log-level LEVEL        error, warn, info (default) or debug\n"
+"  --log-format FORMAT      diagnostics on stderr as text (default) or json (one object per line)\n"
 "  --config FILE            read options from an INI file first (name = value, names as\n"
 "                           these flags without the dashes); flags override it\n"
 "  --check-config           validate the configuration and exit\n"
@@ -154,7 +155,7 @@ static int parse_number(const char *opt, const char *arg, double lo, double hi, 
 }
 
 enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_HELP, O_VERSION,
-       O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX, O_METRICS, O_CONFIG, O_CHECK, O_LIST, O_LAST };
+       O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX, O_METRICS, O_LOGFORMAT, O_CONFIG, O_CHECK, O_LIST, O_LAST };
 static const struct option opts[] = {
     { "listen", required_argument, NULL, O_LISTEN },
     { "upstream", required_argument, NULL, O_UPSTREAM },
@@ -166,6 +167,7 @@ static const struct option opts[] = {
     { "log-parameters", no_argument, NULL, O_LOG_PARAMS },
     { "parameter-max-bytes", required_argument, NULL, O_PARAM_MAX },
     { "metrics-listen", required_argument, NULL, O_METRICS },
+    { "log-format", required_argument, NULL, O_LOGFORMAT },
     { "config", required_argument, NULL, O_CONFIG },
     { "check-config", no_argument, NULL, O_CHECK },
     { "list-options", no_argument, NULL, O_LIST },
@@ -438,6 +440,16 @@ static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origi
             break;
         case O_METRICS:
             metrics_arg = optarg;
+            break;
+        case O_LOGFORMAT:
+            if (strcmp(optarg, "text") == 0) {
+                cfg->log_format = PGW_LOG_TEXT;
+            } else if (strcmp(optarg, "json") == 0) {
+                cfg->log_format = PGW_LOG_JSON;
+            } else {
+                fprintf(stderr, "pgwarden: --log-format: \"%s\" is not text or json\n", optarg);
+                goto bad;
+            }
             break;
         case O_CONFIG:
             break;                  /* read before the scan */

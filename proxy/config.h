@@ -25,6 +25,7 @@ typedef struct pgw_config {
     double drain_timeout;           /* seconds to let sessions finish on SIGTERM */
     uint32_t max_message_size;      /* length-word cap for regular messages */
     int log_level;
+    int log_format;                 /* PGW_LOG_TEXT or PGW_LOG_JSON */
     const char *audit_file;         /* JSON lines; "-" is stdout; NULL: no audit */
     int log_parameters;             /* Bind values in statement events */
     uint32_t parameter_max_bytes;   /* each value cut at this length */
