@@ -29,6 +29,11 @@ typedef struct pgw_config {
     const char *audit_file;         /* JSON lines; "-" is stdout; NULL: no audit */
     int log_parameters;             /* Bind values in statement events */
     uint32_t parameter_max_bytes;   /* each value cut at this length */
+    double startup_timeout;         /* s from accept to the first ReadyForQuery; 0: none */
+    double idle_timeout;            /* s a session may wait for its client; 0: none */
+    unsigned max_clients;           /* sessions in total; 0: no limit */
+    unsigned max_per_address;       /* sessions per client IP; 0: no limit */
+    uint32_t max_pending_bytes;     /* backpressure high watermark per direction */
     int has_metrics;
     pgw_endpoint_t metrics_listen;  /* the HTTP endpoint, when has_metrics */
     int check_only;                 /* --check-config */

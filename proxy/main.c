@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "limits.h"
 #include "metrics.h"
 #include "pgwarden/event.h"
 #include "pgwarden/sink.h"
@@ -221,6 +222,7 @@ int main(int argc, char **argv)
     }
     pgw_log_level = p.cfg.log_level;
     pgw_log_format = p.cfg.log_format;
+    pgw_limits_init(p.cfg.max_clients, p.cfg.max_per_address);
     signal(SIGPIPE, SIG_IGN);
 
     p.nworkers = p.cfg.threads;

@@ -41,7 +41,9 @@ def test_every_documented_option_passes_check_config(tmp_path, pg):
         "threads": "2", "drain-timeout": "5", "max-message-size": "65536", "log-level": "warn",
         "audit-file": str(tmp_path / "audit.jsonl"), "log-parameters": "true",
         "parameter-max-bytes": "64", "metrics-listen": "127.0.0.1:%d" % free_port(),
-        "log-format": "json",
+        "log-format": "json", "startup-timeout": "30", "idle-timeout": "600",
+        "max-client-connections": "500", "max-connections-per-address": "50",
+        "max-pending-bytes": "131072",
     }
     file_only = [n for n in documented_options() if n not in ("config", "check-config")]
     missing = [n for n in file_only if n not in values]
