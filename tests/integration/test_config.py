@@ -139,3 +139,16 @@ def test_json_log_lines(tmp_path, pg):
                               for o in conn_lines)
     assert any(o.get("user") == "postgres" for o in conn_lines)
     assert any(o["msg"] == "stopped" for o in objs)
+
+
+def test_packaged_example_config_is_valid(tmp_path):
+    """packaging/pgwarden.ini passes --check-config (with its unix listener
+    directory and audit file moved to a temp dir, which need not exist here)."""
+    text = (REPO / "packaging" / "pgwarden.ini").read_text()
+    assert "listen = /run/pgwarden" in text and "/var/log/pgwarden/audit.jsonl" in text
+    text = text.replace("/run/pgwarden", str(tmp_path)).replace(
+        "/var/log/pgwarden/audit.jsonl", str(tmp_path / "audit.jsonl"))
+    ini = tmp_path / "pgwarden.ini"
+    ini.write_text(text)
+    r = run_pgw("--config", ini, "--check-config")
+    assert r.returncode == 0, r.stderr
