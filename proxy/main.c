@@ -34,7 +34,62 @@ typedef struct proxy {
     pgw_sink_t *sink;
     pgw_observer_info_t observer;
     pgw_metrics_server_t *metrics;  /* NULL without --metrics-listen */
+    int argc;                       /* the command line, read again on SIGHUP */
+    char **argv;
+    uv_signal_t sighup_reload;
 } proxy_t;
+
+/* SIGHUP: the configuration file and the command line are read again. What
+ * can change at run time is applied (the log level); what needs a restart is
+ * named in a warning and left as it was. A configuration with an error
+ * changes nothing. */
+static void reload_config(proxy_t *p)
+{
+    pgw_config_t next;
+    int rc = pgw_config_from_args(&next, p->argc, p->argv);
+    if (rc != 0) {
+        pgw_error("SIGHUP: the configuration has errors (see above): nothing changed");
+        pgw_config_free(&next);
+        return;
+    }
+    const pgw_config_t *cur = &p->cfg;
+    if (next.log_level != cur->log_level) {
+        pgw_info("SIGHUP: log level %s -> %s", pgw_log_level_name(cur->log_level),
+                 pgw_log_level_name(next.log_level));
+        pgw_log_level = next.log_level;
+        p->cfg.log_level = next.log_level;
+    }
+    struct { const char *name; int changed; } fixed[] = {
+        { "listen", next.nlisten != cur->nlisten ||
+                    memcmp(next.listen, cur->listen, sizeof next.listen[0] * (size_t)next.nlisten) != 0 },
+        { "upstream", strcmp(next.upstream.text, cur->upstream.text) != 0 },
+        { "threads", next.threads != cur->threads },
+        { "audit-file", (next.audit_file == NULL) != (cur->audit_file == NULL) ||
+                        (next.audit_file && strcmp(next.audit_file, cur->audit_file) != 0) },
+        { "log-parameters", next.log_parameters != cur->log_parameters },
+        { "parameter-max-bytes", next.parameter_max_bytes != cur->parameter_max_bytes },
+        { "metrics-listen", next.has_metrics != cur->has_metrics ||
+                            strcmp(next.metrics_listen.text, cur->metrics_listen.text) != 0 },
+        { "log-format", next.log_format != cur->log_format },
+        { "startup-timeout", next.startup_timeout != cur->startup_timeout },
+        { "idle-timeout", next.idle_timeout != cur->idle_timeout },
+        { "max-client-connections", next.max_clients != cur->max_clients },
+        { "max-connections-per-address", next.max_per_address != cur->max_per_address },
+        { "max-pending-bytes", next.max_pending_bytes != cur->max_pending_bytes },
+        { "max-message-size", next.max_message_size != cur->max_message_size },
+        { "drain-timeout", next.drain_timeout != cur->drain_timeout },
+    };
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        if (fixed[i].changed)
+            pgw_warn("SIGHUP: %s changed: it takes effect at the next restart", fixed[i].name);
+    pgw_config_free(&next);
+}
+
+static void on_sighup_reload(uv_signal_t *sig, int signum)
+{
+    (void)signum;
+    reload_config(sig->data);
+}
 
 static void observer_init(pgw_observer_info_t *o, const pgw_config_t *cfg)
 {
@@ -206,6 +261,7 @@ static void on_worker_done(uv_async_t *a)
         return;
     uv_close((uv_handle_t *)&p->sigint, NULL);
     uv_close((uv_handle_t *)&p->sigterm, NULL);
+    uv_close((uv_handle_t *)&p->sighup_reload, NULL);
     uv_close((uv_handle_t *)&p->drain_timer, NULL);
     uv_close((uv_handle_t *)&p->done, NULL);
     if (p->metrics)
@@ -222,6 +278,8 @@ int main(int argc, char **argv)
     }
     pgw_log_level = p.cfg.log_level;
     pgw_log_format = p.cfg.log_format;
+    p.argc = argc;
+    p.argv = argv;
     pgw_limits_init(p.cfg.max_clients, p.cfg.max_per_address);
     signal(SIGPIPE, SIG_IGN);
 
@@ -252,6 +310,9 @@ int main(int argc, char **argv)
     uv_timer_init(&p.loop, &p.drain_timer);
     uv_signal_start(&p.sigint, on_signal, SIGINT);
     uv_signal_start(&p.sigterm, on_signal, SIGTERM);
+    p.sighup_reload.data = &p;
+    uv_signal_init(&p.loop, &p.sighup_reload);
+    uv_signal_start(&p.sighup_reload, on_sighup_reload, SIGHUP);
 
     /* Before the loop threads: the endpoint is up once the listeners are.
      * Nothing is scraped before uv_run, when the workers are ready. */

@@ -152,3 +152,40 @@ def test_packaged_example_config_is_valid(tmp_path):
     ini.write_text(text)
     r = run_pgw("--config", ini, "--check-config")
     assert r.returncode == 0, r.stderr
+
+
+def test_sighup_reloads_the_log_level_and_names_what_needs_a_restart(tmp_path, pg):
+    import signal
+    import time
+    from harness import wait_until
+    port = free_port()
+    ini = tmp_path / "reload.ini"
+    base = "listen = 127.0.0.1:%d\nupstream = 127.0.0.1:%d\nthreads = 1\n" % (port, pg.port)
+    ini.write_text(base + "log-level = info\n")
+    p = Proxy([], None, tmp_path / "r")
+    p.args = [str(PGW_BINARY), "--config", str(ini)]
+    p.listen = ["127.0.0.1:%d" % port]
+    p.start()
+    try:
+        held = p.connect()                      # an open session across the reloads
+        held.execute("SELECT 1")
+        with p.connect() as c:
+            c.execute("SELECT 1")
+        assert "accepted on" not in p.log_tail()      # no debug lines at info
+
+        ini.write_text(base.replace("threads = 1", "threads = 2") + "log-level = debug\n")
+        p.signal(signal.SIGHUP)
+        wait_until(lambda: "log level info -> debug" in p.log_tail(), 5, what="the reload")
+        assert "threads changed: it takes effect at the next restart" in p.log_tail()
+        with p.connect() as c:
+            c.execute("SELECT 1")
+        wait_until(lambda: "accepted on" in p.log_tail(), 5, what="debug lines")
+
+        ini.write_text(base + "log-level = shouting\n")   # a bad file changes nothing
+        p.signal(signal.SIGHUP)
+        wait_until(lambda: "nothing changed" in p.log_tail(), 5, what="the refused reload")
+        assert held.execute("SELECT 'still open'").fetchone() == ("still open",)
+        held.close()
+        assert p.alive()
+    finally:
+        assert p.stop(timeout=10) == 0
