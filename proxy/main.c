@@ -59,6 +59,27 @@ static void reload_config(proxy_t *p)
         pgw_log_level = next.log_level;
         p->cfg.log_level = next.log_level;
     }
+    /* Limits, timeouts and audit options: for the next sessions and sweeps. */
+    struct { const char *name; int changed; } now[] = {
+        { "startup-timeout", next.startup_timeout != cur->startup_timeout },
+        { "idle-timeout", next.idle_timeout != cur->idle_timeout },
+        { "max-client-connections", next.max_clients != cur->max_clients },
+        { "max-connections-per-address", next.max_per_address != cur->max_per_address },
+        { "max-pending-bytes", next.max_pending_bytes != cur->max_pending_bytes },
+        { "log-parameters", next.log_parameters != cur->log_parameters },
+        { "parameter-max-bytes", next.parameter_max_bytes != cur->parameter_max_bytes },
+    };
+    for (size_t i = 0; i < sizeof now / sizeof now[0]; i++)
+        if (now[i].changed)
+            pgw_info("SIGHUP: %s changed (applies to new sessions)", now[i].name);
+    pgw_limits_configure(&next);
+    p->cfg.startup_timeout = next.startup_timeout;
+    p->cfg.idle_timeout = next.idle_timeout;
+    p->cfg.max_clients = next.max_clients;
+    p->cfg.max_per_address = next.max_per_address;
+    p->cfg.max_pending_bytes = next.max_pending_bytes;
+    p->cfg.log_parameters = next.log_parameters;
+    p->cfg.parameter_max_bytes = next.parameter_max_bytes;
     struct { const char *name; int changed; } fixed[] = {
         { "listen", next.nlisten != cur->nlisten ||
                     memcmp(next.listen, cur->listen, sizeof next.listen[0] * (size_t)next.nlisten) != 0 },
@@ -66,16 +87,9 @@ static void reload_config(proxy_t *p)
         { "threads", next.threads != cur->threads },
         { "audit-file", (next.audit_file == NULL) != (cur->audit_file == NULL) ||
                         (next.audit_file && strcmp(next.audit_file, cur->audit_file) != 0) },
-        { "log-parameters", next.log_parameters != cur->log_parameters },
-        { "parameter-max-bytes", next.parameter_max_bytes != cur->parameter_max_bytes },
         { "metrics-listen", next.has_metrics != cur->has_metrics ||
                             strcmp(next.metrics_listen.text, cur->metrics_listen.text) != 0 },
         { "log-format", next.log_format != cur->log_format },
-        { "startup-timeout", next.startup_timeout != cur->startup_timeout },
-        { "idle-timeout", next.idle_timeout != cur->idle_timeout },
-        { "max-client-connections", next.max_clients != cur->max_clients },
-        { "max-connections-per-address", next.max_per_address != cur->max_per_address },
-        { "max-pending-bytes", next.max_pending_bytes != cur->max_pending_bytes },
         { "max-message-size", next.max_message_size != cur->max_message_size },
         { "drain-timeout", next.drain_timeout != cur->drain_timeout },
     };
@@ -280,7 +294,7 @@ int main(int argc, char **argv)
     pgw_log_format = p.cfg.log_format;
     p.argc = argc;
     p.argv = argv;
-    pgw_limits_init(p.cfg.max_clients, p.cfg.max_per_address);
+    pgw_limits_configure(&p.cfg);
     signal(SIGPIPE, SIG_IGN);
 
     p.nworkers = p.cfg.threads;

@@ -189,3 +189,43 @@ def test_sighup_reloads_the_log_level_and_names_what_needs_a_restart(tmp_path, p
         assert p.alive()
     finally:
         assert p.stop(timeout=10) == 0
+
+
+def test_sighup_applies_limits_and_timeouts(tmp_path, pg):
+    import signal
+    import psycopg
+    import pytest
+    from harness import wait_until
+    port = free_port()
+    ini = tmp_path / "limits.ini"
+    base = "listen = 127.0.0.1:%d\nupstream = 127.0.0.1:%d\nthreads = 1\n" % (port, pg.port)
+    ini.write_text(base)
+    p = Proxy([], None, tmp_path / "l")
+    p.args = [str(PGW_BINARY), "--config", str(ini)]
+    p.listen = ["127.0.0.1:%d" % port]
+    p.start()
+    try:
+        a = p.connect()
+        ini.write_text(base + "idle-timeout = 1\nmax-connections-per-address = 1\n")
+        p.signal(signal.SIGHUP)
+        wait_until(lambda: "idle-timeout changed" in p.log_tail(), 5, what="the reload")
+        b = p.connect()
+        with pytest.raises(psycopg.OperationalError) as e:
+            p.connect()       # b holds the one slot (a came before the limit and is not counted)
+        assert "too many connections" in str(e.value) or "53300" in str(e.value)
+        # The idle timeout now applies, to the old session as well (probing it
+        # would make it busy: wait, then look once).
+        import time
+        time.sleep(3)
+        assert _dead(a)
+        b.close()
+    finally:
+        assert p.stop(timeout=10) == 0
+
+
+def _dead(conn):
+    try:
+        conn.execute("SELECT 1")
+        return False
+    except Exception:
+        return True
