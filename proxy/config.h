@@ -8,6 +8,7 @@
 #include <sys/un.h>
 
 #define PGW_MAX_LISTEN 16
+#define PGW_MAX_KAFKA_PROPS 64
 
 typedef struct pgw_endpoint {
     int is_unix;
@@ -28,6 +29,13 @@ typedef struct pgw_config {
     const char *audit_file;         /* JSON lines; "-" is stdout; NULL: no audit */
     int log_parameters;             /* Bind values in statement events */
     uint32_t parameter_max_bytes;   /* each value cut at this length */
+    const char *kafka_brokers;      /* with kafka_topic: the Kafka sink */
+    const char *kafka_topic;
+    const char *kafka_props[PGW_MAX_KAFKA_PROPS];   /* "name=value", librdkafka's */
+    int nkafka_props;
+    const char *spool_dir;          /* the Kafka sink's durable spool */
+    uint64_t spool_max_bytes;       /* 0: the sink's default */
+    int spool_drop;                 /* full spool: drop (and count) instead of block */
 } pgw_config_t;
 
 /* Parses argv into cfg. Returns 0 to run, 1 when --help/--version was

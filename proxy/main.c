@@ -211,6 +211,22 @@ int main(int argc, char **argv)
             return 1;
         }
         pgw_info("audit events to %s", strcmp(p.cfg.audit_file, "-") ? p.cfg.audit_file : "stdout");
+    } else if (p.cfg.kafka_brokers) {
+        pgw_kafka_sink_config_t kc = {
+            .brokers = p.cfg.kafka_brokers,
+            .topic = p.cfg.kafka_topic,
+            .props = p.cfg.kafka_props,
+            .nprops = (size_t)p.cfg.nkafka_props,
+            .spool_dir = p.cfg.spool_dir,
+            .spool_max_bytes = p.cfg.spool_max_bytes,
+            .policy = p.cfg.spool_drop ? PGW_SPOOL_DROP : PGW_SPOOL_BLOCK,
+            .observer_host = p.observer.host,
+            .observer_instance = p.observer.instance,
+        };
+        if (pgw_kafka_sink_open(&kc, &p.sink)) {
+            fprintf(stderr, "pgwarden: cannot start the Kafka sink (see the log above)\n");
+            return 1;
+        }
     }
 
     uv_loop_init(&p.loop);
