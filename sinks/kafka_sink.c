@@ -31,7 +31,7 @@
 #define SPOOL_MAX_DEFAULT (1ull << 30)
 #define SEG_MAX (16ull * 1024 * 1024)
 #define SEG_MIN (64ull * 1024)
-#define CLOSE_TIMEOUT_MS_DEFAULT 10000u
+#define CLOSE_TIMEOUT_MS_DEFAULT 5000u
 #define POLL_MS 50
 #define RESTART_DRAIN_MS 5000       /* waiting for a failed producer's reports */
 #define ERROR_LOG_EVERY_MS 10000

@@ -232,7 +232,7 @@ typedef struct pgw_kafka_sink_config {
     const char *spool_dir;       /* NULL: no spool (a crash loses what is unacknowledged) */
     uint64_t spool_max_bytes;    /* 0: 1 GiB */
     pgw_spool_policy_t policy;   /* when the spool is full */
-    unsigned close_timeout_ms;   /* waiting for acknowledgements at close; 0: 10 s */
+    unsigned close_timeout_ms;   /* waiting for acknowledgements at close; 0: 5 s */
     const char *observer_host;   /* for the sink's own audit_gap events */
     const char *observer_instance;
     pgw_sink_limits_t limits;

@@ -136,7 +136,7 @@ log4j.logger.kafka.server.BrokerServer=INFO
                                    % (self.proc.returncode, self.log_tail()))
             try:
                 from confluent_kafka.admin import AdminClient
-                md = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=2)
+                md = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0}).list_topics(timeout=2)
                 if md.brokers:
                     return
             except Exception as e:   # not up yet
@@ -147,9 +147,39 @@ log4j.logger.kafka.server.BrokerServer=INFO
 
     def create_topic(self, name, partitions=4):
         from confluent_kafka.admin import AdminClient, NewTopic
-        fs = AdminClient({"bootstrap.servers": self.bootstrap}).create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1)])
-        fs[name].result(timeout=30)
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        fs = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        fs[name].result(timeout=30)     # the client must live until the answer
+
+    def consume(self, topic, min_count=0, timeout=60, idle=2.0):
+        """Every message of topic from the start, as (key, value, partition,
+        offset): until at least min_count arrived and none came for idle
+        seconds, or timeout."""
+        from confluent_kafka import Consumer, KafkaError
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "t-%s" % uuid.uuid4(),
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                      "log_level": 0})
+        c.subscribe([topic])
+        out = []
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        try:
+            while time.monotonic() < deadline:
+                m = c.poll(0.2)
+                if m is None:
+                    if len(out) >= min_count and time.monotonic() - last >= idle:
+                        break
+                    continue
+                if m.error():
+                    if m.error().code() in (KafkaError._PARTITION_EOF,
+                                            KafkaError.UNKNOWN_TOPIC_OR_PART):
+                        continue
+                    raise RuntimeError("consumer: %s" % m.error())
+                out.append((m.key(), m.value(), m.partition(), m.offset()))
+                last = time.monotonic()
+        finally:
+            c.close()
+        return out
 
     def stop(self, kill=False):
         """SIGTERM (a clean stop, as an operator would), or SIGKILL."""
