@@ -342,19 +342,12 @@ static void on_free_space(void *ud)
     pthread_mutex_unlock(&ks->mu);
 }
 
-/* Spool full: true when the caller may append (block policy: after
- * waiting), false when the batch is to be dropped (drop policy). */
-static bool make_room(kafka_sink_t *ks, lane_t *l, size_t len)
+/* Block policy: waits until len more bytes fit under the cap (or
+ * shutdown lifts the cap). */
+static void make_room(kafka_sink_t *ks, size_t len)
 {
     if (atomic_load(&ks->spool.bytes) + len <= ks->spool_max)
-        return true;
-    /* This lane's open segment may hold acknowledged events only: closing
-     * it lets its deletion free the room we wait for. */
-    pgw_spool_writer_seal(&l->writer);
-    if (atomic_load(&ks->spool.bytes) + len <= ks->spool_max)
-        return true;
-    if (ks->policy == PGW_SPOOL_DROP)
-        return false;
+        return;
     int64_t t0 = mono_us();
     bool logged = false;
     pthread_mutex_lock(&ks->mu);
@@ -370,7 +363,6 @@ static bool make_room(kafka_sink_t *ks, lane_t *l, size_t len)
     pthread_mutex_unlock(&ks->mu);
     add(&ks->waits, 1);
     add(&ks->wait_us, (uint64_t)(mono_us() - t0));
-    return true;
 }
 
 static void drop_batch(kafka_sink_t *ks, lane_t *l, pgw_batch_t *b)
@@ -399,7 +391,74 @@ static void drop_batch(kafka_sink_t *ks, lane_t *l, pgw_batch_t *b)
     pthread_mutex_unlock(&ks->mu);
 }
 
-/* Spools (one write) and produces the events of b. */
+enum { ALL_RECS, EVENTS_ONLY, BEGINS_ONLY };
+
+/* Encodes the records of b that filter selects into the lane's buffer. */
+static size_t encode_batch(lane_t *l, const pgw_batch_t *b, int filter)
+{
+    size_t n = 0;
+    pgw_jbuf_reset(&l->out);
+    for (size_t i = 0; i < b->nrecs; i++) {
+        const pgw_batch_rec_t *r = &b->recs[i];
+        if ((filter == EVENTS_ONLY && r->begin) || (filter == BEGINS_ONLY && !r->begin))
+            continue;
+        size_t s = pgw_batch_start(b, i), k0 = i ? b->recs[i - 1].key_end : 0;
+        pgw_spool_encode(&l->out, r->begin ? PGW_SPOOL_BEGIN : PGW_SPOOL_EVENT, r->token,
+                         b->keys.data + k0, r->key_end - k0, b->data.data + s, r->end - s - 1);
+        n++;
+    }
+    return n;
+}
+
+/* Writes the lane's buffer (retrying: a spool that cannot be written
+ * holds statements back, as a full one does, since the crash guarantee
+ * depends on it), then tracks the begins and resolves the completions of
+ * the records filter selected. NULL: given up at shutdown. */
+static pgw_spool_seg_t *append_batch(kafka_sink_t *ks, lane_t *l, const pgw_batch_t *b, int filter,
+                                     int64_t holds)
+{
+    pgw_spool_seg_t *seg = NULL;
+    int rc;
+    int64_t retry_ms = 10;
+    while ((rc = pgw_spool_writer_append(&l->writer, l->out.data, l->out.len, holds, &seg)) != 0) {
+        add(&ks->write_errors, 1);
+        atomic_store(&ks->last_errno, -rc);
+        pgw_error("kafka: writing the spool failed: %s; retrying", strerror(-rc));
+        pthread_mutex_lock(&ks->mu);
+        bool give_up = ks->unblocked;
+        pthread_mutex_unlock(&ks->mu);
+        if (give_up) {
+            pgw_error("kafka: shutting down: events are sent unspooled");
+            return NULL;
+        }
+        struct timespec ts = { 0, retry_ms * 1000000 };
+        nanosleep(&ts, NULL);
+        if (retry_ms < 1000)
+            retry_ms *= 2;
+    }
+    for (size_t i = 0; i < b->nrecs; i++) {
+        const pgw_batch_rec_t *r = &b->recs[i];
+        if ((filter == EVENTS_ONLY && r->begin) || (filter == BEGINS_ONLY && !r->begin))
+            continue;
+        if (r->begin) {
+            if (pgw_spool_writer_track(&l->writer, r->token, seg) != 0)
+                pgw_warn("kafka: out of memory tracking a begun statement");
+        } else if (r->token) {
+            pgw_spool_writer_resolve(&l->writer, r->token);
+        }
+    }
+    pgw_spool_writer_sweep(&l->writer);
+    return seg;
+}
+
+/* Spools (one write) and produces the events of b.
+ *
+ * The size cap applies to new statements: under `block`, a full spool
+ * holds back the batch's begin records (the loop thread waits, so its
+ * statements are not forwarded), while the completions and session
+ * events it carries are written past the cap, since they are what lets
+ * the segments of earlier begins go. Under `drop`, the whole batch is
+ * dropped and counted. */
 static void spool_and_produce(kafka_sink_t *ks, lane_t *l, pgw_batch_t *b)
 {
     pgw_spool_seg_t *seg = NULL;
@@ -408,56 +467,31 @@ static void spool_and_produce(kafka_sink_t *ks, lane_t *l, pgw_batch_t *b)
         nsend += !b->recs[i].begin;
 
     if (ks->spooled) {
-        pgw_jbuf_reset(&l->out);
-        for (size_t i = 0; i < b->nrecs; i++) {
-            const pgw_batch_rec_t *r = &b->recs[i];
-            size_t s = pgw_batch_start(b, i), ks0 = i ? b->recs[i - 1].key_end : 0;
-            pgw_spool_encode(&l->out, r->begin ? PGW_SPOOL_BEGIN : PGW_SPOOL_EVENT, r->token,
-                             b->keys.data + ks0, r->key_end - ks0, b->data.data + s,
-                             r->end - s - 1);
-        }
+        encode_batch(l, b, ALL_RECS);
         if (l->out.failed) {
             pgw_error("kafka: out of memory spooling %zu event(s); they are sent unspooled", nsend);
+        } else if (atomic_load(&ks->spool.bytes) + l->out.len <= ks->spool_max) {
+            seg = append_batch(ks, l, b, ALL_RECS, (int64_t)nsend);
         } else {
-            if (!make_room(ks, l, l->out.len)) {
+            /* This lane's open segment may hold acknowledged events only:
+             * closing it lets its deletion free room. */
+            pgw_spool_writer_seal(&l->writer);
+            if (ks->policy == PGW_SPOOL_DROP &&
+                atomic_load(&ks->spool.bytes) + l->out.len > ks->spool_max) {
                 drop_batch(ks, l, b);
                 return;
             }
-            int rc;
-            int64_t retry_ms = 10;
-            while ((rc = pgw_spool_writer_append(&l->writer, l->out.data, l->out.len,
-                                                 (int64_t)nsend, &seg)) != 0) {
-                /* A spool that cannot be written keeps statements waiting, as
-                 * a full one does: the crash guarantee depends on it. */
-                add(&ks->write_errors, 1);
-                atomic_store(&ks->last_errno, -rc);
-                pgw_error("kafka: writing the spool failed: %s; retrying", strerror(-rc));
-                pthread_mutex_lock(&ks->mu);
-                bool give_up = ks->unblocked;
-                pthread_mutex_unlock(&ks->mu);
-                if (give_up) {
-                    pgw_error("kafka: shutting down: %zu event(s) are sent unspooled", nsend);
-                    seg = NULL;
-                    break;
-                }
-                struct timespec ts = { 0, retry_ms * 1000000 };
-                nanosleep(&ts, NULL);
-                if (retry_ms < 1000)
-                    retry_ms *= 2;
+            if (nsend && encode_batch(l, b, EVENTS_ONLY) && !l->out.failed)
+                seg = append_batch(ks, l, b, EVENTS_ONLY, (int64_t)nsend);
+            if (encode_batch(l, b, BEGINS_ONLY) && !l->out.failed) {
+                make_room(ks, l->out.len);
+                (void)append_batch(ks, l, b, BEGINS_ONLY, 0);
             }
-            for (size_t i = 0; seg && i < b->nrecs; i++) {
-                const pgw_batch_rec_t *r = &b->recs[i];
-                if (r->begin) {
-                    if (pgw_spool_writer_track(&l->writer, r->token, seg) != 0)
-                        pgw_warn("kafka: out of memory tracking a begun statement");
-                } else if (r->token) {
-                    pgw_spool_writer_resolve(&l->writer, r->token);
-                }
-            }
-            pgw_spool_writer_sweep(&l->writer);
         }
     }
 
+    if (!nsend)
+        return;
     add(&ks->outstanding, nsend);
     pthread_rwlock_rdlock(&ks->rk_lock);
     for (size_t i = 0; i < b->nrecs; i++) {
