@@ -165,17 +165,18 @@ log4j.logger.kafka.server.BrokerServer=INFO
         last = time.monotonic()
         try:
             while time.monotonic() < deadline:
-                m = c.poll(0.2)
-                if m is None:
+                batch = c.consume(num_messages=5000, timeout=0.2)
+                if not batch:
                     if len(out) >= min_count and time.monotonic() - last >= idle:
                         break
                     continue
-                if m.error():
-                    if m.error().code() in (KafkaError._PARTITION_EOF,
-                                            KafkaError.UNKNOWN_TOPIC_OR_PART):
-                        continue
-                    raise RuntimeError("consumer: %s" % m.error())
-                out.append((m.key(), m.value(), m.partition(), m.offset()))
+                for m in batch:
+                    if m.error():
+                        if m.error().code() in (KafkaError._PARTITION_EOF,
+                                                KafkaError.UNKNOWN_TOPIC_OR_PART):
+                            continue
+                        raise RuntimeError("consumer: %s" % m.error())
+                    out.append((m.key(), m.value(), m.partition(), m.offset()))
                 last = time.monotonic()
         finally:
             c.close()

@@ -163,7 +163,8 @@ def test_broker_outage_loses_nothing(kafka, topic, pg, bench_db, start_proxy, tm
     out = {}
 
     def bench():
-        out["r"] = pgbench(p, "-n", "-c", "4", "-j", "2", "-T", "30", dbname=bench_db, check=False)
+        out["r"] = pgbench(p, "-n", "-c", "4", "-j", "2", "-T", "30", "-R", "150", dbname=bench_db,
+                           check=False)
 
     t = threading.Thread(target=bench)
     t.start()
@@ -318,7 +319,7 @@ def test_sigkill_replays_spool(kafka, topic, audited_pg, start_proxy, tmp_path):
     before_upd = pgaudit_count(c, r"^UPDATE pgbench_accounts")
     before_ins = pgaudit_count(c, r"^INSERT INTO pgbench_history")
     proc = subprocess.Popen([pg_tool("pgbench")] + p.conn_args()
-                            + ["-n", "-c", "4", "-j", "2", "-T", "20", "crashbench"],
+                            + ["-n", "-c", "4", "-j", "2", "-T", "20", "-R", "200", "crashbench"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=client_env())
     time.sleep(4)
     p.kill()
