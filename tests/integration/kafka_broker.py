@@ -155,11 +155,15 @@ log4j.logger.kafka.server.BrokerServer=INFO
         """Every message of topic from the start, as (key, value, partition,
         offset): until at least min_count arrived and none came for idle
         seconds, or timeout."""
-        from confluent_kafka import Consumer, KafkaError
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "t-%s" % uuid.uuid4(),
                       "auto.offset.reset": "earliest", "enable.auto.commit": False,
                       "log_level": 0})
-        c.subscribe([topic])
+        # Partitions assigned directly: no consumer group to wait for.
+        md = c.list_topics(topic, timeout=30)
+        parts = sorted(md.topics[topic].partitions) if topic in md.topics else []
+        assert parts, "topic %s has no partitions" % topic
+        c.assign([TopicPartition(topic, n, OFFSET_BEGINNING) for n in parts])
         out = []
         deadline = time.monotonic() + timeout
         last = time.monotonic()
