@@ -156,6 +156,13 @@ def test_mixed_workload_reaches_kafka(kafka, topic, pg, bench_db, start_proxy, t
     assert all(e["result"]["status"] == "ok" for e in statements(evs, "pgbench_accounts"))
     kinds = {e["kind"] for e in evs}
     assert {"session_start", "statement", "session_end"} <= kinds
+    # The consumer script for SIEM pipelines agrees: no gaps, right keys.
+    r = subprocess.run([os.sys.executable, str(Path(__file__).resolve().parents[2] / "scripts"
+                                               / "kafka-check-seq.py"),
+                        "--brokers", kafka.bootstrap, "--topic", topic, "--idle", "2"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 session(s) with gaps" in r.stdout and "0 wrong key(s)" in r.stdout, r.stdout
 
 
 def test_broker_outage_loses_nothing(kafka, topic, pg, bench_db, start_proxy, tmp_path):
