@@ -233,7 +233,9 @@ static void on_admit(void *ud, const pgw_stmt_done_t *d, pgw_stmt_admit_t *out)
     pgw_audit_t *a = ud;
     pgw_stmt_view_t view;
     out->seq = ++a->seq;
-    out->token = ++a->w->admit_token;
+    /* Unique in the process (the spool matches begins and completions by
+     * token across its writers), increasing per thread. */
+    out->token = (uint64_t)(a->w->index + 1) << 48 | ++a->w->admit_token;
     if (!pgw_statement_analyze(a->w->analysis, d, &view)) {
         pgw_statement_parse(d, &view);
         pgw_statement_learn(a->w->analysis, &view);

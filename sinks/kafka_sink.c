@@ -466,7 +466,7 @@ static void spool_and_produce(kafka_sink_t *ks, lane_t *l, pgw_batch_t *b)
     for (size_t i = 0; i < b->nrecs; i++)
         nsend += !b->recs[i].begin;
 
-    if (ks->spooled) {
+    if (ks->spooled && l) {
         encode_batch(l, b, ALL_RECS);
         if (l->out.failed) {
             pgw_error("kafka: out of memory spooling %zu event(s); they are sent unspooled", nsend);
@@ -573,11 +573,9 @@ static int k_submit_batch(pgw_sink_t *s, pgw_batch_t *b)
 {
     kafka_sink_t *ks = (kafka_sink_t *)s;
     lane_t *l = ks->spooled ? my_lane(ks) : NULL;
-    if (ks->spooled && !l) {
+    if (ks->spooled && !l)
         pgw_error("kafka: out of memory for a spool writer: %zu event(s) sent unspooled",
                   b->nrecs);
-        ks->spooled = false;
-    }
     add(&ks->batches, 1);
     spool_and_produce(ks, l, b);
     pgw_sink_batch_put(s, b);

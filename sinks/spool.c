@@ -17,7 +17,9 @@
 #include "log.h"
 
 #define STREAM_LEN 21               /* 16 hex digits, '-', 4 digits */
+#define RUN_LEN 16                  /* the process start: the 16 hex digits */
 #define BEGINS_MIN 256
+#define BEGINS_MAX (1u << 24)      /* begins awaiting completion, per writer */
 
 static void put_u32(uint8_t *p, uint32_t v)
 {
@@ -207,7 +209,6 @@ void pgw_spool_writer_init(pgw_spool_writer_t *w, pgw_spool_t *sp, uint64_t seg_
     w->seg_max = seg_max;
     w->fd = -1;
     w->tail = &w->segs;
-    w->next_token = 1;
 }
 
 static int open_segment(pgw_spool_writer_t *w)
@@ -288,11 +289,6 @@ int pgw_spool_writer_append(pgw_spool_writer_t *w, const void *buf, size_t len, 
     return 0;
 }
 
-uint64_t pgw_spool_writer_token(pgw_spool_writer_t *w)
-{
-    return w->next_token++;
-}
-
 int pgw_spool_writer_track(pgw_spool_writer_t *w, uint64_t token, pgw_spool_seg_t *seg)
 {
     if (w->begin_count == 0)
@@ -300,6 +296,8 @@ int pgw_spool_writer_track(pgw_spool_writer_t *w, uint64_t token, pgw_spool_seg_
     if (token < w->begin_base)
         return -EINVAL;
     uint64_t idx = token - w->begin_base;
+    if (idx >= BEGINS_MAX)
+        return -ERANGE;             /* not this writer's sequence */
     if (idx >= w->begin_cap) {
         size_t cap = w->begin_cap ? w->begin_cap : BEGINS_MIN;
         while (cap <= idx)
@@ -526,11 +524,13 @@ ssize_t pgw_spool_replay(pgw_spool_t *sp, pgw_spool_replay_fn fn, void *ud, pgw_
         atomic_fetch_add(&sp->bytes, files[i].len);
     }
 
-    /* Stream by stream: the completions first, then what is to be sent. */
+    /* Run by run (tokens are unique within one process's run, whichever
+     * of its writers spooled the completion): the completions first, then
+     * what is to be sent. */
     tokens_t done = { 0 };
     for (size_t i = 0; i < n; ) {
         size_t j = i;
-        while (j < n && strncmp(files[i].name, files[j].name, STREAM_LEN) == 0)
+        while (j < n && strncmp(files[i].name, files[j].name, RUN_LEN) == 0)
             j++;
         done.n = 0;
         const char *why;

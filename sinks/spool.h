@@ -12,10 +12,11 @@
  *   payload: u8 type, u8[3] zero, u64 token, u32 key length, key, value
  *
  * A record is either an EVENT (to be produced to Kafka; token non-zero when
- * it completes a BEGIN of the same stream) or a BEGIN (a statement about to
+ * it completes a BEGIN of the same run, i.e. process start) or a BEGIN (a statement about to
  * be forwarded, the event it would get if pgwarden stopped now: status
  * unknown). A BEGIN is produced only by a replay that finds no EVENT with
- * its token in its stream.
+ * its token in its run. Tokens are unique within a run, and a writer's
+ * begins come in increasing token order.
  *
  * A segment's `pending` counts what still needs it: one reference while
  * its writer appends to it, one per event produced and not yet
@@ -107,7 +108,6 @@ typedef struct pgw_spool_writer {
     pgw_spool_seg_t *cur;
     pgw_spool_seg_t *segs;          /* every segment not yet freed, oldest first */
     pgw_spool_seg_t **tail;
-    uint64_t next_token;
     /* BEGIN records waiting for their completion: token -> segment. Tokens
      * are handed out in order, so this is a ring indexed by token. */
     pgw_spool_seg_t **begins;
@@ -124,10 +124,10 @@ void pgw_spool_writer_init(pgw_spool_writer_t *w, pgw_spool_t *sp, uint64_t seg_
  * truncated back). */
 int pgw_spool_writer_append(pgw_spool_writer_t *w, const void *buf, size_t len, int64_t holds,
                             pgw_spool_seg_t **seg) __attribute__((warn_unused_result));
-/* A token for the next BEGIN (non-zero, unique within this writer's stream). */
-uint64_t pgw_spool_writer_token(pgw_spool_writer_t *w);
 /* The BEGIN of token is in seg (after its append): seg is held until
- * pgw_spool_writer_resolve(token). -ENOMEM when it cannot be tracked. */
+ * pgw_spool_writer_resolve(token). -ENOMEM when it cannot be tracked,
+ * -EINVAL/-ERANGE for a token out of this writer's increasing sequence
+ * (the begin then stays unresolved: replayed as unknown after a restart). */
 int pgw_spool_writer_track(pgw_spool_writer_t *w, uint64_t token, pgw_spool_seg_t *seg);
 /* The completion of token is in the spool: its BEGIN's segment is released. */
 void pgw_spool_writer_resolve(pgw_spool_writer_t *w, uint64_t token);
@@ -145,7 +145,8 @@ typedef void (*pgw_spool_replay_fn)(void *ud, pgw_spool_seg_t *seg, const pgw_sp
 
 /* Reads every segment in the directory, oldest stream first, and calls fn
  * for each event to produce again: every EVENT record, and every BEGIN that
- * no EVENT of its stream completes. A torn or corrupt tail is logged and
+ * no EVENT of its run completes. The record's bytes are only valid during
+ * the call. A torn or corrupt tail is logged and
  * skipped. Each segment gets a reference per call (fn holds it for its
  * event) and is released after its scan: a segment with nothing to send is
  * deleted at once. The segments are returned in *out (a list through next)
