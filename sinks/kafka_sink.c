@@ -791,6 +791,8 @@ int pgw_kafka_sink_open(const pgw_kafka_sink_config_t *cfg, pgw_sink_t **out)
         { "compression.codec", "lz4" },
         { "message.timeout.ms", "0" },            /* retry until delivered */
         { "linger.ms", "5" },
+        { "reconnect.backoff.max.ms", "1000" },   /* back soon after an outage */
+        { "reconnect.backoff.max.ms", "1000" },   /* back soon after an outage */
         { "queue.buffering.max.messages", "10000000" },
         { "queue.buffering.max.kbytes", qkb },
         { "client.id", "pgwarden" },

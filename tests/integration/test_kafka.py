@@ -185,12 +185,15 @@ def test_broker_outage_loses_nothing(kafka, topic, pg, bench_db, start_proxy, tm
     time.sleep(int(os.environ.get("PGW_KAFKA_OUTAGE_S", "20")))
     assert spool_bytes(spool) > 0, "events wait in the spool during the outage"
     kafka.start()
+    wait_until(lambda: p.log_tail(200000).count("kafka: delivering to") >= 1, 60,
+               what="the proxy delivering again after the outage")
     t.join(120)
     r = out["r"]
     assert r.returncode == 0, r.stderr.decode()
     ntx = pgbench_tx(r)
     assert ntx == pg.sql("SELECT count(*) FROM pgbench_history", dbname=bench_db)[0][0]
     assert p.stop(timeout=60) == 0, p.log_tail()
+    assert "not acknowledged" not in p.log_tail(200000), p.log_tail()
     evs = unique(events_of(kafka, topic, min_count=ntx * 7, timeout=90))
     assert_sessions_complete(evs)
     hist = [e for e in statements(evs, r"^INSERT INTO pgbench_history") if e["result"]["status"] == "ok"]
