@@ -634,6 +634,7 @@ void pgw_kafka_sink_stats(pgw_sink_t *s, pgw_kafka_stats_t *st)
     pthread_mutex_lock(&ks->mu);
     for (lane_t *l = ks->lanes; l; l = l->next) {
         st->spool_writes += l->writer.writes;
+        st->spool_bytes_written += l->writer.bytes_written;
         st->spool_write_errors += l->writer.write_errors;
     }
     pthread_mutex_unlock(&ks->mu);
@@ -712,9 +713,12 @@ static void k_close(pgw_sink_t *s)
     /* Unacknowledged events keep their segments' references: the files
      * stay. Purge so that destroying does not wait for the brokers. */
     rd_kafka_purge(ks->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-    pgw_info("kafka: closed (%" PRIu64 " delivered, %" PRIu64 " resent, %" PRIu64 " dropped)",
-             (uint64_t)atomic_load(&ks->delivered), (uint64_t)atomic_load(&ks->resent),
-             (uint64_t)atomic_load(&ks->dropped));
+    pgw_kafka_stats_t st;
+    pgw_kafka_sink_stats(s, &st);
+    pgw_info("kafka: closed (%" PRIu64 " delivered, %" PRIu64 " resent, %" PRIu64 " dropped, %"
+             PRIu64 " producer restart(s); spool: %" PRIu64 " bytes in %" PRIu64 " writes)",
+             st.delivered, st.resent, st.dropped, st.producer_restarts, st.spool_bytes_written,
+             st.spool_writes);
     free_sink(ks);
 }
 

@@ -281,6 +281,7 @@ int pgw_spool_writer_append(pgw_spool_writer_t *w, const void *buf, size_t len, 
         left -= (size_t)n;
     }
     w->writes++;
+    w->bytes_written += len;
     seg->bytes += len;
     atomic_fetch_add(&w->spool->bytes, len);
     if (holds)

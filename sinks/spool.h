@@ -114,6 +114,7 @@ typedef struct pgw_spool_writer {
     uint64_t begin_base;            /* token of begins[begin_head] */
     size_t begin_head, begin_count, begin_cap;
     uint64_t writes, write_errors;
+    uint64_t bytes_written;
 } pgw_spool_writer_t;
 
 void pgw_spool_writer_init(pgw_spool_writer_t *w, pgw_spool_t *sp, uint64_t seg_max);

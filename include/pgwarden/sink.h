@@ -250,6 +250,7 @@ typedef struct pgw_kafka_stats {
     uint64_t gap_events;
     uint64_t spool_bytes;        /* on disk now */
     uint64_t spool_writes;
+    uint64_t spool_bytes_written; /* records appended, all time (bytes per event: / produced) */
     uint64_t spool_write_errors;
     uint64_t outstanding;        /* produced, not yet acknowledged */
 } pgw_kafka_stats_t;

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import (PgCluster, client_env, free_port, pg_tool, pgbench, psql, run,
+from harness import (PGW_BINARY, PgCluster, client_env, free_port, pg_tool, pgbench, psql, run,
                      wait_until)
 from kafka_broker import KafkaBroker
 from test_event_schema import _shape, assert_valid_events, load_validator
@@ -198,6 +198,45 @@ def test_broker_outage_loses_nothing(kafka, topic, pg, bench_db, start_proxy, tm
     assert_sessions_complete(evs)
     hist = [e for e in statements(evs, r"^INSERT INTO pgbench_history") if e["result"]["status"] == "ok"]
     assert len(hist) == ntx, "%d INSERT events for %d transactions" % (len(hist), ntx)
+
+
+@pytest.mark.skipif("asan" in str(PGW_BINARY),
+                    reason="runs in the normal build only, to keep the suite's time")
+def test_broker_outage_drop_policy(kafka, topic, pg, bench_db, start_proxy, tmp_path):
+    """The same outage with a small spool under `drop`: pgbench sees no
+    failure and no delay, and an audit_gap event counts what did not fit."""
+    spool = tmp_path / "spool"
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=kafka_args(
+        kafka, topic, spool, "--spool-max-bytes", "262144", "--spool-full-policy", "drop"))
+    pg.sql("TRUNCATE pgbench_history", dbname=bench_db)
+    out = {}
+
+    def bench():
+        out["r"] = pgbench(p, "-n", "-c", "4", "-j", "2", "-T", "20", "-R", "150", dbname=bench_db,
+                           check=False)
+
+    t = threading.Thread(target=bench)
+    t.start()
+    time.sleep(3)
+    kafka.stop()
+    try:
+        wait_until(lambda: "dropping events" in p.log_tail(200000), 30, what="drops")
+        time.sleep(3)
+    finally:
+        kafka.start()
+    t.join(120)
+    r = out["r"]
+    assert r.returncode == 0, r.stderr.decode()
+    ntx = pgbench_tx(r)
+    assert ntx >= 20 * 150 * 0.8, "pgbench was held up: %d transactions" % ntx
+    wait_until(lambda: "audit_gap event sent" in p.log_tail(200000), 60, what="the gap event")
+    assert p.stop(timeout=60) == 0, p.log_tail()
+    evs = unique(events_of(kafka, topic, min_count=100, timeout=90))
+    gaps = [e for e in evs if e["kind"] == "audit_gap"]
+    dropped = sum(g["dropped"] for g in gaps)
+    assert dropped > 0
+    hist = statements(evs, r"^INSERT INTO pgbench_history")
+    assert len(hist) < ntx <= len(hist) + dropped
 
 
 def test_wrong_broker_then_right_one_and_torn_tail(kafka, topic, pg, start_proxy, tmp_path):
