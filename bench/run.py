@@ -35,6 +35,8 @@ import signal
 import socket
 import statistics
 import subprocess
+import threading
+import urllib.request
 import sys
 import tempfile
 import time
@@ -44,7 +46,7 @@ REPO_DIR = os.path.dirname(BENCH_DIR)
 
 ALL_TARGETS = ["direct", "fwdlimit-tcp", "fwdlimit-unix", "pgbouncer", "pgbouncer-unix",
                "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix",
-               "pgwarden-kafka-tcp"]
+               "pgwarden-audit-scraped-tcp", "pgwarden-kafka-tcp"]
 DEFAULT_TARGETS = ["direct", "fwdlimit-tcp", "fwdlimit-unix", "pgbouncer",
                    "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix"]
 DB = "bench"
@@ -484,7 +486,7 @@ def wait_quiet(args, roots):
 TPS_RE = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
 LAT_RE = re.compile(r"^latency average = ([0-9.]+) ms", re.M)
 FAILED_RE = re.compile(r"^number of failed transactions: (\d+)", re.M)
-TX_RE = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
+TXNS_RE = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
 
 
 def pgbench(args, target, mode, seconds, env):
@@ -503,8 +505,8 @@ def pgbench(args, target, mode, seconds, env):
     text = (out or "") + (err or "")
     m_tps, m_lat = TPS_RE.search(text), LAT_RE.search(text)
     m_failed = FAILED_RE.search(text)
-    m_tx = TX_RE.search(text)
-    if m_tx:
+    m_tx = TXNS_RE.search(text)
+    if m_tx:                        # totals, for the Kafka target's count check
         target.tx = getattr(target, "tx", 0) + int(m_tx.group(1))
         target.runs = getattr(target, "runs", 0) + 1
     if proc.returncode != 0 or not m_tps or not m_lat:
@@ -513,7 +515,23 @@ def pgbench(args, target, mode, seconds, env):
     note = None
     if m_failed and int(m_failed.group(1)) > 0:
         note = f"{m_failed.group(1)} failed transactions"
+    m_txns = TXNS_RE.search(text)
+    target.last_txns = int(m_txns.group(1)) if m_txns else None
     return float(m_tps.group(1)), float(m_lat.group(1)), note
+
+
+def proc_cpu_ns(pid):
+    """CPU time of one process's threads in ns, from the scheduler's own accounting
+    (/proc/PID/task/*/schedstat): exact, unlike utime/stime, which are sampled at
+    the timer tick and miss most of a proxy's short bursts. None when gone."""
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 # --------------------------------------------------------------------------- report
@@ -536,8 +554,9 @@ def summarize(targets, modes, results):
             rs = [r for r in results if r["target"] == t and r["mode"] == m and r["tps"] is not None]
             if rs:
                 tps = [r["tps"] for r in rs]
+                cpu = [r["cpu_us"] for r in rs if r.get("cpu_us") is not None]
                 summary[(t, m)] = (statistics.median(tps), statistics.median([r["lat"] for r in rs]),
-                                   min(tps), max(tps), len(rs))
+                                   min(tps), max(tps), len(rs), statistics.median(cpu) if cpu else None)
             else:
                 summary[(t, m)] = None
     return summary
@@ -546,18 +565,19 @@ def summarize(targets, modes, results):
 def table(targets, modes, summary, rounds):
     med = lambda t, m: summary.get((t, m))[0] if summary.get((t, m)) else None
     lines = ["| target | mode | median TPS | median latency (ms) | ÷ direct | ÷ fwdlimit (same upstream) "
-             "| ÷ pgbouncer | TPS min–max (runs) |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+             "| ÷ pgbouncer | proxy CPU µs/txn | TPS min–max (runs) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for m in modes:
         for t in targets:
             s = summary.get((t, m))
             if not s:
-                lines.append(f"| {t} | {m} | failed | — | — | — | — | 0/{rounds} |")
+                lines.append(f"| {t} | {m} | failed | — | — | — | — | — | 0/{rounds} |")
                 continue
-            tps, lat, lo, hi, n = s
+            tps, lat, lo, hi, n, cpu = s
+            cpu_cell = f"{cpu:.1f}" if cpu is not None else "—"
             lines.append(f"| {t} | {m} | {tps:,.0f} | {lat:.3f} | {fmt_ratio(tps, med('direct', m))} "
                          f"| {fmt_ratio(tps, med(fwd_for(t), m))} | {fmt_ratio(tps, med('pgbouncer', m))} "
-                         f"| {lo:,.0f}–{hi:,.0f} ({n}/{rounds}) |")
+                         f"| {cpu_cell} | {lo:,.0f}–{hi:,.0f} ({n}/{rounds}) |")
     return "\n".join(lines)
 
 
@@ -577,7 +597,8 @@ def key_ratios(targets, modes, summary, results, skipped):
     pairs = [("pgwarden-tcp", "fwdlimit-tcp"), ("pgwarden-unix", "fwdlimit-unix"),
              ("pgwarden-tcp", "pgbouncer"), ("pgwarden-unix", "pgbouncer"),
              ("pgwarden-audit-tcp", "fwdlimit-tcp"), ("pgwarden-audit-unix", "fwdlimit-unix"),
-             ("pgwarden-audit-tcp", "pgbouncer"), ("pgwarden-audit-tcp", "pgwarden-tcp")]
+             ("pgwarden-audit-tcp", "pgbouncer"), ("pgwarden-audit-tcp", "pgwarden-tcp"),
+             ("pgwarden-audit-scraped-tcp", "pgwarden-audit-tcp")]
     if "pgwarden-kafka-tcp" in targets:
         pairs += [("pgwarden-kafka-tcp", "fwdlimit-tcp"), ("pgwarden-kafka-tcp", "pgwarden-audit-tcp")]
     if "pgbouncer-unix" in targets:
@@ -710,11 +731,15 @@ def start_targets(args, tmp, runas, env, direct, sockdir, pgw_bin, fwd_bin, skip
             cmd = [pgw_bin, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{pg_port}",
                    "--kafka-brokers", broker.bootstrap, "--kafka-topic", KAFKA_TOPIC,
                    "--spool-dir", os.path.join(tmp, "spool")] + pgw_common
-        elif name in ("pgwarden-audit-tcp", "pgwarden-audit-unix"):
+        elif name in ("pgwarden-audit-tcp", "pgwarden-audit-unix", "pgwarden-audit-scraped-tcp"):
             # Full audit: every statement analysed and written by the file sink.
             up = f"127.0.0.1:{pg_port}" if name.endswith("tcp") else sockdir
             cmd = [pgw_bin, "--listen", f"127.0.0.1:{port}", "--upstream", up,
                    "--audit-file", os.path.join(tmp, name + ".jsonl")] + pgw_common
+            if "scraped" in name:
+                # The same, with /metrics scraped every second during the runs.
+                metrics_port = free_port()
+                cmd += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
         else:   # pgbouncer, pgbouncer-unix
             host = "127.0.0.1" if name == "pgbouncer" else sockdir
             cmd, ra = [args.pgbouncer, "-q", write_pgbouncer_ini(tmp, name, port, host, pg_port, runas)], runas
@@ -727,6 +752,8 @@ def start_targets(args, tmp, runas, env, direct, sockdir, pgw_bin, fwd_bin, skip
             CLEANUP.forget(t.proc)
             continue
         log(f"{name} up on 127.0.0.1:{port}: {shlex.join(cmd)}")
+        if "scraped" in name:
+            t.metrics_port = metrics_port
         targets[name] = t
     return targets
 
@@ -796,6 +823,30 @@ def kafka_check(targets):
 ARGS_CLIENTS = [8]
 
 
+class Scraper:
+    """GET /metrics once a second in a thread, as Prometheus would, while a run goes on."""
+
+    def __init__(self, port):
+        self.port, self.ok = port, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.done.wait(1.0):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+                    r.read()
+                    self.ok += 1
+            except OSError:
+                pass
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        return self.ok
+
+
 def measure(args, t, mode, roots, env, label):
     """One measured run (after the quiet wait and the warm-up); a run disturbed by
     other processes is repeated up to --retries times and the quietest one kept."""
@@ -807,11 +858,21 @@ def measure(args, t, mode, roots, env, label):
         if args.warmup > 0:
             pgbench(args, t, mode, args.warmup, env)
         win = CpuWindow(roots)
+        own0 = proc_cpu_ns(t.proc.pid) if t.cmd else None
+        scraper = Scraper(t.metrics_port) if getattr(t, "metrics_port", None) else None
         tps, lat, note = pgbench(args, t, mode, args.seconds, env)
+        if scraper:
+            scrapes = scraper.stop()
+            if not scrapes:
+                note = "; ".join(filter(None, [note, "no successful scrape"]))
         other, steal = win.other_pct(), win.steal_pct()
+        own1 = proc_cpu_ns(t.proc.pid) if t.cmd else None
+        cpu_us = None
+        if own0 is not None and own1 is not None and getattr(t, "last_txns", None):
+            cpu_us = (own1 - own0) / 1e3 / t.last_txns
         if attempt and tps is not None and other >= rec["other"]:
             continue                           # the earlier, quieter run stands
-        rec.update(tps=tps, lat=lat, note=note, other=other, steal=steal)
+        rec.update(tps=tps, lat=lat, note=note, other=other, steal=steal, cpu_us=cpu_us)
         if tps is None or other <= args.max_other_cpu or attempt == args.retries:
             break
         log(f"{label} {tps:,.0f} tps but other CPU {other:.0f}%: run again")
@@ -839,7 +900,8 @@ def run_rounds(args, targets, order, env):
                 rec.update({"round": rnd + 1, "pos": pos + 1, "target": name, "mode": mode})
                 results.append(rec)
                 if rec["tps"] is not None:
-                    log(f"{label} {rec['tps']:,.0f} tps, {rec['lat']:.3f} ms, other CPU {rec['other']:.0f}%, "
+                    cpu = f", proxy {rec['cpu_us']:.1f} µs CPU/txn" if rec.get("cpu_us") is not None else ""
+                    log(f"{label} {rec['tps']:,.0f} tps, {rec['lat']:.3f} ms{cpu}, other CPU {rec['other']:.0f}%, "
                         f"steal {rec['steal']:.0f}%"
                         + (f" ({rec['note']})" if rec["note"] else ""))
                 else:
@@ -884,14 +946,15 @@ def write_report(args, ctx, targets, order, results, skipped, build_notes, tbl, 
     md += ["## Rounds", "",
            "`other CPU` = CPU time of processes outside the benchmark during the run, `steal` = CPU time "
            "the hypervisor gave to other guests, both in % of all CPUs.", "",
-           "| round | # in round | mode | target | TPS | latency (ms) | other CPU | steal | note |",
-           "|---:|---:|---|---|---:|---:|---:|---:|---|"]
+           "| round | # in round | mode | target | TPS | latency (ms) | proxy CPU µs/txn | other CPU | steal | note |",
+           "|---:|---:|---|---|---:|---:|---:|---:|---:|---|"]
     for r in results:
         tps = f"{r['tps']:.1f}" if r["tps"] else "—"
         lat = f"{r['lat']:.3f}" if r["lat"] else "—"
         other = f"{r['other']:.0f}%" if r["other"] is not None else "—"
         steal = f"{r['steal']:.0f}%" if r["steal"] is not None else "—"
-        md.append(f"| {r['round']} | {r['pos']} | {r['mode']} | {r['target']} | {tps} | {lat} | {other} "
+        cpu = f"{r['cpu_us']:.1f}" if r.get("cpu_us") is not None else "—"
+        md.append(f"| {r['round']} | {r['pos']} | {r['mode']} | {r['target']} | {tps} | {lat} | {cpu} | {other} "
                   f"| {steal} | {r['note'] or ''} |")
     md.append("")
     with open(args.output, "w") as f:

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 
 #include <pg_query.h>
@@ -794,7 +795,16 @@ static int analyze_string(pgw_analysis_cache_t *c, const char *sql, uint32_t n,
         }
         *all_hit = 0;
         piece_from(&pi, sql, lx, p);
-        if (analyze_piece(&pi, &ents[i], &m))
+        struct timespec t0, t1;
+        if (c)
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+        int prc = analyze_piece(&pi, &ents[i], &m);
+        if (c) {
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            sql_cache_parse_time(c, (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
+                                               (t1.tv_nsec - t0.tv_nsec)));
+        }
+        if (prc)
             goto out;
         multi[i] = (uint8_t)m;
         if (m || (ents[i]->pub.flags & PGW_SQL_PARSE_ERROR))

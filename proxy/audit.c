@@ -12,7 +12,7 @@
 
 /* ---- the parts every event shares --------------------------------------- */
 
-static void fill_common(const pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t kind,
+static void fill_common(pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t kind,
                         int64_t time_us, uint64_t seq)
 {
     const pgw_observer_info_t *o = a->w->observer;
@@ -41,6 +41,20 @@ static void fill_common(const pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t 
         ev->user.name = pgw_cstr(a->user);
         ev->user.database = pgw_cstr(a->database);
     }
+    if (!a->ident_cached)
+        return;
+    if (!a->ident_valid) {
+        pgw_jbuf_reset(&a->ident_json);
+        a->ident_valid = pgw_event_encode_identity(ev, &a->ident_json) == 0;
+    }
+    if (a->ident_valid)
+        ev->identity_json = pgw_str(a->ident_json.data, a->ident_json.len);
+}
+
+static void audit_free(pgw_audit_t *a)
+{
+    pgw_jbuf_free(&a->ident_json);
+    free(a);
 }
 
 static void emit(pgw_worker_t *w, const pgw_event_t *ev)
@@ -64,7 +78,7 @@ static void emit_rec(pgw_worker_t *w, const pgw_event_t *ev, bool begin, uint64_
 
 /* ident is the session as it was when the statement completed: for an
  * event finished after a parse off the loop, the session may be gone. */
-static void statement_event(const pgw_audit_t *ident, uint64_t seq, const pgw_stmt_done_t *d,
+static void statement_event(pgw_audit_t *ident, uint64_t seq, const pgw_stmt_done_t *d,
                             pgw_stmt_view_t *view, bool begin)
 {
     pgw_event_t ev;
@@ -100,6 +114,8 @@ static void statement_event(const pgw_audit_t *ident, uint64_t seq, const pgw_st
         ev.result.sqlstate = pgw_cstr(d->sqlstate);
     if (d->message)
         ev.result.message = pgw_cstr(d->message);
+    if (!begin)                     /* counted once: at its completion */
+        pgw_metrics_statement(&ident->w->metrics, ev.statement.class_, d->status, d->duration_us, d->sqlstate);
     if (d->copy_dir) {
         ev.copy.direction = d->copy_dir;
         ev.copy.bytes = PGW_INT(d->copy_bytes);
@@ -122,13 +138,16 @@ typedef struct parse_job {
     uint64_t seq;
     pgw_stmt_done_t d;
     pgw_stmt_view_t view;
+    uint64_t parse_ns;
     _Alignas(pgw_event_param_t) char strings[];   /* params, then their bytes and the strings */
 } parse_job_t;
 
 static void job_parse(uv_work_t *req)
 {
     parse_job_t *j = req->data;
+    uint64_t t0 = uv_hrtime();
     pgw_statement_parse(&j->d, &j->view);
+    j->parse_ns = uv_hrtime() - t0;
 }
 
 static void session_end_event(pgw_audit_t *a);
@@ -138,6 +157,7 @@ static void job_done(uv_work_t *req, int status)
     parse_job_t *j = req->data;
     pgw_audit_t *a = j->owner;
     pgw_worker_t *w = a->w;
+    pgw_ctr_add(&w->metrics.parse_pool_ns, j->parse_ns);
     pgw_statement_learn(w->analysis, &j->view);
     statement_event(&j->ident, j->seq, &j->d, &j->view, false);
     pgw_statement_view_free(&j->view);
@@ -146,7 +166,7 @@ static void job_done(uv_work_t *req, int status)
      * comes now, after all its statements, and the audit is freed. */
     if (--a->jobs == 0 && a->end_deferred) {
         session_end_event(a);
-        free(a);
+        audit_free(a);
     }
     w->nhelpers--;
     pgw_worker_maybe_finish(w);
@@ -178,9 +198,11 @@ static int parse_later(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d, p
     j->req.data = j;
     j->owner = a;
     j->ident = *a;
+    j->ident.ident_cached = 0;      /* a's buffer is a's alone */
+    memset(&j->ident.ident_json, 0, sizeof j->ident.ident_json);
     j->seq = seq;
     j->d = *d;
-    j->view = *view;                /* an empty analysis: safe to move */
+    pgw_statement_view_move(&j->view, view);
     pgw_event_param_t *params = (pgw_event_param_t *)(void *)j->strings;
     char *at = j->strings + np * sizeof *params;
     for (size_t i = 0; i < np; i++) {
@@ -246,10 +268,11 @@ static void on_admit(void *ud, const pgw_stmt_done_t *d, pgw_stmt_admit_t *out)
     pgw_statement_view_free(&view);
 }
 
-static unsigned split(void *ud, const char *text, size_t len, uint32_t (*spans)[2], unsigned cap)
+static unsigned split(void *ud, const char *text, size_t len, uint32_t (*spans)[2], unsigned cap,
+                      pgw_memo_t **memo)
 {
     pgw_audit_t *a = ud;
-    return pgw_statement_split(a->w->analysis, text, len, spans, cap);
+    return pgw_statement_split(a->w->analysis, text, len, spans, cap, memo);
 }
 
 /* ---- session ------------------------------------------------------------- */
@@ -277,6 +300,8 @@ void pgw_audit_init(pgw_audit_t *a, pgw_worker_t *w, const struct sockaddr *peer
         inet_ntop(AF_INET, &s4->sin_addr, a->client_ip, sizeof a->client_ip);
         a->client_port = ntohs(s4->sin_port);
     }
+    pgw_jbuf_init(&a->ident_json, 64 * 1024);
+    a->ident_cached = 1;
     pgw_tracker_init(&a->tracker, on_statement, split, a);
     a->tracker.param_max = w->cfg->log_parameters ? w->cfg->parameter_max_bytes : 0;
     if (w->sink->durable)
@@ -285,6 +310,7 @@ void pgw_audit_init(pgw_audit_t *a, pgw_worker_t *w, const struct sockaddr *peer
 
 void pgw_audit_startup(pgw_audit_t *a, const pgw_startup_t *st)
 {
+    a->ident_valid = 0;
     snprintf(a->user, sizeof a->user, "%s", st->user);
     snprintf(a->database, sizeof a->database, "%s", st->database ? st->database : st->user);
     if (st->application_name)
@@ -375,8 +401,10 @@ void pgw_audit_backend(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us)
         /* The server reports application_name whenever it changes (SET, or
          * a driver that sets it after connecting): events carry the current one. */
         pgw_param_status_t ps;
-        if (pgw_parse_param_status(m, &ps) == 0 && strcmp(ps.name, "application_name") == 0)
+        if (pgw_parse_param_status(m, &ps) == 0 && strcmp(ps.name, "application_name") == 0) {
             snprintf(a->application, sizeof a->application, "%s", ps.value);
+            a->ident_valid = 0;
+        }
     }
     if (!a->started)
         before_ready(a, m, now_us);
@@ -423,5 +451,5 @@ void pgw_audit_end(pgw_audit_t *a, pgw_end_reason_t reason)
         return;
     }
     session_end_event(a);
-    free(a);
+    audit_free(a);
 }

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "pgwarden/event.h"
+#include "pgwarden/json.h"
 #include "pgwarden/protocol.h"
 #include "tracker.h"
 #include "worker.h"
@@ -36,6 +37,11 @@ typedef struct pgw_audit {
     int end_deferred;               /* ended while jobs were out */
     int64_t end_us;
     pgw_end_reason_t end_reason;
+    /* The identity part of every event (observer, client, server, user),
+     * encoded once and copied into each event until it changes. */
+    pgw_jbuf_t ident_json;
+    int ident_valid;
+    int ident_cached;               /* 0 for a copy that must not keep one */
 } pgw_audit_t;
 
 /* After accept: the client's address and the listener. */

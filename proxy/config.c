@@ -35,6 +35,7 @@ static const char usage[] =
 "  --spool-full-policy P    block (default: statements wait) or drop (counted, audit_gap event)\n"
 "  --log-parameters         put Bind parameter values into statement events (default: count only)\n"
 "  --parameter-max-bytes N  cut each logged value at N bytes (default 1024)\n"
+"  --metrics-listen HOST:PORT  serve /metrics (Prometheus), /healthz and /readyz over HTTP\n"
 "  --threads N              event-loop threads (default: online CPUs)\n"
 "  --drain-timeout SECONDS  on SIGTERM/SIGINT, how long sessions may finish (default 30)\n"
 "  --max-message-size BYTES largest accepted protocol message (default 1073741824)\n"
@@ -159,7 +160,7 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
 {
     enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_HELP, O_VERSION,
            O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX, O_KAFKA_BROKERS, O_KAFKA_TOPIC, O_KAFKA_PROP,
-           O_SPOOL_DIR, O_SPOOL_MAX, O_SPOOL_POLICY };
+           O_SPOOL_DIR, O_SPOOL_MAX, O_SPOOL_POLICY, O_METRICS };
     static const struct option opts[] = {
         { "listen", required_argument, NULL, O_LISTEN },
         { "upstream", required_argument, NULL, O_UPSTREAM },
@@ -176,12 +177,13 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
         { "spool-dir", required_argument, NULL, O_SPOOL_DIR },
         { "spool-max-bytes", required_argument, NULL, O_SPOOL_MAX },
         { "spool-full-policy", required_argument, NULL, O_SPOOL_POLICY },
+        { "metrics-listen", required_argument, NULL, O_METRICS },
         { "help", no_argument, NULL, O_HELP },
         { "version", no_argument, NULL, O_VERSION },
         { NULL, 0, NULL, 0 },
     };
     const char *listen_args[PGW_MAX_LISTEN];
-    const char *upstream_arg = NULL;
+    const char *upstream_arg = NULL, *metrics_arg = NULL;
     double v;
 
     memset(cfg, 0, sizeof *cfg);
@@ -279,6 +281,9 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
                 return -1;
             }
             break;
+        case O_METRICS:
+            metrics_arg = optarg;
+            break;
         case O_HELP:
             fputs(usage, stdout);
             return 1;
@@ -328,5 +333,15 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
             return -1;
     if (parse_endpoint(&cfg->upstream, upstream_arg, 0, 0))
         return -1;
+    if (metrics_arg) {
+        snprintf(cfg->metrics_listen.text, sizeof cfg->metrics_listen.text, "%s", metrics_arg);
+        int rc = parse_tcp(&cfg->metrics_listen, metrics_arg, 1);
+        if (rc) {
+            if (rc == -1)
+                fprintf(stderr, "pgwarden: --metrics-listen: \"%s\" is not HOST:PORT\n", metrics_arg);
+            return -1;
+        }
+        cfg->has_metrics = 1;
+    }
     return 0;
 }

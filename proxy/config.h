@@ -36,6 +36,8 @@ typedef struct pgw_config {
     const char *spool_dir;          /* the Kafka sink's durable spool */
     uint64_t spool_max_bytes;       /* 0: the sink's default */
     int spool_drop;                 /* full spool: drop (and count) instead of block */
+    int has_metrics;
+    pgw_endpoint_t metrics_listen;  /* the HTTP endpoint, when has_metrics */
 } pgw_config_t;
 
 /* Parses argv into cfg. Returns 0 to run, 1 when --help/--version was

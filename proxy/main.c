@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "pgwarden/event.h"
 #include "pgwarden/sink.h"
 #include "worker.h"
@@ -31,6 +32,7 @@ typedef struct proxy {
     int stopping;
     pgw_sink_t *sink;
     pgw_observer_info_t observer;
+    pgw_metrics_server_t *metrics;  /* NULL without --metrics-listen */
 } proxy_t;
 
 static void observer_init(pgw_observer_info_t *o, const pgw_config_t *cfg)
@@ -57,6 +59,24 @@ static void observer_init(pgw_observer_info_t *o, const pgw_config_t *cfg)
 
 /* ---- listening sockets, opened before any thread starts so that errors
  * reach the operator at once ---------------------------------------------- */
+
+/* SO_REUSEPORT would let this process share the address with another one
+ * listening there already (a second pgwarden left running), each taking a
+ * share of the connections. A plain bind first refuses that. */
+static int tcp_address_free(const pgw_endpoint_t *ep)
+{
+    int fd = socket(ep->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    if (fd < 0)
+        return -1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ep->sa.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    int rc = bind(fd, (const struct sockaddr *)&ep->sa, ep->salen);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
 
 static int open_tcp_listener(const pgw_endpoint_t *ep)
 {
@@ -124,6 +144,8 @@ static int open_listeners(const pgw_config_t *cfg, int nworkers, int (*fds)[PGW_
             int fd;
             if (ep->is_unix)
                 fd = k == 0 ? open_unix_listener(ep) : dup(fds[0][i]);
+            else if (k == 0 && tcp_address_free(ep))
+                fd = -1;
             else
                 fd = open_tcp_listener(ep);
             if (fd < 0) {
@@ -162,6 +184,8 @@ static void on_signal(uv_signal_t *sig, int signum)
         return;
     }
     p->stopping = 1;
+    if (p->metrics)
+        pgw_metrics_draining(p->metrics);
     pgw_info("%s: no longer accepting; draining sessions for up to %gs",
              strsignal(signum), p->cfg.drain_timeout);
     broadcast(p, PGW_CMD_DRAIN);
@@ -183,6 +207,8 @@ static void on_worker_done(uv_async_t *a)
     uv_close((uv_handle_t *)&p->sigterm, NULL);
     uv_close((uv_handle_t *)&p->drain_timer, NULL);
     uv_close((uv_handle_t *)&p->done, NULL);
+    if (p->metrics)
+        pgw_metrics_stop(p->metrics);
 }
 
 int main(int argc, char **argv)
@@ -246,6 +272,12 @@ int main(int argc, char **argv)
         }
     }
     free(fds);
+    if (p.cfg.has_metrics &&
+        pgw_metrics_start(&p.loop, &p.cfg, p.workers, p.nworkers, p.sink, &p.metrics)) {
+        broadcast(&p, PGW_CMD_FORCE);
+        p.stopping = 1;
+        rc = 1;
+    }
     pgw_info("pgwarden %s: %d thread(s), upstream %s%s%s", PGW_VERSION, p.nworkers,
              p.cfg.upstream.text, p.cfg.upstream.is_unix ? " -> " : "",
              p.cfg.upstream.is_unix ? p.cfg.upstream.path : "");
@@ -262,7 +294,9 @@ int main(int argc, char **argv)
     if (p.sink)
         pgw_sink_close(p.sink);   /* writes what the threads handed over */
     uv_loop_close(&p.loop);
+    if (p.metrics)
+        pgw_metrics_free(p.metrics);
     free(p.workers);
     pgw_info("stopped");
-    return 0;
+    return rc;
 }

@@ -31,8 +31,34 @@ static pgw_stmt_class_t class_of(pgw_audit_class_t c)
     return PGW_STMT_CLASS_MISC;
 }
 
+/* The analysis kept with a statement text (pgw_memo_t). */
+typedef struct stmt_memo {
+    pgw_memo_t base;
+    pgw_analysis_t an;
+} stmt_memo_t;
+
+static void stmt_memo_free(pgw_memo_t *m)
+{
+    stmt_memo_t *sm = (stmt_memo_t *)(void *)m;
+    pgw_analysis_clear(&sm->an);
+    free(sm);
+}
+
+/* Moves an (complete, one statement or more) into a new memo; an is left
+ * empty. NULL when out of memory (an unchanged). */
+static stmt_memo_t *memo_of(pgw_analysis_t *an)
+{
+    stmt_memo_t *m = malloc(sizeof *m);
+    if (!m)
+        return NULL;
+    m->base.free = stmt_memo_free;
+    m->an = *an;                    /* an analysis may be moved as a whole */
+    pgw_analysis_init(an);
+    return m;
+}
+
 unsigned pgw_statement_split(struct pgw_analysis_cache *c, const char *text, size_t len,
-                             uint32_t (*spans)[2], unsigned cap)
+                             uint32_t (*spans)[2], unsigned cap, pgw_memo_t **memo)
 {
     /* A long Query is split by the lexer: its statements are analysed one
      * by one later, off the loop when they miss the cache. */
@@ -58,6 +84,13 @@ unsigned pgw_statement_split(struct pgw_analysis_cache *c, const char *text, siz
         spans[i][0] = st->offset;
         spans[i][1] = st->length;
     }
+    /* A statement of several in one string is described on its own when it
+     * completes, as the server runs it: only a lone statement is kept. */
+    if (n == 1 && !(an.flags & PGW_ANALYSIS_PARSE_FAILED)) {
+        stmt_memo_t *m = memo_of(&an);
+        if (m)
+            *memo = &m->base;
+    }
     pgw_analysis_clear(&an);
     return n;
 }
@@ -73,19 +106,41 @@ int pgw_statement_analyze(struct pgw_analysis_cache *c, const pgw_stmt_done_t *d
     view->has_an = 0;
     view->rc = 0;
     view->heap_objects = NULL;
+    view->src = &view->an;
+    view->idx = 0;
     if (!needs_analysis(d))
         return 1;
     pgw_analysis_init(&view->an);
     view->has_an = 1;
+    stmt_memo_t *m = d->memo && *d->memo ? (stmt_memo_t *)(void *)*d->memo : NULL;
+    if (m) {
+        /* A Query's memo is the analysis of its one statement. */
+        view->src = &m->an;
+        return 1;
+    }
     if (d->text_len > PGW_ANALYSIS_SYNC_MAX) {
         int hit = pgw_analysis_lookup(c, d->text, d->text_len, &view->an);
-        if (hit == 1)
-            return 1;
-        view->rc = hit;
-        return hit < 0;             /* out of memory: nothing more to try */
+        if (hit != 1) {
+            view->rc = hit;
+            return hit < 0;         /* out of memory: nothing more to try */
+        }
+    } else {
+        view->rc = pgw_analysis_run(c, d->text, d->text_len, &view->an);
     }
-    view->rc = pgw_analysis_run(c, d->text, d->text_len, &view->an);
+    /* A prepared statement keeps its analysis for its next executions. */
+    if (view->rc == 0 && d->memo && d->protocol == PGW_PROTOCOL_EXTENDED && view->an.count == 1 &&
+        !(view->an.flags & PGW_ANALYSIS_PARSE_FAILED) && (m = memo_of(&view->an)) != NULL) {
+        *d->memo = &m->base;
+        view->src = &m->an;
+    }
     return 1;
+}
+
+void pgw_statement_view_move(pgw_stmt_view_t *to, const pgw_stmt_view_t *from)
+{
+    *to = *from;
+    if (from->src == &from->an)
+        to->src = &to->an;
 }
 
 void pgw_statement_parse(const pgw_stmt_done_t *d, pgw_stmt_view_t *view)
@@ -114,17 +169,17 @@ void pgw_statement_fill(const pgw_stmt_done_t *d, pgw_stmt_view_t *view, pgw_eve
         out->parse_error = PGW_STR_LIT("statement text unknown to pgwarden");
         return;
     }
-    pgw_analysis_t *an = &view->an;
-    if (!view->has_an || view->rc || an->count == 0) {
+    const pgw_analysis_t *an = view->src;
+    if (!view->has_an || view->rc || an->count <= view->idx) {
         /* Nothing can be said of the text, so none of it is shown. */
         out->text = PGW_STR_LIT("");
         out->redacted = PGW_BOOL(1);
         return;
     }
-    const pgw_stmt_t *st = pgw_analysis_stmt(an, 0);
+    const pgw_stmt_t *st = pgw_analysis_stmt(an, view->idx);
     const pgw_sql_info_t *info = st->info;
     uint32_t tlen;
-    const char *text = pgw_analysis_text(an, 0, &tlen);
+    const char *text = pgw_analysis_text(an, view->idx, &tlen);
     out->text = pgw_str(text, tlen);
     out->redacted = PGW_BOOL(1);
     out->command = pgw_cstr(info->command);

@@ -19,6 +19,8 @@ struct pgw_analysis_cache;
 /* What an event borrows from the analysis until it is encoded. */
 typedef struct pgw_stmt_view {
     pgw_analysis_t an;              /* holds references to cached infos */
+    const pgw_analysis_t *src;      /* what is reported: &an, or a memo's analysis */
+    uint32_t idx;                   /* the statement of src */
     int has_an;
     int rc;                         /* of the analysis: 0 or -errno */
     pgw_event_object_t inline_objects[16];
@@ -32,10 +34,13 @@ void pgw_statement_cache_free(struct pgw_analysis_cache *c);
  * goes to libuv's thread pool (a 1 MB INSERT takes a quarter second). */
 #define PGW_ANALYSIS_SYNC_MAX (4 * 1024)
 
-/* Analyses d into view->an on this thread: from the cache, or with the
- * parser when the text is short. Returns 1 when view->an is ready (or
- * nothing is to be analysed), 0 when the text must be parsed elsewhere
- * (pgw_statement_parse, then pgw_statement_learn on this thread). */
+/* Analyses d on this thread: from the memo its text carries, from the
+ * cache, or with the parser when the text is short; the analysis of a
+ * prepared statement is then kept in its memo for its next executions.
+ * Returns 1 when the view is ready (or nothing is to be analysed), 0 when
+ * the text must be parsed elsewhere into view->an (pgw_statement_parse,
+ * then pgw_statement_learn on this thread). A view may be moved only
+ * before it is ready, or with pgw_statement_view_move. */
 int pgw_statement_analyze(struct pgw_analysis_cache *c, const pgw_stmt_done_t *d,
                           pgw_stmt_view_t *view);
 /* The parse for pgw_statement_analyze's 0: any thread, no cache. */
@@ -47,9 +52,13 @@ void pgw_statement_learn(struct pgw_analysis_cache *c, pgw_stmt_view_t *view);
  * pgw_statement_view_free(view). */
 void pgw_statement_fill(const pgw_stmt_done_t *d, pgw_stmt_view_t *view, pgw_event_statement_t *out);
 void pgw_statement_view_free(pgw_stmt_view_t *view);
+/* *to = *from, keeping what the view reports. */
+void pgw_statement_view_move(pgw_stmt_view_t *to, const pgw_stmt_view_t *from);
 
-/* pgw_split_fn for the tracker. */
+/* pgw_split_fn for the tracker: a single-statement Query that is analysed
+ * here leaves its analysis as the Query's memo, so that describing it when
+ * it completes costs no second look-up. */
 unsigned pgw_statement_split(struct pgw_analysis_cache *c, const char *text, size_t len,
-                             uint32_t (*spans)[2], unsigned cap);
+                             uint32_t (*spans)[2], unsigned cap, pgw_memo_t **memo);
 
 #endif

@@ -20,6 +20,7 @@ struct pgw_prepared {
     char *name;
     char *text;
     size_t text_len;
+    pgw_memo_t *memo;
 };
 
 struct pgw_portal {
@@ -48,6 +49,7 @@ struct pgw_tracker_item {
     char *text;                     /* the whole Query text, then the spans */
     size_t text_len;
     uint32_t (*spans)[2];
+    pgw_memo_t *memo;
     unsigned nstmts, cur;
     int errored;                    /* IT_QUERY: an error ended it; IT_FCALL: reported */
     pgw_stmt_admit_t admit;         /* IT_EXECUTE, IT_FCALL */
@@ -66,9 +68,16 @@ static char *dup_n(const char *s, size_t n)
     return p;
 }
 
+static void memo_free(pgw_memo_t *m)
+{
+    if (m)
+        m->free(m);
+}
+
 static void prepared_unref(pgw_prepared_t *p)
 {
     if (p && --p->refs == 0) {
+        memo_free(p->memo);
         free(p->name);
         free(p->text);
         free(p);
@@ -85,8 +94,8 @@ static void portal_unref(pgw_portal_t *p)
     }
 }
 
-static void fill(pgw_stmt_done_t *dp, const pgw_tracker_item_t *it, const pgw_portal_t *portal,
-                 const pgw_prepared_t *stmt, const acc_t *acc, pgw_result_status_t status,
+static void fill(pgw_stmt_done_t *dp, pgw_tracker_item_t *it, pgw_portal_t *portal,
+                 pgw_prepared_t *stmt, const acc_t *acc, pgw_result_status_t status,
                  const pgw_complete_t *cc, const pgw_error_t *err, int64_t now_us)
 {
 #define d (*dp)
@@ -129,6 +138,7 @@ static void fill(pgw_stmt_done_t *dp, const pgw_tracker_item_t *it, const pgw_po
         }
         d.index = it->cur + 1;
         d.count = it->nstmts;
+        d.memo = &it->memo;
     } else if (it && it->kind == IT_FCALL) {
         d.protocol = PGW_PROTOCOL_FUNCTION_CALL;
         d.text = "";
@@ -140,6 +150,7 @@ static void fill(pgw_stmt_done_t *dp, const pgw_tracker_item_t *it, const pgw_po
             d.text = stmt->text;
             d.text_len = stmt->text_len;
             d.stmt_name = stmt->name;
+            d.memo = &stmt->memo;
         }
         if (portal) {
             d.portal_name = portal->name;
@@ -156,8 +167,8 @@ static void fill(pgw_stmt_done_t *dp, const pgw_tracker_item_t *it, const pgw_po
 #undef d
 }
 
-static void emit(pgw_tracker_t *t, const pgw_tracker_item_t *it, const pgw_portal_t *portal,
-                 const pgw_prepared_t *stmt, const acc_t *acc, pgw_result_status_t status,
+static void emit(pgw_tracker_t *t, pgw_tracker_item_t *it, pgw_portal_t *portal,
+                 pgw_prepared_t *stmt, const acc_t *acc, pgw_result_status_t status,
                  const pgw_complete_t *cc, const pgw_error_t *err, int64_t now_us)
 {
     pgw_stmt_done_t d;
@@ -258,9 +269,11 @@ static void item_release(pgw_tracker_item_t *it)
     prepared_unref(it->stmt);
     portal_unref(it->portal);
     free(it->text);
+    memo_free(it->memo);
     it->stmt = NULL;
     it->portal = NULL;
     it->text = NULL;
+    it->memo = NULL;
 }
 
 static void pop(pgw_tracker_t *t)
@@ -347,6 +360,7 @@ static void skipped_now(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
             it.text = (char *)(uintptr_t)q.text;
             it.text_len = q.text_len;
             emit(t, &it, NULL, NULL, &acc, PGW_STATUS_SKIPPED, NULL, NULL, now_us);
+            memo_free(it.memo);
         }
     }
 }
@@ -361,8 +375,9 @@ static void on_query(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     unsigned n = 1;
     spans[0][0] = 0;
     spans[0][1] = q.text_len;
+    pgw_memo_t *memo = NULL;
     if (t->split)
-        n = t->split(t->ud, q.text, q.text_len, spans, SPANS_INLINE);
+        n = t->split(t->ud, q.text, q.text_len, spans, SPANS_INLINE, &memo);
     /* The text and its spans in one block: one allocation per Query. */
     size_t spans_off = (q.text_len + 1 + 7) & ~(size_t)7;
     size_t admits_off = spans_off + (size_t)(n ? n : 1) * sizeof spans[0];
@@ -371,15 +386,20 @@ static void on_query(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     pgw_tracker_item_t *it = block ? push(t, IT_QUERY, now_us) : NULL;
     if (!it) {
         free(block);
+        memo_free(memo);
         t->failed = 1;
         return;
     }
+    it->memo = memo;
     memcpy(block, q.text, q.text_len + 1);
     it->text = block;
     it->text_len = q.text_len;
     it->spans = (uint32_t (*)[2])(void *)(block + spans_off);
-    if (n > SPANS_INLINE)
-        n = t->split(t->ud, q.text, q.text_len, it->spans, n);
+    if (n > SPANS_INLINE) {
+        memo_free(it->memo);
+        it->memo = NULL;
+        n = t->split(t->ud, q.text, q.text_len, it->spans, n, &it->memo);
+    }
     else
         memcpy(it->spans, spans, (size_t)n * sizeof spans[0]);
     it->nstmts = n;

@@ -29,6 +29,14 @@ typedef struct pgw_stmt_admit {
     uint64_t seq, token;
 } pgw_stmt_admit_t;
 
+/* Whatever the tracker's user learned about a statement text (its SQL
+ * analysis), kept with the text so that the thousandth execution of a
+ * prepared statement does not learn it again. The tracker frees it with the
+ * text, through its own free function. */
+typedef struct pgw_memo {
+    void (*free)(struct pgw_memo *m);
+} pgw_memo_t;
+
 /* One statement execution, complete. Every pointer is borrowed for the
  * duration of the emit callback. */
 typedef struct pgw_stmt_done {
@@ -51,14 +59,21 @@ typedef struct pgw_stmt_done {
     const char *sqlstate, *message; /* ErrorResponse; NULL if none */
     pgw_copy_dir_t copy_dir;
     uint64_t copy_bytes;
+    /* The memo slot of the text: the prepared statement's (extended
+     * protocol), or the whole Query's (simple protocol, as the split
+     * callback left it; index tells which statement of it this is). NULL
+     * when there is none. The callback may fill an empty slot. */
+    pgw_memo_t **memo;
     pgw_stmt_admit_t admit;
 } pgw_stmt_done_t;
 
 /* Splits a Query text into statements: fills up to cap (offset, length)
  * pairs and returns how many statements there are (may exceed cap), or 0 if
- * the text holds none. NULL: the whole text is one statement. */
+ * the text holds none. It may leave a memo of what it learned in *memo
+ * (which is NULL on entry), kept with the Query until its last statement is
+ * reported. NULL: the whole text is one statement. */
 typedef unsigned (*pgw_split_fn)(void *ud, const char *text, size_t len,
-                                 uint32_t (*spans)[2], unsigned cap);
+                                 uint32_t (*spans)[2], unsigned cap, pgw_memo_t **memo);
 typedef void (*pgw_emit_fn)(void *ud, const pgw_stmt_done_t *done);
 /* An execution the server may run, seen before it is forwarded: `pending`
  * is what pgw_tracker_finish would report now (status unknown). Each

@@ -158,7 +158,27 @@ static void on_write(uv_write_t *req, int status)
 static int leg_write(pgw_leg_t *leg, pgw_buf_t *b, void *owned, const void *p, size_t n)
 {
     pgw_wreq_t *r = NULL;
-    if (!leg->open || uv_is_closing(&leg->u.handle) || !(r = wreq_get(leg->w))) {
+    if (!leg->open || uv_is_closing(&leg->u.handle)) {
+        free(owned);
+        return UV_ENOMEM;
+    }
+    /* Nothing queued: write now. A complete write needs no request, no
+     * callback, and leaves the socket's poll registration alone (a queued
+     * write costs an epoll_ctl when it completes). What the socket does not
+     * take now is queued below; an error is left to uv_write to report. */
+    if (leg->u.stream.write_queue_size == 0) {
+        uv_buf_t now = uv_buf_init((char *)(uintptr_t)p, (unsigned)n);
+        int done = uv_try_write(&leg->u.stream, &now, 1);
+        if (done == (int)n) {
+            free(owned);
+            return 0;
+        }
+        if (done > 0) {
+            p = (const uint8_t *)p + done;
+            n -= (size_t)done;
+        }
+    }
+    if (!(r = wreq_get(leg->w))) {
         free(owned);
         return UV_ENOMEM;
     }

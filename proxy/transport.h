@@ -3,8 +3,11 @@
  * carries the bytes (TLS will sit behind the same calls).
  *
  * Ownership: reads land in pool buffers; the buffer is lent to on_data for
- * the call only (take a reference to keep it). pgw_leg_write() takes its own
- * reference and drops it when the write completes, then calls on_drained.
+ * the call only (take a reference to keep it). pgw_leg_write() writes at
+ * once what the socket takes when nothing is queued before it (no reference
+ * kept, no callback: check pgw_leg_idle); the rest is queued with a
+ * reference of its own, dropped when that write completes, then on_drained
+ * is called.
  * The handle's memory is the leg itself, embedded in its owner, which must
  * live until on_closed. */
 #ifndef PGW_TRANSPORT_H
@@ -21,7 +24,7 @@ typedef struct pgw_leg pgw_leg_t;
 typedef struct pgw_leg_ops {
     void (*on_data)(pgw_leg_t *leg, pgw_buf_t *b, size_t n);
     void (*on_eof)(pgw_leg_t *leg, int status);    /* UV_EOF or an error; reading stopped */
-    void (*on_drained)(pgw_leg_t *leg);            /* a write to this leg completed */
+    void (*on_drained)(pgw_leg_t *leg);            /* a queued write to this leg completed */
     void (*on_closed)(pgw_leg_t *leg);             /* the handle is closed; last callback */
 } pgw_leg_ops_t;
 
@@ -30,7 +33,7 @@ struct pgw_leg {
     pgw_worker_t *w;
     void *owner;
     const pgw_leg_ops_t *ops;
-    unsigned inflight;              /* writes not yet completed */
+    unsigned inflight;              /* queued writes not yet completed */
     unsigned open : 1;              /* handle initialised and not yet closed */
     unsigned reading : 1;
     unsigned paused : 1;            /* reading held back by backpressure */

@@ -32,16 +32,26 @@ static void close_listeners(pgw_worker_t *w)
 
 static void on_sink_timer(uv_timer_t *t);
 
+/* The producer's clock is the loop's cached time (updated once per
+ * iteration): batch ages need no clock read per event. */
+static void sink_clock(pgw_worker_t *w)
+{
+    w->producer.now_us = (int64_t)uv_now(&w->loop) * 1000 + 1;
+}
+
 static void arm_sink_timer(pgw_worker_t *w)
 {
+    if (uv_is_active((uv_handle_t *)&w->sink_timer))
+        return;
     int due = pgw_sink_producer_due_ms(&w->producer);
-    if (due >= 0 && !uv_is_active((uv_handle_t *)&w->sink_timer))
+    if (due >= 0)
         uv_timer_start(&w->sink_timer, on_sink_timer, (uint64_t)due, 0);
 }
 
 static void on_sink_timer(uv_timer_t *t)
 {
     pgw_worker_t *w = t->data;
+    sink_clock(w);
     pgw_sink_producer_tick(&w->producer);
     arm_sink_timer(w);
 }
@@ -60,6 +70,13 @@ void pgw_worker_audit_emitted(pgw_worker_t *w)
 static void on_sink_check(uv_check_t *c)
 {
     pgw_worker_t *w = c->data;
+    pgw_analysis_cache_stats_t st;
+    pgw_analysis_cache_stats(w->analysis, &st);
+    pgw_ctr_set(&w->metrics.cache_hits, st.hits);
+    pgw_ctr_set(&w->metrics.cache_misses, st.misses);
+    pgw_ctr_set(&w->metrics.cache_entries, st.entries);
+    pgw_ctr_set(&w->metrics.parse_ns, st.parse_ns);
+    sink_clock(w);
     if (w->sink->durable) {
         pgw_sink_producer_flush(&w->producer);
         pgw_session_run_deferred(w);
@@ -130,6 +147,7 @@ int pgw_worker_init(pgw_worker_t *w, int index, const pgw_config_t *cfg,
         if (!w->analysis)
             return UV_ENOMEM;
         pgw_sink_producer_init(&w->producer, sink);
+        sink_clock(w);
         w->sink_tick.data = w->sink_timer.data = w;
         uv_check_init(&w->loop, &w->sink_tick);
         uv_check_start(&w->sink_tick, on_sink_check);

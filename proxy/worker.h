@@ -12,6 +12,7 @@
 #include "buf.h"
 #include "config.h"
 #include "list.h"
+#include "metrics.h"
 #include "pgwarden/event.h"
 #include "pgwarden/sink.h"
 
@@ -72,6 +73,8 @@ typedef struct pgw_worker {
     pgw_link_t deferred;
     const pgw_observer_info_t *observer;
     struct pgw_analysis_cache *analysis;
+
+    pgw_metrics_t metrics;          /* this thread's counters, summed at scrape time */
 
     pgw_buf_pool_t pool;
     struct pgw_wreq *free_wreqs;

@@ -175,6 +175,11 @@ static int64_t mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+static inline int64_t producer_now(const pgw_sink_producer_t *p)
+{
+    return p->now_us ? p->now_us : mono_us();
+}
+
 /* Single writer: a relaxed load and store, no locked instruction. */
 static inline void count(_Atomic uint64_t *c)
 {
@@ -187,6 +192,7 @@ void pgw_sink_producer_init(pgw_sink_producer_t *p, pgw_sink_t *s)
     p->sink = s;
     p->batch = NULL;
     p->batch_born_us = 0;
+    p->now_us = 0;
     atomic_init(&p->events, 0);
     atomic_init(&p->refused, 0);
 }
@@ -230,7 +236,7 @@ int pgw_sink_emit_rec(pgw_sink_producer_t *p, const pgw_event_t *ev, bool begin,
     if (rc != 0)
         goto refused;
     if (b->nrecs == 1)
-        p->batch_born_us = mono_us();
+        p->batch_born_us = producer_now(p);
     count(&p->events);
     if (b->data.len >= s->limits.batch_bytes)
         handoff(p);
@@ -250,7 +256,7 @@ refused:
 void pgw_sink_producer_tick(pgw_sink_producer_t *p)
 {
     if (p->batch && p->batch->nrecs &&
-        mono_us() - p->batch_born_us >= (int64_t)p->sink->limits.max_delay_us)
+        producer_now(p) - p->batch_born_us >= (int64_t)p->sink->limits.max_delay_us)
         handoff(p);
 }
 
@@ -258,7 +264,7 @@ int pgw_sink_producer_due_ms(const pgw_sink_producer_t *p)
 {
     if (!p->batch || !p->batch->nrecs)
         return -1;
-    int64_t left = p->batch_born_us + p->sink->limits.max_delay_us - mono_us();
+    int64_t left = p->batch_born_us + p->sink->limits.max_delay_us - producer_now(p);
     return left <= 0 ? 0 : (int)((left + 999) / 1000);
 }
 

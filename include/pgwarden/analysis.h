@@ -171,6 +171,7 @@ typedef struct pgw_analysis_cache_limits {
 typedef struct pgw_analysis_cache_stats {
     uint64_t hits, misses;    /* per string looked up */
     uint64_t inserts, evictions;
+    uint64_t parse_ns;        /* time in the parser and the analysis of misses */
     uint32_t entries;
     size_t bytes;
 } pgw_analysis_cache_stats_t;

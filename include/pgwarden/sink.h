@@ -174,6 +174,8 @@ typedef struct pgw_sink_producer {
     pgw_sink_t *sink;
     pgw_batch_t *batch;          /* being filled; NULL when nothing is pending */
     int64_t batch_born_us;       /* CLOCK_MONOTONIC when its first event came */
+    int64_t now_us;              /* the owner's idea of CLOCK_MONOTONIC now, e.g. its
+                                  * loop's cached time; 0: the clock is read */
     _Atomic uint64_t events;     /* encoded and accepted into a batch */
     _Atomic uint64_t refused;    /* could not be encoded (too large, out of memory) */
 } pgw_sink_producer_t;

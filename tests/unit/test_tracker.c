@@ -31,9 +31,11 @@ static void on_emit(void *ud, const pgw_stmt_done_t *d)
 }
 
 /* A naive split on ';' for the tests (the real one is libpg_query's). */
-static unsigned split_semicolons(void *ud, const char *text, size_t len, uint32_t (*spans)[2], unsigned cap)
+static unsigned split_semicolons(void *ud, const char *text, size_t len, uint32_t (*spans)[2], unsigned cap,
+                                 pgw_memo_t **memo)
 {
     (void)ud;
+    (void)memo;
     unsigned n = 0;
     size_t start = 0;
     for (size_t i = 0; i <= len; i++) {
@@ -365,6 +367,82 @@ static void test_cancel_and_unknown(void)
     pgw_tracker_init(&T, on_emit, split_semicolons, NULL);
 }
 
+/* Memos: what the tracker's user learned about a text lives as long as the
+ * text, and is handed back with every execution of it. */
+static int memos_live, memos_made;
+
+static void memo_release(pgw_memo_t *m)
+{
+    memos_live--;
+    free(m);
+}
+
+static pgw_memo_t *memo_new(void)
+{
+    pgw_memo_t *m = malloc(sizeof *m);
+    if (!m)
+        abort();
+    m->free = memo_release;
+    memos_live++;
+    memos_made++;
+    return m;
+}
+
+static pgw_memo_t *seen_memo[MAXREC];
+
+static void on_emit_memo(void *ud, const pgw_stmt_done_t *d)
+{
+    seen_memo[nrec] = d->memo ? *d->memo : NULL;
+    on_emit(ud, d);
+    if (d->memo && !*d->memo)
+        *d->memo = memo_new();
+}
+
+static unsigned split_memo(void *ud, const char *text, size_t len, uint32_t (*spans)[2], unsigned cap,
+                           pgw_memo_t **memo)
+{
+    unsigned n = split_semicolons(ud, text, len, spans, cap, memo);
+    if (n == 1)
+        *memo = memo_new();
+    return n;
+}
+
+static void test_memo(void)
+{
+    pgw_tracker_finish(&T, now);
+    pgw_tracker_init(&T, on_emit_memo, split_memo, NULL);
+    nrec = 0;
+    memos_live = memos_made = 0;
+    /* A lone statement's Query memo comes back with its report, then goes. */
+    Q("SELECT 1");
+    CHECK_EQ(memos_live, 1);
+    rT(); rD(); rC("SELECT 1"); rZ('I');
+    CHECK_EQ(nrec, 1);
+    CHECK(seen_memo[0] != NULL);
+    CHECK_EQ(memos_live, 0);
+    /* A prepared statement: the first execution leaves a memo, the next
+     * ones get that same memo; it goes with the statement. */
+    P("s1", "SELECT $1"); S(); r1(); rZ('I');
+    for (int i = 0; i < 3; i++) {
+        B("", "s1", 1); E("", 0); S();
+        r2(); rD(); rC("SELECT 1"); rZ('I');
+    }
+    CHECK_EQ(nrec, 4);
+    CHECK(seen_memo[1] == NULL);
+    CHECK(seen_memo[2] != NULL && seen_memo[2] == seen_memo[3]);
+    CHECK_EQ(memos_live, 2 - 1);    /* the Query's is gone, the statement's is kept */
+    Cls('S', "s1"); S(); r3(); rZ('I');
+    CHECK_EQ(memos_live, 0);
+    /* A memo left on a statement that the session never closes goes at the end. */
+    P("s2", "SELECT 2"); B("", "s2", 0); E("", 0); S();
+    r1(); r2(); rD(); rC("SELECT 1"); rZ('I');
+    CHECK_EQ(memos_live, 1);
+    pgw_tracker_finish(&T, now);
+    CHECK_EQ(memos_live, 0);
+    CHECK_EQ(memos_made, 3);
+    pgw_tracker_init(&T, on_emit, split_semicolons, NULL);
+}
+
 static void test_function_call(void)
 {
     reset();
@@ -393,6 +471,7 @@ int main(void)
     test_copy();
     test_cancel_and_unknown();
     test_function_call();
+    test_memo();
     pgw_tracker_finish(&T, now);
     CHECK_DONE();
 }
