@@ -77,3 +77,15 @@ if [ ! -f "$jar" ]; then
     echo "install-deps: fetching $PGJDBC with Maven"
     mvn -q -B dependency:get -Dartifact="$PGJDBC" -Dtransitive=false
 fi
+
+# Apache Kafka's broker jars (tests/integration/kafka/pom.xml) for the Kafka
+# tests' real broker, from Maven Central into ~/.m2, once. (The tests resolve
+# the classpath offline, and fetch what is missing themselves.)
+KPOM=tests/integration/kafka/pom.xml
+kver=$(sed -n 's:.*<version>\(3[^<]*\)</version>.*:\1:p' "$KPOM" | head -1)
+kjar="$HOME/.m2/repository/org/apache/kafka/kafka_2.13/$kver/kafka_2.13-$kver.jar"
+cjar="$HOME/.m2/repository/org/apache/kafka/kafka-clients/$kver/kafka-clients-$kver.jar"
+if [ ! -f "$kjar" ] || [ ! -f "$cjar" ]; then
+    echo "install-deps: fetching Apache Kafka $kver's jars with Maven"
+    mvn -q -B -f "$KPOM" dependency:resolve
+fi
