@@ -291,6 +291,7 @@ static sql_entry_t *entry_pack(const entry_parts_t *ep)
     e->pub.cls = ep->cls;
     e->pub.flags = ep->flags;
     e->pub.fingerprint = put_str(&p, ep->fingerprint, strlen(ep->fingerprint));
+    e->pub.fingerprint_value = e->pub.fingerprint[0] ? strtoull(e->pub.fingerprint, NULL, 16) : 0;
     e->pub.parse_error = ep->parse_error ? put_str(&p, ep->parse_error, strlen(ep->parse_error)) : NULL;
     for (i = 0; i < ep->nobjs; i++) {
         objs[i].schema = put_str(&p, ep->objs[i].schema, strlen(ep->objs[i].schema));

@@ -15,7 +15,7 @@ import urllib.request
 import psycopg
 import pytest
 
-from harness import PgCluster, free_port, wait_until
+from harness import REPO, PgCluster, free_port, wait_until
 
 
 def http_get(port, path, method="GET", timeout=5):
@@ -231,6 +231,22 @@ def test_prometheus_scrapes_pgwarden(metered, tmp_path):
         up = "http://127.0.0.1:%d/api/v1/query?query=up" % web
         with urllib.request.urlopen(up, timeout=2) as r:
             assert json.load(r)["data"]["result"][0]["value"][1] == "1"
+
+        # The Grafana dashboard shipped in packaging/ asks Prometheus only for
+        # metrics pgwarden exports, in queries Prometheus accepts.
+        text = http_get(metered.metrics_port, "/metrics")[2]
+        exported = {re.sub(r"\{.*", "", k) for k in samples(text)}
+        exported |= set(re.findall(r"^# TYPE (\w+) ", text, re.M))     # families with no sample yet
+        dash = json.load(open(REPO / "packaging" / "grafana-dashboard.json"))
+        exprs = [t["expr"] for panel in dash["panels"] for t in panel["targets"]]
+        assert len(exprs) >= 15
+        for expr in exprs:
+            for name in re.findall(r"\bpgwarden_\w+", expr):
+                assert name in exported, "dashboard uses %s, which pgwarden does not export" % name
+            q = expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
+            url = "http://127.0.0.1:%d/api/v1/query?query=%s" % (web, urllib.request.quote(q))
+            with urllib.request.urlopen(url, timeout=5) as r:
+                assert json.load(r)["status"] == "success", q
     finally:
         proc.terminate()
         proc.wait(timeout=20)
