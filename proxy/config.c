@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <ini.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,11 @@ static const char usage[] =
 "  --drain-timeout SECONDS  on SIGTERM/SIGINT, how long sessions may finish (default 30)\n"
 "  --max-message-size BYTES largest accepted protocol message (default 1073741824)\n"
 "  --log-level LEVEL        error, warn, info (default) or debug\n"
+"  --log-format FORMAT      diagnostics on stderr as text (default) or json (one object per line)\n"
+"  --config FILE            read options from an INI file first (name = value, names as\n"
+"                           these flags without the dashes); flags override it\n"
+"  --check-config           validate the configuration and exit\n"
+"  --list-options           the names of every option (docs/configuration.md)\n"
 "  --help                   this text\n"
 "  --version                the version\n";
 
@@ -156,32 +162,232 @@ static int parse_number(const char *opt, const char *arg, double lo, double hi, 
     return 0;
 }
 
+enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_HELP, O_VERSION,
+       O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX, O_METRICS, O_LOGFORMAT, O_CONFIG, O_CHECK, O_LIST,
+       O_KAFKA_BROKERS, O_KAFKA_TOPIC, O_KAFKA_PROP, O_SPOOL_DIR, O_SPOOL_MAX, O_SPOOL_POLICY, O_LAST };
+static const struct option opts[] = {
+    { "listen", required_argument, NULL, O_LISTEN },
+    { "upstream", required_argument, NULL, O_UPSTREAM },
+    { "threads", required_argument, NULL, O_THREADS },
+    { "drain-timeout", required_argument, NULL, O_DRAIN },
+    { "max-message-size", required_argument, NULL, O_MAXMSG },
+    { "log-level", required_argument, NULL, O_LOGLEVEL },
+    { "audit-file", required_argument, NULL, O_AUDIT_FILE },
+    { "log-parameters", no_argument, NULL, O_LOG_PARAMS },
+    { "parameter-max-bytes", required_argument, NULL, O_PARAM_MAX },
+    { "metrics-listen", required_argument, NULL, O_METRICS },
+    { "kafka-brokers", required_argument, NULL, O_KAFKA_BROKERS },
+    { "kafka-topic", required_argument, NULL, O_KAFKA_TOPIC },
+    { "kafka-property", required_argument, NULL, O_KAFKA_PROP },
+    { "spool-dir", required_argument, NULL, O_SPOOL_DIR },
+    { "spool-max-bytes", required_argument, NULL, O_SPOOL_MAX },
+    { "spool-full-policy", required_argument, NULL, O_SPOOL_POLICY },
+    { "log-format", required_argument, NULL, O_LOGFORMAT },
+    { "config", required_argument, NULL, O_CONFIG },
+    { "check-config", no_argument, NULL, O_CHECK },
+    { "list-options", no_argument, NULL, O_LIST },
+    { "help", no_argument, NULL, O_HELP },
+    { "version", no_argument, NULL, O_VERSION },
+    { NULL, 0, NULL, 0 },
+};
+
+/* Options that may be given several times: on the command line, their
+ * values replace the whole list from the file. */
+static int repeatable(int val)
+{
+    return val == O_LISTEN || val == O_KAFKA_PROP;
+}
+
+/* Options of the command line only. */
+static int cmdline_only(int val)
+{
+    return val == O_HELP || val == O_VERSION || val == O_CONFIG || val == O_CHECK || val == O_LIST;
+}
+
+/* The file's options and the command line's, as one argv for getopt_long:
+ * the file's first, so that a flag given on the command line wins; a
+ * repeatable option given on the command line replaces the file's list.
+ * origin[i] is the file line argv[i] came from, 0 for the command line. */
+typedef struct argv_build {
+    char **argv;
+    int argc, cap;
+    int *origin;
+    const char *path;
+    int line;
+    int cmdline_has[O_LAST + 1];
+    int failed;
+} argv_build_t;
+
+static int push_arg(argv_build_t *ab, const char *a, int origin)
+{
+    if (ab->argc + 2 > ab->cap) {
+        int cap = ab->cap ? ab->cap * 2 : 64;
+        char **nv = realloc(ab->argv, (size_t)cap * sizeof *nv);
+        int *no = realloc(ab->origin, (size_t)cap * sizeof *no);
+        if (nv)
+            ab->argv = nv;
+        if (no)
+            ab->origin = no;
+        if (!nv || !no)
+            return -1;
+        ab->cap = cap;
+    }
+    ab->argv[ab->argc] = strdup(a);
+    if (!ab->argv[ab->argc])
+        return -1;
+    ab->origin[ab->argc++] = origin;
+    ab->argv[ab->argc] = NULL;
+    return 0;
+}
+
+static const struct option *find_option(const char *name)
+{
+    for (const struct option *o = opts; o->name; o++)
+        if (strcmp(o->name, name) == 0)
+            return o;
+    return NULL;
+}
+
+/* libinih reads the file line by line through this, so that the handler
+ * knows the line it is called for. */
+static char *read_line(char *buf, int size, void *stream)
+{
+    FILE *f = ((void **)stream)[0];
+    argv_build_t *ab = ((void **)stream)[1];
+    char *r = fgets(buf, size, f);
+    if (r)
+        ab->line++;
+    return r;
+}
+
+static int on_ini(void *user, const char *section, const char *name, const char *value)
+{
+    argv_build_t *ab = user;
+    char key[64];
+    snprintf(key, sizeof key, "%s", name);
+    for (char *k = key; *k; k++)
+        if (*k == '_')
+            *k = '-';
+    if (section[0] && strcmp(section, "pgwarden") != 0) {
+        fprintf(stderr, "pgwarden: %s:%d: unknown section [%s] (options go before any section, or in [pgwarden])\n",
+                ab->path, ab->line, section);
+        ab->failed = 1;
+        return 1;
+    }
+    const struct option *o = find_option(key);
+    if (!o || cmdline_only(o->val)) {
+        fprintf(stderr, "pgwarden: %s:%d: unknown option \"%s\"\n", ab->path, ab->line, name);
+        ab->failed = 1;
+        return 1;
+    }
+    if (ab->cmdline_has[o->val] && repeatable(o->val))
+        return 1;                   /* the command line's list replaces the file's */
+    char flag[80];
+    snprintf(flag, sizeof flag, "--%s", o->name);
+    if (o->has_arg == no_argument) {
+        if (!strcmp(value, "true") || !strcmp(value, "on") || !strcmp(value, "yes") || !strcmp(value, "1")) {
+            if (push_arg(ab, flag, ab->line))
+                ab->failed = 1;
+        } else if (strcmp(value, "false") && strcmp(value, "off") && strcmp(value, "no") && strcmp(value, "0")) {
+            fprintf(stderr, "pgwarden: %s:%d: %s: \"%s\" is not true or false\n", ab->path, ab->line, key, value);
+            ab->failed = 1;
+        }
+        return 1;
+    }
+    if (push_arg(ab, flag, ab->line) || push_arg(ab, value, ab->line))
+        ab->failed = 1;
+    return 1;
+}
+
+/* The value of --config on the command line, or NULL. */
+static const char *config_path_arg(int argc, char **argv)
+{
+    const char *path = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--"))
+            break;
+        if (!strcmp(argv[i], "--config") && i + 1 < argc)
+            path = argv[++i];
+        else if (!strncmp(argv[i], "--config=", 9))
+            path = argv[i] + 9;
+    }
+    return path;
+}
+
+static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origin, const char *path);
+
+void pgw_config_free(pgw_config_t *cfg)
+{
+    if (cfg->argv_storage) {
+        for (char **a = cfg->argv_storage; *a; a++)
+            free(*a);
+        free(cfg->argv_storage);
+    }
+    cfg->argv_storage = NULL;
+}
+
 int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
 {
-    enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_HELP, O_VERSION,
-           O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX, O_KAFKA_BROKERS, O_KAFKA_TOPIC, O_KAFKA_PROP,
-           O_SPOOL_DIR, O_SPOOL_MAX, O_SPOOL_POLICY, O_METRICS };
-    static const struct option opts[] = {
-        { "listen", required_argument, NULL, O_LISTEN },
-        { "upstream", required_argument, NULL, O_UPSTREAM },
-        { "threads", required_argument, NULL, O_THREADS },
-        { "drain-timeout", required_argument, NULL, O_DRAIN },
-        { "max-message-size", required_argument, NULL, O_MAXMSG },
-        { "log-level", required_argument, NULL, O_LOGLEVEL },
-        { "audit-file", required_argument, NULL, O_AUDIT_FILE },
-        { "log-parameters", no_argument, NULL, O_LOG_PARAMS },
-        { "parameter-max-bytes", required_argument, NULL, O_PARAM_MAX },
-        { "kafka-brokers", required_argument, NULL, O_KAFKA_BROKERS },
-        { "kafka-topic", required_argument, NULL, O_KAFKA_TOPIC },
-        { "kafka-property", required_argument, NULL, O_KAFKA_PROP },
-        { "spool-dir", required_argument, NULL, O_SPOOL_DIR },
-        { "spool-max-bytes", required_argument, NULL, O_SPOOL_MAX },
-        { "spool-full-policy", required_argument, NULL, O_SPOOL_POLICY },
-        { "metrics-listen", required_argument, NULL, O_METRICS },
-        { "help", no_argument, NULL, O_HELP },
-        { "version", no_argument, NULL, O_VERSION },
-        { NULL, 0, NULL, 0 },
-    };
+    argv_build_t ab = { 0 };
+    const char *path = config_path_arg(argc, argv);
+    int rc = -1;
+
+    if (push_arg(&ab, argv[0] ? argv[0] : "pgwarden", 0))
+        goto oom;
+    for (int i = 1; i < argc; i++) {
+        const struct option *o = NULL;
+        if (!strncmp(argv[i], "--", 2)) {
+            char name[64];
+            snprintf(name, sizeof name, "%s", argv[i] + 2);
+            char *eq = strchr(name, '=');
+            if (eq)
+                *eq = '\0';
+            o = find_option(name);
+        }
+        if (o)
+            ab.cmdline_has[o->val] = 1;
+    }
+    if (path) {
+        FILE *f = fopen(path, "r");
+        if (!f) {
+            fprintf(stderr, "pgwarden: --config: cannot read %s: %s\n", path, strerror(errno));
+            goto out;
+        }
+        ab.path = path;
+        void *stream[2] = { f, &ab };
+        int bad = ini_parse_stream(read_line, stream, on_ini, &ab);
+        fclose(f);
+        if (bad > 0) {
+            fprintf(stderr, "pgwarden: %s:%d: not an INI line (expected name = value)\n", path, bad);
+            goto out;
+        }
+        if (bad < 0 || ab.failed)
+            goto out;
+    }
+    for (int i = 1; i < argc; i++)
+        if (push_arg(&ab, argv[i], 0))
+            goto oom;
+    rc = parse_argv(cfg, ab.argc, ab.argv, ab.origin, path);
+    if (rc == 0 && cfg->check_only) {
+        printf("pgwarden: configuration OK%s%s%s\n", path ? " (" : "", path ? path : "", path ? ")" : "");
+        rc = 1;
+    }
+    /* The strings stay: cfg points into them for the process's life. */
+    cfg->argv_storage = ab.argv;
+    free(ab.origin);
+    return rc;
+oom:
+    fprintf(stderr, "pgwarden: out of memory reading the configuration\n");
+out:
+    for (int i = 0; i < ab.argc; i++)
+        free(ab.argv[i]);
+    free(ab.argv);
+    free(ab.origin);
+    return rc;
+}
+
+static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origin, const char *path)
+{
     const char *listen_args[PGW_MAX_LISTEN];
     const char *upstream_arg = NULL, *metrics_arg = NULL;
     double v;
@@ -196,12 +402,14 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
 
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    optind = 0;                     /* a fresh scan, also on reload */
+    int at = 1;
+    while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
         switch (c) {
         case O_LISTEN:
             if (cfg->nlisten == PGW_MAX_LISTEN) {
                 fprintf(stderr, "pgwarden: at most %d --listen\n", PGW_MAX_LISTEN);
-                return -1;
+                goto bad;
             }
             listen_args[cfg->nlisten++] = optarg;
             break;
@@ -210,30 +418,30 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
             break;
         case O_THREADS:
             if (parse_number("--threads", optarg, 1, 256, &v))
-                return -1;
+                goto bad;
             cfg->threads = (int)v;
             break;
         case O_DRAIN:
             if (parse_number("--drain-timeout", optarg, 0, 86400, &v))
-                return -1;
+                goto bad;
             cfg->drain_timeout = v;
             break;
         case O_MAXMSG:
             if (parse_number("--max-message-size", optarg, 1024, 1u << 30, &v))
-                return -1;
+                goto bad;
             cfg->max_message_size = (uint32_t)v;
             break;
         case O_LOGLEVEL:
             cfg->log_level = pgw_log_parse_level(optarg);
             if (cfg->log_level < 0) {
                 fprintf(stderr, "pgwarden: --log-level: \"%s\" is not error, warn, info or debug\n", optarg);
-                return -1;
+                goto bad;
             }
             break;
         case O_AUDIT_FILE:
             if (!*optarg) {
                 fprintf(stderr, "pgwarden: --audit-file needs a path, or - for stdout\n");
-                return -1;
+                goto bad;
             }
             cfg->audit_file = optarg;
             break;
@@ -242,7 +450,7 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
             break;
         case O_PARAM_MAX:
             if (parse_number("--parameter-max-bytes", optarg, 1, 1u << 20, &v))
-                return -1;
+                goto bad;
             cfg->parameter_max_bytes = (uint32_t)v;
             break;
         case O_KAFKA_BROKERS:
@@ -255,20 +463,20 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
             if (cfg->nkafka_props == PGW_MAX_KAFKA_PROPS || !strchr(optarg, '=') || optarg[0] == '=') {
                 fprintf(stderr, "pgwarden: --kafka-property: \"%s\" is not NAME=VALUE (at most %d)\n",
                         optarg, PGW_MAX_KAFKA_PROPS);
-                return -1;
+                goto bad;
             }
             cfg->kafka_props[cfg->nkafka_props++] = optarg;
             break;
         case O_SPOOL_DIR:
             if (!*optarg) {
                 fprintf(stderr, "pgwarden: --spool-dir needs a directory\n");
-                return -1;
+                goto bad;
             }
             cfg->spool_dir = optarg;
             break;
         case O_SPOOL_MAX:
             if (parse_number("--spool-max-bytes", optarg, 65536, 1e15, &v))
-                return -1;
+                goto bad;
             cfg->spool_max_bytes = (uint64_t)v;
             break;
         case O_SPOOL_POLICY:
@@ -278,12 +486,32 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
                 cfg->spool_drop = 1;
             } else {
                 fprintf(stderr, "pgwarden: --spool-full-policy: \"%s\" is not block or drop\n", optarg);
-                return -1;
+                goto bad;
             }
             break;
         case O_METRICS:
             metrics_arg = optarg;
             break;
+        case O_LOGFORMAT:
+            if (strcmp(optarg, "text") == 0) {
+                cfg->log_format = PGW_LOG_TEXT;
+            } else if (strcmp(optarg, "json") == 0) {
+                cfg->log_format = PGW_LOG_JSON;
+            } else {
+                fprintf(stderr, "pgwarden: --log-format: \"%s\" is not text or json\n", optarg);
+                goto bad;
+            }
+            break;
+        case O_CONFIG:
+            break;                  /* read before the scan */
+        case O_CHECK:
+            cfg->check_only = 1;
+            break;
+        case O_LIST:
+            for (const struct option *o = opts; o->name; o++)
+                if (!cmdline_only(o->val) || o->val == O_CHECK || o->val == O_CONFIG)
+                    printf("%s\n", o->name);
+            return 1;
         case O_HELP:
             fputs(usage, stdout);
             return 1;
@@ -292,8 +520,15 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
             return 1;
         default:
             fprintf(stderr, "pgwarden: unknown or incomplete option \"%s\"\n%s", argv[optind - 1], usage);
-            return -1;
+            goto bad;
         }
+        at = optind;
+    }
+    if (0) {
+bad:
+        if (origin[at] > 0)
+            fprintf(stderr, "pgwarden: (option %s, %s line %d)\n", argv[at], path, origin[at]);
+        return -1;
     }
     if (optind < argc) {
         fprintf(stderr, "pgwarden: unexpected argument \"%s\"\n", argv[optind]);

@@ -215,9 +215,12 @@ int main(int argc, char **argv)
 {
     static proxy_t p;
     int rc = pgw_config_from_args(&p.cfg, argc, argv);
-    if (rc)
+    if (rc) {
+        pgw_config_free(&p.cfg);
         return rc > 0 ? 0 : 2;
+    }
     pgw_log_level = p.cfg.log_level;
+    pgw_log_format = p.cfg.log_format;
     signal(SIGPIPE, SIG_IGN);
 
     p.nworkers = p.cfg.threads;
@@ -264,6 +267,11 @@ int main(int argc, char **argv)
     uv_signal_start(&p.sigint, on_signal, SIGINT);
     uv_signal_start(&p.sigterm, on_signal, SIGTERM);
 
+    /* Before the loop threads: the endpoint is up once the listeners are.
+     * Nothing is scraped before uv_run, when the workers are ready. */
+    if (p.cfg.has_metrics &&
+        pgw_metrics_start(&p.loop, &p.cfg, p.workers, p.nworkers, p.sink, &p.metrics))
+        return 1;
     for (int i = 0; i < p.nworkers; i++) {
         if (pgw_worker_init(&p.workers[i], i, &p.cfg, fds[i], &p.done, p.sink, &p.observer) ||
             pgw_worker_start(&p.workers[i])) {
@@ -272,12 +280,6 @@ int main(int argc, char **argv)
         }
     }
     free(fds);
-    if (p.cfg.has_metrics &&
-        pgw_metrics_start(&p.loop, &p.cfg, p.workers, p.nworkers, p.sink, &p.metrics)) {
-        broadcast(&p, PGW_CMD_FORCE);
-        p.stopping = 1;
-        rc = 1;
-    }
     pgw_info("pgwarden %s: %d thread(s), upstream %s%s%s", PGW_VERSION, p.nworkers,
              p.cfg.upstream.text, p.cfg.upstream.is_unix ? " -> " : "",
              p.cfg.upstream.is_unix ? p.cfg.upstream.path : "");
@@ -298,5 +300,6 @@ int main(int argc, char **argv)
         pgw_metrics_free(p.metrics);
     free(p.workers);
     pgw_info("stopped");
+    pgw_config_free(&p.cfg);
     return rc;
 }

@@ -58,9 +58,14 @@ typedef struct pgw_session {
     deferred_t *dq, **dq_tail;
 } pgw_session_t;
 
-#define slog(level, s, fmt, ...) \
-    pgw_log(level, "session %d-%llu [%s%s%s]: " fmt, (s)->w->index, (unsigned long long)(s)->id, \
-            (s)->peer, (s)->user[0] ? " " : "", (s)->user, ##__VA_ARGS__)
+#define slog(level, s, fmt, ...)                                                              \
+    do {                                                                                      \
+        if (pgw_log_enabled(level)) {                                                         \
+            char conn_[48];                                                                   \
+            snprintf(conn_, sizeof conn_, "%d-%llu", (s)->w->index, (unsigned long long)(s)->id); \
+            pgw_log_write_conn((level), conn_, (s)->peer, (s)->user, fmt, ##__VA_ARGS__);     \
+        }                                                                                     \
+    } while (0)
 
 static void session_close(pgw_session_t *s, const char *reason);
 static void session_finish(pgw_session_t *s, const char *reason);
