@@ -218,6 +218,9 @@ log4j.logger.kafka.server.BrokerServer=INFO
 
 
 if __name__ == "__main__":
+    # Blocked, so that sigwait (not the default action) takes them and the
+    # broker is stopped and its directory removed.
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT, signal.SIGTERM])
     b = KafkaBroker(sys.argv[1] if len(sys.argv) > 1 else None)
     t0 = time.monotonic()
     b.start()
