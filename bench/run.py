@@ -730,7 +730,7 @@ def start_targets(args, tmp, runas, env, direct, sockdir, pgw_bin, fwd_bin, skip
             targets["_kafka"] = broker
             cmd = [pgw_bin, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{pg_port}",
                    "--kafka-brokers", broker.bootstrap, "--kafka-topic", KAFKA_TOPIC,
-                   "--spool-dir", os.path.join(tmp, "spool")] + pgw_common
+                   "--spool-dir", os.path.join(tmp, "spool")] + pgw_common + ["--log-level", "info"]
         elif name in ("pgwarden-audit-tcp", "pgwarden-audit-unix", "pgwarden-audit-scraped-tcp"):
             # Full audit: every statement analysed and written by the file sink.
             up = f"127.0.0.1:{pg_port}" if name.endswith("tcp") else sockdir
@@ -802,12 +802,13 @@ def kafka_check(targets):
     tx = getattr(t, "tx", 0)
     runs = getattr(t, "runs", 0)
     # Each pgbench run: its clients' sessions, plus one first connection that
-    # asks the scale (one statement); the probe: one session, one statement.
+    # runs two setup queries (the scale, the partitioning of pgbench_accounts);
+    # the probe: one session, one statement. Every session: start and end.
     sessions = runs * (ARGS_CLIENTS[0] + 1) + 1
-    expected = tx + runs + 1 + 2 * sessions
+    expected = tx + 2 * runs + 1 + 2 * sessions
     lines = [f"Kafka target: pgbench ran {tx:,} transactions (one statement each) in {getattr(t, 'runs', 0)} runs; "
              f"expected events {expected:,} (with each connection's session_start/session_end and "
-             f"pgbench's scale query); "
+             f"pgbench's setup queries); "
              f"messages in the topic {in_topic:,}"
              + (" — equal" if in_topic == expected else " — NOT equal")]
     if m:
