@@ -9,12 +9,17 @@ Targets (all on loopback, the clients always speak TCP to the target):
   pgbouncer-unix  the same, unix-socket upstream          (not in the default set)
   pgwarden-tcp    build/pgwarden, TCP upstream
   pgwarden-unix   build/pgwarden, unix-socket upstream (--upstream SOCKDIR)
+  pgwarden-kafka-tcp  build/pgwarden with full audit to the Kafka sink and its spool, TCP
+                  upstream; a single KRaft broker on this machine (tests/integration/
+                  kafka_broker.py, needs the JDK, Maven's cache and confluent-kafka:
+                  bench/run.sh uses the repository's .venv when there is one)
 
 Every round runs every (target, mode) pair once; the order of targets rotates
 from round to round and the order of the modes alternates, so slow drift (CPU
 frequency, page cache, a neighbour's build) spreads over all targets. The
 table reports medians over the rounds. It is a measurement, not a test: it
-never fails on ratios. Python 3 standard library only.
+never fails on ratios. Python 3 standard library only, except for the Kafka
+target.
 """
 
 import argparse
@@ -41,7 +46,7 @@ REPO_DIR = os.path.dirname(BENCH_DIR)
 
 ALL_TARGETS = ["direct", "fwdlimit-tcp", "fwdlimit-unix", "pgbouncer", "pgbouncer-unix",
                "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix",
-               "pgwarden-audit-scraped-tcp"]
+               "pgwarden-audit-scraped-tcp", "pgwarden-kafka-tcp"]
 DEFAULT_TARGETS = ["direct", "fwdlimit-tcp", "fwdlimit-unix", "pgbouncer",
                    "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix"]
 DB = "bench"
@@ -500,6 +505,10 @@ def pgbench(args, target, mode, seconds, env):
     text = (out or "") + (err or "")
     m_tps, m_lat = TPS_RE.search(text), LAT_RE.search(text)
     m_failed = FAILED_RE.search(text)
+    m_tx = TXNS_RE.search(text)
+    if m_tx:                        # totals, for the Kafka target's count check
+        target.tx = getattr(target, "tx", 0) + int(m_tx.group(1))
+        target.runs = getattr(target, "runs", 0) + 1
     if proc.returncode != 0 or not m_tps or not m_lat:
         lines = [l for l in text.splitlines() if l.strip()]
         return None, None, f"pgbench rc={proc.returncode}: " + " | ".join(lines[-3:])
@@ -590,6 +599,8 @@ def key_ratios(targets, modes, summary, results, skipped):
              ("pgwarden-audit-tcp", "fwdlimit-tcp"), ("pgwarden-audit-unix", "fwdlimit-unix"),
              ("pgwarden-audit-tcp", "pgbouncer"), ("pgwarden-audit-tcp", "pgwarden-tcp"),
              ("pgwarden-audit-scraped-tcp", "pgwarden-audit-tcp")]
+    if "pgwarden-kafka-tcp" in targets:
+        pairs += [("pgwarden-kafka-tcp", "fwdlimit-tcp"), ("pgwarden-kafka-tcp", "pgwarden-audit-tcp")]
     if "pgbouncer-unix" in targets:
         pairs.append(("pgwarden-unix", "pgbouncer-unix"))
     pairs += [("fwdlimit-tcp", "direct"), ("fwdlimit-unix", "direct"), ("pgbouncer", "direct")]
@@ -674,6 +685,7 @@ def parse_args(argv):
     if a.no_pgwarden:
         a.targets = [t for t in a.targets if not t.startswith("pgwarden")]
     a.build_dir = os.path.abspath(a.build_dir)
+    ARGS_CLIENTS[0] = a.clients
     return a
 
 
@@ -709,6 +721,16 @@ def start_targets(args, tmp, runas, env, direct, sockdir, pgw_bin, fwd_bin, skip
             cmd = [pgw_bin, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{pg_port}"] + pgw_common
         elif name == "pgwarden-unix":
             cmd = [pgw_bin, "--listen", f"127.0.0.1:{port}", "--upstream", sockdir] + pgw_common
+        elif name == "pgwarden-kafka-tcp":
+            broker, err = start_kafka(tmp)
+            if err:
+                skipped[name] = err
+                log(f"skipping {name}: {err}")
+                continue
+            targets["_kafka"] = broker
+            cmd = [pgw_bin, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{pg_port}",
+                   "--kafka-brokers", broker.bootstrap, "--kafka-topic", KAFKA_TOPIC,
+                   "--spool-dir", os.path.join(tmp, "spool")] + pgw_common + ["--log-level", "info"]
         elif name in ("pgwarden-audit-tcp", "pgwarden-audit-unix", "pgwarden-audit-scraped-tcp"):
             # Full audit: every statement analysed and written by the file sink.
             up = f"127.0.0.1:{pg_port}" if name.endswith("tcp") else sockdir
@@ -734,6 +756,72 @@ def start_targets(args, tmp, runas, env, direct, sockdir, pgw_bin, fwd_bin, skip
             t.metrics_port = metrics_port
         targets[name] = t
     return targets
+
+
+KAFKA_TOPIC = "pgwarden-bench"
+
+
+def start_kafka(tmp):
+    """The broker of the Kafka target, with its topic. (broker, None) or (None, why)."""
+    sys.path.insert(0, os.path.join(REPO_DIR, "tests", "integration"))
+    try:
+        import confluent_kafka  # noqa: F401  (the broker's readiness probe and the topic)
+        from kafka_broker import KafkaBroker
+    except ImportError as e:
+        return None, f"needs confluent-kafka (run bench/run.sh after scripts/install-deps.sh): {e}"
+    broker = KafkaBroker(os.path.join(tmp, "kafka"))
+    try:
+        broker.start()
+    except Exception as e:      # noqa: BLE001: reported as the target's skip reason
+        broker.stop()
+        return None, f"the Kafka broker did not start: {e}"
+    CLEANUP.add("kafka broker", broker.proc)
+    broker.create_topic(KAFKA_TOPIC, partitions=4)
+    log(f"Kafka broker up on {broker.bootstrap}")
+    return broker, None
+
+
+def kafka_check(targets):
+    """After the rounds: stops the Kafka target (SIGTERM flushes) and compares
+    what reached the topic with what pgbench ran. A few lines for the report."""
+    t, broker = targets.get("pgwarden-kafka-tcp"), targets.get("_kafka")
+    if not t or not broker:
+        return []
+    stop_process(t.proc, signal.SIGTERM, grace=60)
+    CLEANUP.forget(t.proc)
+    text = tail(t.logfile, 400)
+    m = re.search(r"kafka: closed \((\d+) delivered.*spool: (\d+) bytes in (\d+) writes", text)
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "bench-count"})
+    md = c.list_topics(KAFKA_TOPIC, timeout=30)
+    in_topic = 0
+    for p in md.topics[KAFKA_TOPIC].partitions:
+        lo, hi = c.get_watermark_offsets(TopicPartition(KAFKA_TOPIC, p), timeout=30)
+        in_topic += hi - lo
+    c.close()
+    tx = getattr(t, "tx", 0)
+    runs = getattr(t, "runs", 0)
+    # Each pgbench run: its clients' sessions, plus one first connection that
+    # runs two setup queries (the scale, the partitioning of pgbench_accounts);
+    # the probe: one session, one statement. Every session: start and end.
+    sessions = runs * (ARGS_CLIENTS[0] + 1) + 1
+    expected = tx + 2 * runs + 1 + 2 * sessions
+    lines = [f"Kafka target: pgbench ran {tx:,} transactions (one statement each) in {getattr(t, 'runs', 0)} runs; "
+             f"expected events {expected:,} (with each connection's session_start/session_end and "
+             f"pgbench's setup queries); "
+             f"messages in the topic {in_topic:,}"
+             + (" — equal" if in_topic == expected else " — NOT equal")]
+    if m:
+        delivered, sbytes, swrites = map(int, m.groups())
+        lines.append(f"Kafka target: pgwarden reported {delivered:,} delivered; spool {sbytes:,} bytes in "
+                     f"{swrites:,} writes = {sbytes / max(delivered, 1):.0f} bytes per event "
+                     f"(begin + completion records), {delivered / max(swrites, 1):.1f} events per write")
+    if "not acknowledged" in text:
+        lines.append("Kafka target: some events were not acknowledged at shutdown (see its log)")
+    return lines
+
+
+ARGS_CLIENTS = [8]
 
 
 class Scraper:
@@ -933,12 +1021,15 @@ def main(argv):
     log(f"{args.rounds} round(s) × {len(order)} targets × {len(args.modes)} modes × "
         f"({args.seconds} s + {args.warmup} s warm-up) ≈ {total // 60} min {total % 60} s, "
         f"more if other processes keep the machine busy (--max-other-cpu {args.max_other_cpu:g}%)")
-    results = run_rounds(args, targets, order, env)
+    results = run_rounds(args, targets, order, env)      # the broker's CPU counts as ours
     ctx["load_after"] = os.getloadavg()
+    kafka_lines = kafka_check(targets)
 
     summary = summarize(order, args.modes, results)
     tbl = table(order, args.modes, summary, args.rounds)
     keys = key_ratios(order, args.modes, summary, results, skipped)
+    if kafka_lines:
+        keys += "\n\n" + "\n".join(kafka_lines)
     others = [r["other"] for r in results if r["other"] is not None]
     noise = ""
     if others:

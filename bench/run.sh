@@ -4,4 +4,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export BENCH_PROG="${BENCH_PROG:-$0}"
-exec python3 "$here/run.py" "$@"
+# The Kafka target needs confluent-kafka: the venv of scripts/install-deps.sh has it.
+py=python3
+[ -x "$here/../.venv/bin/python" ] && py="$here/../.venv/bin/python"
+exec "$py" "$here/run.py" "$@"

@@ -66,12 +66,21 @@ static void emit(pgw_worker_t *w, const pgw_event_t *ev)
     pgw_worker_audit_emitted(w);
 }
 
+/* Durable sinks: a statement's begin record, or its completion. */
+static void emit_rec(pgw_worker_t *w, const pgw_event_t *ev, bool begin, uint64_t token)
+{
+    (void)pgw_sink_emit_rec(&w->producer, ev, begin, token);
+    if (begin)
+        w->admitted++;
+    pgw_worker_audit_emitted(w);
+}
+
 /* ---- statements ---------------------------------------------------------- */
 
 /* ident is the session as it was when the statement completed: for an
  * event finished after a parse off the loop, the session may be gone. */
 static void statement_event(pgw_audit_t *ident, uint64_t seq, const pgw_stmt_done_t *d,
-                            pgw_stmt_view_t *view)
+                            pgw_stmt_view_t *view, bool begin)
 {
     pgw_event_t ev;
     fill_common(ident, &ev, PGW_EVENT_STATEMENT, d->time_us, seq);
@@ -106,14 +115,18 @@ static void statement_event(pgw_audit_t *ident, uint64_t seq, const pgw_stmt_don
         ev.result.sqlstate = pgw_cstr(d->sqlstate);
     if (d->message)
         ev.result.message = pgw_cstr(d->message);
-    pgw_metrics_statement(&ident->w->metrics, ev.statement.class_, d->status, d->duration_us, d->sqlstate);
+    if (!begin)                     /* counted once: at its completion */
+        pgw_metrics_statement(&ident->w->metrics, ev.statement.class_, d->status, d->duration_us, d->sqlstate);
     if (d->copy_dir) {
         ev.copy.direction = d->copy_dir;
         ev.copy.bytes = PGW_INT(d->copy_bytes);
         if (d->has_rows)
             ev.copy.rows = PGW_INT(d->rows);
     }
-    emit(ident->w, &ev);
+    if (d->admit.token)
+        emit_rec(ident->w, &ev, begin, d->admit.token);
+    else
+        emit(ident->w, &ev);
 }
 
 /* A statement whose text is too long to parse on the loop and missed the
@@ -147,7 +160,7 @@ static void job_done(uv_work_t *req, int status)
     pgw_worker_t *w = a->w;
     pgw_ctr_add(&w->metrics.parse_pool_ns, j->parse_ns);
     pgw_statement_learn(w->analysis, &j->view);
-    statement_event(&j->ident, j->seq, &j->d, &j->view);
+    statement_event(&j->ident, j->seq, &j->d, &j->view, false);
     pgw_statement_view_free(&j->view);
     free(j);
     /* The session ended while its statement was parsed: its session_end
@@ -221,7 +234,7 @@ static void on_statement(void *ud, const pgw_stmt_done_t *d)
 {
     pgw_audit_t *a = ud;
     pgw_stmt_view_t view;
-    uint64_t seq = ++a->seq;
+    uint64_t seq = d->admit.seq ? d->admit.seq : ++a->seq;
     if (!pgw_statement_analyze(a->w->analysis, d, &view)) {
         if (parse_later(a, seq, d, &view) == 0)
             return;
@@ -229,7 +242,30 @@ static void on_statement(void *ud, const pgw_stmt_done_t *d)
                  (size_t)d->text_len);
         pgw_statement_parse(d, &view);
     }
-    statement_event(a, seq, d, &view);
+    statement_event(a, seq, d, &view, false);
+    pgw_statement_view_free(&view);
+}
+
+/* With a durable sink: the statement is about to be forwarded. Its begin
+ * record (the event it would have if pgwarden stopped now, status unknown)
+ * takes its seq, and is spooled before the bytes go out (worker.c). A text
+ * the cache does not know is parsed here, not off the loop: the record
+ * must be complete (and redacted) now; the completion then hits the cache. */
+static void on_admit(void *ud, const pgw_stmt_done_t *d, pgw_stmt_admit_t *out)
+{
+    pgw_audit_t *a = ud;
+    pgw_stmt_view_t view;
+    out->seq = ++a->seq;
+    /* Unique in the process (the spool matches begins and completions by
+     * token across its writers), increasing per thread. */
+    out->token = (uint64_t)(a->w->index + 1) << 48 | ++a->w->admit_token;
+    if (!pgw_statement_analyze(a->w->analysis, d, &view)) {
+        pgw_statement_parse(d, &view);
+        pgw_statement_learn(a->w->analysis, &view);
+    }
+    pgw_stmt_done_t begun = *d;
+    begun.admit = *out;
+    statement_event(a, out->seq, &begun, &view, true);
     pgw_statement_view_free(&view);
 }
 
@@ -269,6 +305,8 @@ void pgw_audit_init(pgw_audit_t *a, pgw_worker_t *w, const struct sockaddr *peer
     a->ident_cached = 1;
     pgw_tracker_init(&a->tracker, on_statement, split, a);
     a->tracker.param_max = pgw_limits_param_max();
+    if (w->sink->durable)
+        a->tracker.admit = on_admit;
 }
 
 void pgw_audit_startup(pgw_audit_t *a, const pgw_startup_t *st)

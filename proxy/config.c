@@ -26,6 +26,14 @@ static const char usage[] =
 "                           .s.PGSQL.* socket in DIR (or DIR/.s.PGSQL.5432 if several),\n"
 "                           or the socket file itself\n"
 "  --audit-file PATH|-      write audit events as JSON lines to PATH, or to stdout\n"
+"  --kafka-brokers H:P[,..] with --kafka-topic: send audit events to Kafka (librdkafka)\n"
+"  --kafka-topic NAME       the topic; messages are keyed by session id\n"
+"  --kafka-property K=V     a librdkafka producer property (security.protocol, sasl.*, ssl.*,\n"
+"                           ...), applied after pgwarden's defaults. Repeatable.\n"
+"  --spool-dir DIR          keep every Kafka event on disk until Kafka acknowledges it;\n"
+"                           statements are recorded there before they reach the server\n"
+"  --spool-max-bytes N      spool size cap (default 1073741824)\n"
+"  --spool-full-policy P    block (default: statements wait) or drop (counted, audit_gap event)\n"
 "  --log-parameters         put Bind parameter values into statement events (default: count only)\n"
 "  --parameter-max-bytes N  cut each logged value at N bytes (default 1024)\n"
 "  --metrics-listen HOST:PORT  serve /metrics (Prometheus), /healthz and /readyz over HTTP\n"
@@ -164,7 +172,8 @@ static int parse_number(const char *opt, const char *arg, double lo, double hi, 
 
 enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_HELP, O_VERSION,
        O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX, O_METRICS, O_LOGFORMAT, O_STARTUP_TIMEOUT, O_IDLE_TIMEOUT,
-       O_MAX_CLIENTS, O_MAX_PER_ADDR, O_MAX_PENDING, O_CONFIG, O_CHECK, O_LIST, O_LAST };
+       O_MAX_CLIENTS, O_MAX_PER_ADDR, O_MAX_PENDING, O_CONFIG, O_CHECK, O_LIST,
+       O_KAFKA_BROKERS, O_KAFKA_TOPIC, O_KAFKA_PROP, O_SPOOL_DIR, O_SPOOL_MAX, O_SPOOL_POLICY, O_LAST };
 static const struct option opts[] = {
     { "listen", required_argument, NULL, O_LISTEN },
     { "upstream", required_argument, NULL, O_UPSTREAM },
@@ -176,6 +185,12 @@ static const struct option opts[] = {
     { "log-parameters", no_argument, NULL, O_LOG_PARAMS },
     { "parameter-max-bytes", required_argument, NULL, O_PARAM_MAX },
     { "metrics-listen", required_argument, NULL, O_METRICS },
+    { "kafka-brokers", required_argument, NULL, O_KAFKA_BROKERS },
+    { "kafka-topic", required_argument, NULL, O_KAFKA_TOPIC },
+    { "kafka-property", required_argument, NULL, O_KAFKA_PROP },
+    { "spool-dir", required_argument, NULL, O_SPOOL_DIR },
+    { "spool-max-bytes", required_argument, NULL, O_SPOOL_MAX },
+    { "spool-full-policy", required_argument, NULL, O_SPOOL_POLICY },
     { "log-format", required_argument, NULL, O_LOGFORMAT },
     { "startup-timeout", required_argument, NULL, O_STARTUP_TIMEOUT },
     { "idle-timeout", required_argument, NULL, O_IDLE_TIMEOUT },
@@ -194,7 +209,7 @@ static const struct option opts[] = {
  * values replace the whole list from the file. */
 static int repeatable(int val)
 {
-    return val == O_LISTEN;
+    return val == O_LISTEN || val == O_KAFKA_PROP;
 }
 
 /* Options of the command line only. */
@@ -455,6 +470,42 @@ static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origi
                 goto bad;
             cfg->parameter_max_bytes = (uint32_t)v;
             break;
+        case O_KAFKA_BROKERS:
+            cfg->kafka_brokers = optarg;
+            break;
+        case O_KAFKA_TOPIC:
+            cfg->kafka_topic = optarg;
+            break;
+        case O_KAFKA_PROP:
+            if (cfg->nkafka_props == PGW_MAX_KAFKA_PROPS || !strchr(optarg, '=') || optarg[0] == '=') {
+                fprintf(stderr, "pgwarden: --kafka-property: \"%s\" is not NAME=VALUE (at most %d)\n",
+                        optarg, PGW_MAX_KAFKA_PROPS);
+                goto bad;
+            }
+            cfg->kafka_props[cfg->nkafka_props++] = optarg;
+            break;
+        case O_SPOOL_DIR:
+            if (!*optarg) {
+                fprintf(stderr, "pgwarden: --spool-dir needs a directory\n");
+                goto bad;
+            }
+            cfg->spool_dir = optarg;
+            break;
+        case O_SPOOL_MAX:
+            if (parse_number("--spool-max-bytes", optarg, 65536, 1e15, &v))
+                goto bad;
+            cfg->spool_max_bytes = (uint64_t)v;
+            break;
+        case O_SPOOL_POLICY:
+            if (strcmp(optarg, "block") == 0) {
+                cfg->spool_drop = 0;
+            } else if (strcmp(optarg, "drop") == 0) {
+                cfg->spool_drop = 1;
+            } else {
+                fprintf(stderr, "pgwarden: --spool-full-policy: \"%s\" is not block or drop\n", optarg);
+                goto bad;
+            }
+            break;
         case O_METRICS:
             metrics_arg = optarg;
             break;
@@ -527,6 +578,19 @@ bad:
     }
     if (cfg->nlisten == 0 || !upstream_arg) {
         fprintf(stderr, "pgwarden: --listen and --upstream are required\n%s", usage);
+        return -1;
+    }
+
+    if (!cfg->kafka_brokers != !cfg->kafka_topic) {
+        fprintf(stderr, "pgwarden: --kafka-brokers and --kafka-topic go together\n");
+        return -1;
+    }
+    if (cfg->kafka_brokers && cfg->audit_file) {
+        fprintf(stderr, "pgwarden: choose one audit sink: --audit-file or --kafka-brokers\n");
+        return -1;
+    }
+    if ((cfg->spool_dir || cfg->nkafka_props) && !cfg->kafka_brokers) {
+        fprintf(stderr, "pgwarden: --spool-dir and --kafka-property need --kafka-brokers and --kafka-topic\n");
         return -1;
     }
 

@@ -8,6 +8,7 @@
 #include <sys/un.h>
 
 #define PGW_MAX_LISTEN 16
+#define PGW_MAX_KAFKA_PROPS 64
 
 typedef struct pgw_endpoint {
     int is_unix;
@@ -34,6 +35,13 @@ typedef struct pgw_config {
     unsigned max_clients;           /* sessions in total; 0: no limit */
     unsigned max_per_address;       /* sessions per client IP; 0: no limit */
     uint32_t max_pending_bytes;     /* backpressure high watermark per direction */
+    const char *kafka_brokers;      /* with kafka_topic: the Kafka sink */
+    const char *kafka_topic;
+    const char *kafka_props[PGW_MAX_KAFKA_PROPS];   /* "name=value", librdkafka's */
+    int nkafka_props;
+    const char *spool_dir;          /* the Kafka sink's durable spool */
+    uint64_t spool_max_bytes;       /* 0: the sink's default */
+    int spool_drop;                 /* full spool: drop (and count) instead of block */
     int has_metrics;
     pgw_endpoint_t metrics_listen;  /* the HTTP endpoint, when has_metrics */
     int check_only;                 /* --check-config */

@@ -43,6 +43,11 @@ typedef struct proxy {
  * can change at run time is applied (the log level); what needs a restart is
  * named in a warning and left as it was. A configuration with an error
  * changes nothing. */
+static int same_str(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
 static void reload_config(proxy_t *p)
 {
     pgw_config_t next;
@@ -90,6 +95,12 @@ static void reload_config(proxy_t *p)
         { "metrics-listen", next.has_metrics != cur->has_metrics ||
                             strcmp(next.metrics_listen.text, cur->metrics_listen.text) != 0 },
         { "log-format", next.log_format != cur->log_format },
+        { "kafka-brokers", !same_str(next.kafka_brokers, cur->kafka_brokers) },
+        { "kafka-topic", !same_str(next.kafka_topic, cur->kafka_topic) },
+        { "kafka-property", next.nkafka_props != cur->nkafka_props },
+        { "spool-dir", !same_str(next.spool_dir, cur->spool_dir) },
+        { "spool-max-bytes", next.spool_max_bytes != cur->spool_max_bytes },
+        { "spool-full-policy", next.spool_drop != cur->spool_drop },
         { "max-message-size", next.max_message_size != cur->max_message_size },
         { "drain-timeout", next.drain_timeout != cur->drain_timeout },
     };
@@ -314,6 +325,22 @@ int main(int argc, char **argv)
             return 1;
         }
         pgw_info("audit events to %s", strcmp(p.cfg.audit_file, "-") ? p.cfg.audit_file : "stdout");
+    } else if (p.cfg.kafka_brokers) {
+        pgw_kafka_sink_config_t kc = {
+            .brokers = p.cfg.kafka_brokers,
+            .topic = p.cfg.kafka_topic,
+            .props = p.cfg.kafka_props,
+            .nprops = (size_t)p.cfg.nkafka_props,
+            .spool_dir = p.cfg.spool_dir,
+            .spool_max_bytes = p.cfg.spool_max_bytes,
+            .policy = p.cfg.spool_drop ? PGW_SPOOL_DROP : PGW_SPOOL_BLOCK,
+            .observer_host = p.observer.host,
+            .observer_instance = p.observer.instance,
+        };
+        if (pgw_kafka_sink_open(&kc, &p.sink)) {
+            fprintf(stderr, "pgwarden: cannot start the Kafka sink (see the log above)\n");
+            return 1;
+        }
     }
 
     uv_loop_init(&p.loop);

@@ -244,6 +244,29 @@ int pgw_metrics_render(pgw_worker_t *w, int n, pgw_sink_t *sink, char **buf, siz
     head(&o, "pgwarden_audit_sink_waits_total", "counter",
          "Hand-offs that waited for room in a full sink (block policy).");
     put(&o, "pgwarden_audit_sink_waits_total %llu\n", (unsigned long long)h.producer_waits);
+    if (sink && strcmp(sink->ops->name, "kafka") == 0) {
+        pgw_kafka_stats_t k;
+        pgw_kafka_sink_stats(sink, &k);
+        head(&o, "pgwarden_kafka_delivery_errors_total", "counter",
+             "Kafka deliveries that failed; each event is produced again.");
+        put(&o, "pgwarden_kafka_delivery_errors_total %llu\n", (unsigned long long)k.delivery_errors);
+        head(&o, "pgwarden_kafka_resent_total", "counter", "Events produced again (failed deliveries, producer restarts).");
+        put(&o, "pgwarden_kafka_resent_total %llu\n", (unsigned long long)k.resent);
+        head(&o, "pgwarden_kafka_replayed_total", "counter", "Events sent again from the spool at start.");
+        put(&o, "pgwarden_kafka_replayed_total %llu\n", (unsigned long long)k.replayed);
+        head(&o, "pgwarden_kafka_producer_restarts_total", "counter",
+             "Producers replaced after a fatal (idempotence) error.");
+        put(&o, "pgwarden_kafka_producer_restarts_total %llu\n", (unsigned long long)k.producer_restarts);
+        head(&o, "pgwarden_kafka_spool_dropped_total", "counter",
+             "Events dropped because the spool was full (drop policy; reported by audit_gap events).");
+        put(&o, "pgwarden_kafka_spool_dropped_total %llu\n", (unsigned long long)k.dropped);
+        head(&o, "pgwarden_kafka_spool_bytes", "gauge", "Bytes of the spool on disk.");
+        put(&o, "pgwarden_kafka_spool_bytes %llu\n", (unsigned long long)k.spool_bytes);
+        head(&o, "pgwarden_kafka_spool_written_bytes_total", "counter", "Bytes appended to the spool.");
+        put(&o, "pgwarden_kafka_spool_written_bytes_total %llu\n", (unsigned long long)k.spool_bytes_written);
+        head(&o, "pgwarden_kafka_unacknowledged_events", "gauge", "Events produced, not yet acknowledged.");
+        put(&o, "pgwarden_kafka_unacknowledged_events %llu\n", (unsigned long long)k.outstanding);
+    }
 
     head(&o, "pgwarden_analysis_cache_hits_total", "counter", "SQL strings found in the analysis cache.");
     put(&o, "pgwarden_analysis_cache_hits_total %llu\n", (unsigned long long)SUM(cache_hits));

@@ -26,6 +26,13 @@ static const char *const state_names[] = { "startup", "connecting", "forwarding"
 
 typedef struct pgw_session pgw_session_t;
 
+/* Client bytes held until the spool is written (durable sinks only). */
+typedef struct deferred {
+    struct deferred *next;
+    pgw_buf_t *b;
+    size_t n;
+} deferred_t;
+
 typedef struct pgw_session {
     pgw_link_t link;                /* in worker->sessions */
     pgw_worker_t *w;
@@ -57,6 +64,8 @@ typedef struct pgw_session {
     pgw_end_reason_t end_reason;
     pgw_audit_t *audit;             /* NULL when no audit sink is configured */
     int64_t now_us;                 /* receipt time of the read being framed (audit only) */
+    pgw_link_t dlink;               /* in worker->deferred while dq holds reads */
+    deferred_t *dq, **dq_tail;
 } pgw_session_t;
 
 #define slog(level, s, fmt, ...)                                                              \
@@ -164,6 +173,57 @@ static void forward(pgw_session_t *s, pgw_leg_t *src, pgw_buf_t *b, size_t n)
     if (pgw_leg_backlog(dst) > PGW_WATER_HIGH(s) && !src->paused) {
         src->paused = 1;
         pgw_leg_read_stop(src);
+    }
+}
+
+/* ---- forwarding after the spool (durable sinks) ---------------------------
+ * A read that admitted statements (begin records now in this thread's
+ * batch) is forwarded only at the end of the iteration, after the batch is
+ * spooled; later reads of the same session queue behind it, so the byte
+ * order never changes. Sessions that admitted nothing forward at once. */
+
+static int defer(pgw_session_t *s, pgw_buf_t *b, size_t n)
+{
+    deferred_t *d = malloc(sizeof *d);
+    if (!d)
+        return -1;
+    d->next = NULL;
+    d->b = pgw_buf_ref(b);
+    d->n = n;
+    if (!s->dq) {
+        s->dq_tail = &s->dq;
+        pgw_list_push(&s->w->deferred, &s->dlink);
+    }
+    *s->dq_tail = d;
+    s->dq_tail = &d->next;
+    return 0;
+}
+
+static void drop_deferred(pgw_session_t *s)
+{
+    while (s->dq) {
+        deferred_t *d = s->dq;
+        s->dq = d->next;
+        pgw_buf_release(&s->w->pool, d->b);
+        free(d);
+    }
+    pgw_list_remove(&s->dlink);
+}
+
+void pgw_session_run_deferred(pgw_worker_t *w)
+{
+    while (!pgw_list_empty(&w->deferred)) {
+        pgw_session_t *s = pgw_container_of(w->deferred.next, pgw_session_t, dlink);
+        pgw_list_remove(&s->dlink);
+        while (s->dq) {
+            deferred_t *d = s->dq;
+            s->dq = d->next;
+            /* A session closed meanwhile sends nothing more. */
+            if (s->state == S_FORWARDING || s->state == S_FINISHING)
+                forward(s, &s->client, d->b, d->n);
+            pgw_buf_release(&w->pool, d->b);
+            free(d);
+        }
     }
 }
 
@@ -315,9 +375,15 @@ static void client_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
         return;
     s->waiting = 1;
 
+    unsigned admitted = s->w->admitted;
     ssize_t r = pgw_framer_feed(&s->fe, b->data, n);
     if (r < 0) {
         fatal_to_client(s, "08P01", "invalid message from client: %s", pgw_framer_strerror((int)r));
+        return;
+    }
+    if (s->dq || s->w->admitted != admitted) {
+        if (defer(s, b, n))
+            session_close(s, "out of memory");
         return;
     }
     forward(s, &s->client, b, n);
@@ -403,6 +469,7 @@ static void on_closed(pgw_leg_t *leg)
     if (s->client.open || s->server.open)
         return;
     pgw_worker_t *w = s->w;
+    drop_deferred(s);
     if (s->audit) {
         pgw_audit_end(s->audit, s->end_reason ? s->end_reason : PGW_END_ERROR);
         s->audit = NULL;
@@ -494,6 +561,10 @@ static void on_upstream_connected(uv_connect_t *req, int status)
     pgw_ctr_add(&s->w->metrics.servers_active, 1);
     pgw_leg_connected(&s->server);
     set_state(s, S_FORWARDING);
+    /* Statements pipelined behind the startup packet were admitted: their
+     * begin records reach the spool before the bytes leave. */
+    if (s->w->sink && s->w->sink->durable)
+        pgw_sink_producer_flush(&s->w->producer);
     int rc = pgw_leg_write_owned(&s->server, s->early, s->early_len);
     s->early = NULL;                /* owned by the write now */
     s->early_len = 0;
@@ -530,6 +601,7 @@ void pgw_session_accept(pgw_listener_t *l)
     s->state = S_STARTUP;
     s->refusal = -1;
     s->accepted_ms = uv_now(&w->loop);
+    pgw_list_init(&s->dlink);
     pgw_list_push(&w->sessions, &s->link);
     w->nsessions++;
     pgw_ctr_add(&w->metrics.clients_total, 1);

@@ -20,6 +20,11 @@
  * to the listener's worker. Errors are logged and the connection dropped. */
 void pgw_session_accept(pgw_listener_t *l);
 
+/* Durable sinks, at the end of a loop iteration, once the spool holds
+ * this iteration's records: forwards the client bytes held back because
+ * they carry statements admitted in this iteration. */
+void pgw_session_run_deferred(pgw_worker_t *w);
+
 /* Closes the session at once (shutdown past the drain timeout). */
 void pgw_session_abort(pgw_link_t *link, const char *reason);
 

@@ -33,6 +33,7 @@ struct pgw_portal {
     pgw_event_param_t *params;      /* values, when logged: one block with their bytes */
     int suspended;                  /* PortalSuspended: the execution goes on */
     acc_t acc;
+    pgw_stmt_admit_t admit;         /* of the suspended execution */
 };
 
 enum item_kind { IT_QUERY, IT_PARSE, IT_BIND, IT_DESCRIBE, IT_EXECUTE, IT_CLOSE, IT_SYNC, IT_FCALL };
@@ -51,6 +52,8 @@ struct pgw_tracker_item {
     pgw_memo_t *memo;
     unsigned nstmts, cur;
     int errored;                    /* IT_QUERY: an error ended it; IT_FCALL: reported */
+    pgw_stmt_admit_t admit;         /* IT_EXECUTE, IT_FCALL */
+    pgw_stmt_admit_t *admits;       /* IT_QUERY, one per statement (in the text's block); NULL without admit */
 };
 
 /* ---- helpers ------------------------------------------------------------- */
@@ -91,11 +94,11 @@ static void portal_unref(pgw_portal_t *p)
     }
 }
 
-static void emit(pgw_tracker_t *t, pgw_tracker_item_t *it, pgw_portal_t *portal,
+static void fill(pgw_stmt_done_t *dp, pgw_tracker_item_t *it, pgw_portal_t *portal,
                  pgw_prepared_t *stmt, const acc_t *acc, pgw_result_status_t status,
                  const pgw_complete_t *cc, const pgw_error_t *err, int64_t now_us)
 {
-    pgw_stmt_done_t d;
+#define d (*dp)
     memset(&d, 0, sizeof d);
     d.nparams = -1;
     d.time_us = acc->start_us;
@@ -155,6 +158,21 @@ static void emit(pgw_tracker_t *t, pgw_tracker_item_t *it, pgw_portal_t *portal,
             d.params = portal->params;
         }
     }
+    if (it && it->kind == IT_QUERY)
+        d.admit = it->admits ? it->admits[it->cur] : (pgw_stmt_admit_t){ 0, 0 };
+    else if (it)
+        d.admit = it->admit;
+    else if (portal && portal->suspended)
+        d.admit = portal->admit;
+#undef d
+}
+
+static void emit(pgw_tracker_t *t, pgw_tracker_item_t *it, pgw_portal_t *portal,
+                 pgw_prepared_t *stmt, const acc_t *acc, pgw_result_status_t status,
+                 const pgw_complete_t *cc, const pgw_error_t *err, int64_t now_us)
+{
+    pgw_stmt_done_t d;
+    fill(&d, it, portal, stmt, acc, status, cc, err, now_us);
     if (d.status != PGW_STATUS_SKIPPED)
         t->statements++;
     if (d.status == PGW_STATUS_ERROR || d.status == PGW_STATUS_CANCELLED)
@@ -275,6 +293,23 @@ static void begin_execute(pgw_tracker_item_t *it)
     }
 }
 
+/* Hands the admit callback what the item would report if the session
+ * ended now, and keeps its answer for the completion. */
+static void admit(pgw_tracker_t *t, pgw_tracker_item_t *it, int64_t now_us)
+{
+    pgw_stmt_done_t d;
+    if (it->kind == IT_QUERY) {
+        for (it->cur = 0; it->cur < it->nstmts; it->cur++) {
+            fill(&d, it, NULL, NULL, &it->acc, PGW_STATUS_UNKNOWN, NULL, NULL, now_us);
+            t->admit(t->ud, &d, &it->admits[it->cur]);
+        }
+        it->cur = 0;
+    } else {
+        fill(&d, it, it->portal, NULL, &it->acc, PGW_STATUS_UNKNOWN, NULL, NULL, now_us);
+        t->admit(t->ud, &d, &it->admit);
+    }
+}
+
 /* ---- frontend ------------------------------------------------------------ */
 
 static void set_skip_stmt(pgw_tracker_t *t, pgw_prepared_t *p)
@@ -345,7 +380,9 @@ static void on_query(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
         n = t->split(t->ud, q.text, q.text_len, spans, SPANS_INLINE, &memo);
     /* The text and its spans in one block: one allocation per Query. */
     size_t spans_off = (q.text_len + 1 + 7) & ~(size_t)7;
-    char *block = malloc(spans_off + (size_t)(n ? n : 1) * sizeof spans[0]);
+    size_t admits_off = spans_off + (size_t)(n ? n : 1) * sizeof spans[0];
+    admits_off = (admits_off + 7) & ~(size_t)7;
+    char *block = malloc(admits_off + (t->admit ? (size_t)n * sizeof(pgw_stmt_admit_t) : 0));
     pgw_tracker_item_t *it = block ? push(t, IT_QUERY, now_us) : NULL;
     if (!it) {
         free(block);
@@ -366,6 +403,10 @@ static void on_query(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     else
         memcpy(it->spans, spans, (size_t)n * sizeof spans[0]);
     it->nstmts = n;
+    if (t->admit && n) {
+        it->admits = (pgw_stmt_admit_t *)(void *)(block + admits_off);
+        admit(t, it, now_us);
+    }
 }
 
 static void on_parse(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
@@ -468,10 +509,15 @@ static void on_execute(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     if (!it)
         return;
     it->portal = find_portal(t, ex.portal);
+    int continued = it->portal && it->portal->suspended;
     if (it->portal) {
         it->portal->refs++;
         begin_execute(it);
     }
+    if (continued)
+        it->admit = it->portal->admit;
+    else if (t->admit)
+        admit(t, it, now_us);
 }
 
 static void on_close_msg(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
@@ -519,7 +565,12 @@ void pgw_tracker_frontend(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     case 'D': (void)push(t, IT_DESCRIBE, now_us); break;
     case 'C': on_close_msg(t, m, now_us); break;
     case 'S': (void)push(t, IT_SYNC, now_us); break;
-    case 'F': (void)push(t, IT_FCALL, now_us); break;
+    case 'F': {
+        pgw_tracker_item_t *it = push(t, IT_FCALL, now_us);
+        if (it && t->admit)
+            admit(t, it, now_us);
+        break;
+    }
     case 'd': {
         acc_t *a = copy_target(t);
         if (a)
@@ -686,6 +737,7 @@ void pgw_tracker_backend(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
         if (it && it->kind == IT_EXECUTE) {
             if (it->portal) {
                 it->portal->acc = it->acc;
+                it->portal->admit = it->admit;
                 it->portal->suspended = 1;
             }
             pop(t);

@@ -23,6 +23,12 @@
 #include "pgwarden/event.h"
 #include "pgwarden/protocol.h"
 
+/* What the admit callback gives an execution, handed back in its
+ * completion (zero when there is no admit callback). */
+typedef struct pgw_stmt_admit {
+    uint64_t seq, token;
+} pgw_stmt_admit_t;
+
 /* Whatever the tracker's user learned about a statement text (its SQL
  * analysis), kept with the text so that the thousandth execution of a
  * prepared statement does not learn it again. The tracker frees it with the
@@ -58,6 +64,7 @@ typedef struct pgw_stmt_done {
      * callback left it; index tells which statement of it this is). NULL
      * when there is none. The callback may fill an empty slot. */
     pgw_memo_t **memo;
+    pgw_stmt_admit_t admit;
 } pgw_stmt_done_t;
 
 /* Splits a Query text into statements: fills up to cap (offset, length)
@@ -68,6 +75,12 @@ typedef struct pgw_stmt_done {
 typedef unsigned (*pgw_split_fn)(void *ud, const char *text, size_t len,
                                  uint32_t (*spans)[2], unsigned cap, pgw_memo_t **memo);
 typedef void (*pgw_emit_fn)(void *ud, const pgw_stmt_done_t *done);
+/* An execution the server may run, seen before it is forwarded: `pending`
+ * is what pgw_tracker_finish would report now (status unknown). Each
+ * statement of a Query, each Execute (not its continuation after
+ * PortalSuspended) and each FunctionCall is admitted once, and its one
+ * completion carries what the callback wrote into *out. */
+typedef void (*pgw_admit_fn)(void *ud, const pgw_stmt_done_t *pending, pgw_stmt_admit_t *out);
 
 typedef struct pgw_tracker_item pgw_tracker_item_t;
 typedef struct pgw_prepared pgw_prepared_t;
@@ -78,6 +91,7 @@ typedef struct pgw_tracker {
     pgw_split_fn split;
     void *ud;
     uint32_t param_max;             /* log Bind values up to this many bytes each; 0: not at all */
+    pgw_admit_fn admit;             /* optional (the spool's crash guarantee); set after init */
 
     pgw_tracker_item_t *items;      /* ring of pending frontend messages */
     unsigned head, count, cap;

@@ -75,6 +75,10 @@ void pgw_worker_audit_emitted(pgw_worker_t *w)
     arm_sink_timer(w);
 }
 
+/* The crash guarantee of a durable sink (the Kafka spool): this
+ * iteration's records, begin records of admitted statements included, are
+ * written with one append, and only then are the client bytes carrying
+ * those statements forwarded (session.c held them back). */
 static void on_sink_check(uv_check_t *c)
 {
     pgw_worker_t *w = c->data;
@@ -85,6 +89,11 @@ static void on_sink_check(uv_check_t *c)
     pgw_ctr_set(&w->metrics.cache_entries, st.entries);
     pgw_ctr_set(&w->metrics.parse_ns, st.parse_ns);
     sink_clock(w);
+    if (w->sink->durable) {
+        pgw_sink_producer_flush(&w->producer);
+        pgw_session_run_deferred(w);
+        return;
+    }
     pgw_sink_producer_tick(&w->producer);
     arm_sink_timer(w);
 }
@@ -134,6 +143,7 @@ int pgw_worker_init(pgw_worker_t *w, int index, const pgw_config_t *cfg,
     w->done = done;
     w->observer = observer;
     pgw_list_init(&w->sessions);
+    pgw_list_init(&w->deferred);
     atomic_init(&w->cmd, 0);
     atomic_init(&w->finished, 0);
     int rc = uv_loop_init(&w->loop);

@@ -66,6 +66,12 @@ typedef struct pgw_worker {
     uv_check_t sink_tick;           /* hands batches over at the end of an iteration */
     uv_timer_t sink_timer;          /* ... or when they are due on an idle loop */
     pgw_uuid7_t uuid;
+    /* durable sinks (sink->durable): statements admitted (begin records
+     * emitted) and their tokens; sessions whose client bytes wait for the
+     * end of the iteration, when the spool has been written (session.c) */
+    unsigned admitted;
+    uint64_t admit_token;
+    pgw_link_t deferred;
     const pgw_observer_info_t *observer;
     struct pgw_analysis_cache *analysis;
 

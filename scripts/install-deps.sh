@@ -11,9 +11,9 @@ export DEBIAN_FRONTEND=noninteractive
 # Recommends of clang), for -DPGW_FUZZ=ON and CC=clang sanitizer builds.
 PACKAGES=(
     build-essential cmake pkg-config clang libclang-rt-14-dev
-    libuv1-dev libssl-dev libpg-query-dev libprotobuf-c-dev librdkafka-dev
+    libuv1-dev libssl-dev libpg-query-dev libprotobuf-c-dev librdkafka-dev zlib1g-dev
     libinih-dev libhttp-parser-dev
-    postgresql-15 postgresql-client-15 postgresql-contrib pgbouncer
+    postgresql-15 postgresql-client-15 postgresql-contrib postgresql-15-pgaudit pgbouncer
     python3-pip python3-venv
     openjdk-17-jdk-headless maven
     valgrind
@@ -76,4 +76,16 @@ jar="$HOME/.m2/repository/org/postgresql/postgresql/42.7.14/postgresql-42.7.14.j
 if [ ! -f "$jar" ]; then
     echo "install-deps: fetching $PGJDBC with Maven"
     mvn -q -B dependency:get -Dartifact="$PGJDBC" -Dtransitive=false
+fi
+
+# Apache Kafka's broker jars (tests/integration/kafka/pom.xml) for the Kafka
+# tests' real broker, from Maven Central into ~/.m2, once. (The tests resolve
+# the classpath offline, and fetch what is missing themselves.)
+KPOM=tests/integration/kafka/pom.xml
+kver=$(sed -n 's:.*<version>\(3[^<]*\)</version>.*:\1:p' "$KPOM" | head -1)
+kjar="$HOME/.m2/repository/org/apache/kafka/kafka_2.13/$kver/kafka_2.13-$kver.jar"
+cjar="$HOME/.m2/repository/org/apache/kafka/kafka-clients/$kver/kafka-clients-$kver.jar"
+if [ ! -f "$kjar" ] || [ ! -f "$cjar" ]; then
+    echo "install-deps: fetching Apache Kafka $kver's jars with Maven"
+    mvn -q -B -f "$KPOM" dependency:resolve
 fi

@@ -25,7 +25,7 @@ static bool recs_reserve(pgw_batch_t *b)
 }
 
 /* Records an event whose line already sits in data at [start, data.len). */
-static int batch_commit(pgw_batch_t *b, size_t start, pgw_str_t key)
+static int batch_commit(pgw_batch_t *b, size_t start, pgw_str_t key, bool begin, uint64_t token)
 {
     size_t klen = key.ptr ? key.len : 0;
 
@@ -39,6 +39,8 @@ static int batch_commit(pgw_batch_t *b, size_t start, pgw_str_t key)
     }
     b->recs[b->nrecs].end = b->data.len;
     b->recs[b->nrecs].key_end = b->keys.len;
+    b->recs[b->nrecs].token = token;
+    b->recs[b->nrecs].begin = begin;
     b->nrecs++;
     return 0;
 fail:
@@ -59,7 +61,7 @@ int pgw_batch_append(pgw_batch_t *b, const void *line, size_t len, pgw_str_t key
         b->data.len = start;
         return rc;
     }
-    return batch_commit(b, start, key);
+    return batch_commit(b, start, key, false, 0);
 }
 
 /* ------------------------------------------------------------ sink base */
@@ -74,6 +76,7 @@ void pgw_sink_base_init(pgw_sink_t *s, const pgw_sink_ops_t *ops, const pgw_sink
         s->limits.max_delay_us = PGW_SINK_MAX_DELAY_US_DEFAULT;
     if (!s->limits.max_event_bytes)
         s->limits.max_event_bytes = PGW_SINK_MAX_EVENT_DEFAULT;
+    s->durable = false;
     pthread_mutex_init(&s->pool_mu, NULL);
     s->pool = NULL;
     s->npool = 0;
@@ -205,6 +208,11 @@ static void handoff(pgw_sink_producer_t *p)
 
 int pgw_sink_emit(pgw_sink_producer_t *p, const pgw_event_t *ev)
 {
+    return pgw_sink_emit_rec(p, ev, false, 0);
+}
+
+int pgw_sink_emit_rec(pgw_sink_producer_t *p, const pgw_event_t *ev, bool begin, uint64_t token)
+{
     pgw_sink_t *s = p->sink;
     int rc;
 
@@ -224,7 +232,7 @@ int pgw_sink_emit(pgw_sink_producer_t *p, const pgw_event_t *ev)
         rc = -E2BIG;
     }
     if (rc == 0)
-        rc = batch_commit(b, start, ev->session.id);
+        rc = batch_commit(b, start, ev->session.id, begin, token);
     if (rc != 0)
         goto refused;
     if (b->nrecs == 1)

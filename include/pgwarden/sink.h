@@ -36,6 +36,12 @@
 typedef struct pgw_batch_rec {
     size_t end;                  /* offset just past this event's '\n' in data */
     size_t key_end;              /* offset just past this event's key in keys */
+    /* Durable sinks only (pgw_sink_t.durable), zero otherwise: `begin` marks
+     * a statement about to be forwarded (its event with status unknown, kept
+     * in the spool but not sent unless a restart finds no completion), and
+     * `token` names it; an ordinary event with a token completes that begin. */
+    uint64_t token;
+    bool begin;
 } pgw_batch_rec_t;
 
 /* Complete events, back to back: data holds the JSON lines exactly as they
@@ -130,6 +136,10 @@ typedef struct pgw_sink_limits {
 struct pgw_sink {
     const pgw_sink_ops_t *ops;
     pgw_sink_limits_t limits;
+    /* Set by sinks that spool: loop threads then hand their batch over at
+     * the end of every iteration (one spool write each), and statements
+     * are recorded as begun before their bytes are forwarded. */
+    bool durable;
     pthread_mutex_t pool_mu;     /* guards pool and npool only */
     pgw_batch_t *pool;
     unsigned npool;
@@ -179,6 +189,8 @@ void pgw_sink_producer_init(pgw_sink_producer_t *p, pgw_sink_t *s);
  * A hand-off may wait (block policy) but its errors are the sink's to
  * count, not this event's. */
 int pgw_sink_emit(pgw_sink_producer_t *p, const pgw_event_t *ev);
+/* The same, for durable sinks: begin and token as in pgw_batch_rec_t. */
+int pgw_sink_emit_rec(pgw_sink_producer_t *p, const pgw_event_t *ev, bool begin, uint64_t token);
 /* Hands the batch over if its first event is at least max_delay_us old. */
 void pgw_sink_producer_tick(pgw_sink_producer_t *p);
 /* Milliseconds until tick would hand the batch over (0: now), or -1 when
@@ -209,5 +221,52 @@ typedef struct pgw_file_sink_config {
  * dispositions: ignore SIGPIPE in the process when writing to a pipe. */
 int pgw_file_sink_open(const pgw_file_sink_config_t *cfg, pgw_sink_t **out)
     __attribute__((warn_unused_result));
+
+/* ------------------------------------------------------------ Kafka sink */
+
+typedef enum pgw_spool_policy { PGW_SPOOL_BLOCK = 0, PGW_SPOOL_DROP } pgw_spool_policy_t;
+
+typedef struct pgw_kafka_sink_config {
+    const char *brokers;         /* bootstrap.servers */
+    const char *topic;
+    const char *const *props;    /* librdkafka properties, "name=value", applied last */
+    size_t nprops;
+    const char *spool_dir;       /* NULL: no spool (a crash loses what is unacknowledged) */
+    uint64_t spool_max_bytes;    /* 0: 1 GiB */
+    pgw_spool_policy_t policy;   /* when the spool is full */
+    unsigned close_timeout_ms;   /* waiting for acknowledgements at close; 0: 5 s */
+    const char *observer_host;   /* for the sink's own audit_gap events */
+    const char *observer_instance;
+    pgw_sink_limits_t limits;
+} pgw_kafka_sink_config_t;
+
+/* Counters beyond pgw_sink_health_t, totals since open, any thread. */
+typedef struct pgw_kafka_stats {
+    uint64_t produced;           /* handed to librdkafka (resends included) */
+    uint64_t delivered;          /* acknowledged by the brokers */
+    uint64_t delivery_errors;    /* failed deliveries, each sent again */
+    uint64_t resent;
+    uint64_t replayed;           /* events sent again from the spool at open */
+    uint64_t producer_restarts;  /* after fatal (idempotence) errors */
+    uint64_t dropped;            /* spool full under the drop policy */
+    uint64_t gap_events;
+    uint64_t spool_bytes;        /* on disk now */
+    uint64_t spool_writes;
+    uint64_t spool_bytes_written; /* records appended, all time (bytes per event: / produced) */
+    uint64_t spool_write_errors;
+    uint64_t outstanding;        /* produced, not yet acknowledged */
+} pgw_kafka_stats_t;
+
+/* Creates the producer (idempotent, acks=all, lz4, key = session id) and
+ * its poll thread, opens the spool and sends again what an earlier run
+ * left in it. Broker connections are made in the background: an
+ * unreachable cluster is logged, not an error here. Returns 0, or
+ * -EINVAL (a bad librdkafka property, logged), -errno. */
+int pgw_kafka_sink_open(const pgw_kafka_sink_config_t *cfg, pgw_sink_t **out)
+    __attribute__((warn_unused_result));
+void pgw_kafka_sink_stats(pgw_sink_t *s, pgw_kafka_stats_t *out);
+/* Makes the current producer fail as librdkafka does on a fatal
+ * idempotence error (rd_kafka_test_fatal_error): for tests. */
+int pgw_kafka_sink_inject_fatal(pgw_sink_t *s);
 
 #endif

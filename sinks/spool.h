@@ -1,0 +1,158 @@
+/* The Kafka sink's durable spool: append-only segment files in one
+ * directory, holding every event until Kafka has acknowledged it.
+ *
+ * Each writer (one per thread that hands batches to the Kafka sink) appends
+ * to segments of its own, so writers never share a file or a lock. A
+ * segment is named STREAM-NNNNNNNN.seg, where STREAM identifies the
+ * process start and the writer, and NNNNNNNN counts that writer's segments.
+ *
+ * File layout: an 8-byte magic ("PGWSPL1\n"), then records:
+ *
+ *   u32 payload length (little endian)  u32 CRC-32 (zlib) of the payload
+ *   payload: u8 type, u8[3] zero, u64 token, u32 key length, key, value
+ *
+ * A record is either an EVENT (to be produced to Kafka; token non-zero when
+ * it completes a BEGIN of the same run, i.e. process start) or a BEGIN (a statement about to
+ * be forwarded, the event it would get if pgwarden stopped now: status
+ * unknown). A BEGIN is produced only by a replay that finds no EVENT with
+ * its token in its run. Tokens are unique within a run, and a writer's
+ * begins come in increasing token order.
+ *
+ * A segment's `pending` counts what still needs it: one reference while
+ * its writer appends to it, one per event produced and not yet
+ * acknowledged, one per BEGIN whose completion is not yet in the spool.
+ * The release that brings it to zero deletes the file. */
+#ifndef PGW_SPOOL_H
+#define PGW_SPOOL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "pgwarden/json.h"
+
+#define PGW_SPOOL_MAGIC "PGWSPL1\n"
+#define PGW_SPOOL_MAGIC_LEN 8
+#define PGW_SPOOL_REC_HEAD 8        /* length + CRC */
+#define PGW_SPOOL_PAYLOAD_HEAD 16   /* type, pad, token, key length */
+#define PGW_SPOOL_MAX_RECORD (64u * 1024 * 1024)   /* larger lengths are corruption */
+
+typedef enum pgw_spool_type { PGW_SPOOL_EVENT = 1, PGW_SPOOL_BEGIN = 2 } pgw_spool_type_t;
+
+typedef struct pgw_spool_rec {
+    pgw_spool_type_t type;
+    uint64_t token;
+    const uint8_t *key, *value;     /* borrowed from the scanned buffer */
+    size_t key_len, value_len;
+} pgw_spool_rec_t;
+
+/* Appends one record to out (sticky failure: check out->failed once). */
+void pgw_spool_encode(pgw_jbuf_t *out, pgw_spool_type_t type, uint64_t token,
+                      const void *key, size_t key_len, const void *value, size_t value_len);
+
+/* Parses the records of a segment's contents (magic included). Calls fn for
+ * each valid record in order; stops at the first record that is torn (cut
+ * short) or corrupt (bad length, type or checksum). Returns the length of
+ * the valid prefix; *why is NULL when the whole buffer was valid, else
+ * says what stopped the scan. fn returning non-zero stops the scan too. */
+typedef int (*pgw_spool_rec_fn)(void *ud, const pgw_spool_rec_t *r);
+size_t pgw_spool_scan(const uint8_t *buf, size_t len, pgw_spool_rec_fn fn, void *ud,
+                      const char **why);
+
+/* ------------------------------------------------------------ segments */
+
+typedef struct pgw_spool pgw_spool_t;
+
+typedef struct pgw_spool_seg {
+    struct pgw_spool_seg *next;     /* in its writer's list (writer thread only) */
+    pgw_spool_t *spool;
+    char *path;
+    uint64_t bytes;                 /* on disk */
+    _Atomic int64_t pending;
+    _Atomic bool deleted;
+} pgw_spool_seg_t;
+
+/* One directory, shared by every writer. */
+struct pgw_spool {
+    char *dir;
+    uint64_t stream_base;           /* the process start, in the segment names */
+    _Atomic uint64_t bytes;         /* on disk, all segments */
+    _Atomic uint64_t segments_deleted;
+    atomic_uint next_writer;
+    void (*on_free_space)(void *ud); /* called after a deletion, from the releasing thread */
+    void *ud;
+};
+
+/* Creates dir if missing (0700). Returns 0 or -errno, logged. */
+int pgw_spool_init(pgw_spool_t *sp, const char *dir) __attribute__((warn_unused_result));
+void pgw_spool_destroy(pgw_spool_t *sp);
+
+/* Drops n references; the last one unlinks the file and subtracts its
+ * bytes. Any thread. The struct itself is freed by its owner, which checks
+ * `deleted`. */
+void pgw_spool_seg_release(pgw_spool_seg_t *seg, int64_t n);
+static inline void pgw_spool_seg_hold(pgw_spool_seg_t *seg, int64_t n)
+{
+    atomic_fetch_add(&seg->pending, n);
+}
+
+/* A writer: the segments of one thread. */
+typedef struct pgw_spool_writer {
+    pgw_spool_t *spool;
+    unsigned id;
+    uint64_t nseg;
+    uint64_t seg_max;               /* start a new segment past this size */
+    int fd;                         /* of cur; -1: none open */
+    pgw_spool_seg_t *cur;
+    pgw_spool_seg_t *segs;          /* every segment not yet freed, oldest first */
+    pgw_spool_seg_t **tail;
+    /* BEGIN records waiting for their completion: token -> segment. Tokens
+     * are handed out in order, so this is a ring indexed by token. */
+    pgw_spool_seg_t **begins;
+    uint64_t begin_base;            /* token of begins[begin_head] */
+    size_t begin_head, begin_count, begin_cap;
+    uint64_t writes, write_errors;
+    uint64_t bytes_written;
+} pgw_spool_writer_t;
+
+void pgw_spool_writer_init(pgw_spool_writer_t *w, pgw_spool_t *sp, uint64_t seg_max);
+/* Appends buf (records made with pgw_spool_encode) with one write(2),
+ * opening a new segment first when the current one is full. On success
+ * *seg is the segment now holding them, with one reference added per
+ * `holds`. Returns 0 or -errno (nothing written is kept: the segment is
+ * truncated back). */
+int pgw_spool_writer_append(pgw_spool_writer_t *w, const void *buf, size_t len, int64_t holds,
+                            pgw_spool_seg_t **seg) __attribute__((warn_unused_result));
+/* The BEGIN of token is in seg (after its append): seg is held until
+ * pgw_spool_writer_resolve(token). -ENOMEM when it cannot be tracked,
+ * -EINVAL/-ERANGE for a token out of this writer's increasing sequence
+ * (the begin then stays unresolved: replayed as unknown after a restart). */
+int pgw_spool_writer_track(pgw_spool_writer_t *w, uint64_t token, pgw_spool_seg_t *seg);
+/* The completion of token is in the spool: its BEGIN's segment is released. */
+void pgw_spool_writer_resolve(pgw_spool_writer_t *w, uint64_t token);
+/* Closes the current segment (it is deleted once nothing else needs it). */
+void pgw_spool_writer_seal(pgw_spool_writer_t *w);
+/* Frees the structs of deleted segments. */
+void pgw_spool_writer_sweep(pgw_spool_writer_t *w);
+/* Seals, and frees every struct; files still needed stay on disk. */
+void pgw_spool_writer_close(pgw_spool_writer_t *w);
+
+/* ------------------------------------------------------------ replay */
+
+/* A segment left by an earlier run, with what it still holds. */
+typedef void (*pgw_spool_replay_fn)(void *ud, pgw_spool_seg_t *seg, const pgw_spool_rec_t *r);
+
+/* Reads every segment in the directory, oldest stream first, and calls fn
+ * for each event to produce again: every EVENT record, and every BEGIN that
+ * no EVENT of its run completes. The record's bytes are only valid during
+ * the call. A torn or corrupt tail is logged and
+ * skipped. Each segment gets a reference per call (fn holds it for its
+ * event) and is released after its scan: a segment with nothing to send is
+ * deleted at once. The segments are returned in *out (a list through next)
+ * for the caller to free once deleted. Returns the number of events or
+ * -errno. */
+ssize_t pgw_spool_replay(pgw_spool_t *sp, pgw_spool_replay_fn fn, void *ud, pgw_spool_seg_t **out);
+
+#endif

@@ -1,0 +1,402 @@
+"""The Kafka sink against a real Apache Kafka broker (KRaft, started by the
+tests from Maven Central's jars): delivery, keys and order, broker outages,
+a SIGKILLed proxy replaying its spool (pgAudit in the server as the
+oracle), a torn spool tail, the spool-full policies and a wrong broker."""
+
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from harness import (PGW_BINARY, PgCluster, client_env, free_port, pg_tool, pgbench, psql, run,
+                     wait_until)
+from kafka_broker import KafkaBroker
+from test_event_schema import _shape, assert_valid_events, load_validator
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    broker = KafkaBroker()
+    try:
+        broker.start()
+    except Exception as e:
+        broker.cleanup()
+        pytest.fail("the Kafka broker for the tests did not start: %s" % e, pytrace=False)
+    yield broker
+    broker.cleanup()
+
+
+@pytest.fixture(scope="module")
+def bench_db(pg):
+    """A database with pgbench's tables (scale 1), made directly on the server."""
+    pg.sql("DROP DATABASE IF EXISTS kafkabench")
+    pg.sql("CREATE DATABASE kafkabench")
+    pgbench(pg, "-i", "-q", "-s", "1", dbname="kafkabench")
+    return "kafkabench"
+
+
+@pytest.fixture
+def topic(kafka):
+    name = "audit-%s" % uuid.uuid4().hex[:12]
+    kafka.create_topic(name, partitions=4)
+    return name
+
+
+def kafka_args(kafka, topic, spool, *extra, brokers=None):
+    args = ["--kafka-brokers", brokers or kafka.bootstrap, "--kafka-topic", topic]
+    if spool is not None:
+        args += ["--spool-dir", str(spool)]
+    return args + list(extra)
+
+
+def events_of(kafka, topic, min_count=0, timeout=60):
+    """Every event in the topic, schema-checked, with its Kafka key."""
+    msgs = kafka.consume(topic, min_count=min_count, timeout=timeout)
+    out, shapes = [], set()
+    for key, value, part, off in msgs:
+        ev = json.loads(value)
+        # One event of each distinct shape is validated, as for audit files:
+        # fast on tens of thousands of events, and every variant is checked.
+        shape = _shape(ev)
+        if shape not in shapes:
+            shapes.add(shape)
+            assert_valid_events([value], VALIDATOR)
+        ev["_key"] = key.decode() if key else None
+        ev["_partition"] = part
+        ev["_offset"] = off
+        out.append(ev)
+    return out
+
+
+def unique(events):
+    """At-least-once: consumers drop duplicates by event_id."""
+    seen, out = set(), []
+    for ev in events:
+        if ev["event_id"] not in seen:
+            seen.add(ev["event_id"])
+            out.append(ev)
+    return out
+
+
+def statements(events, pattern):
+    rx = re.compile(pattern, re.I)
+    return [e for e in events if e["kind"] == "statement" and rx.search(e["statement"]["text"])]
+
+
+def assert_sessions_complete(events):
+    """Per session: key = session id, seq 1..n with no gap, and in each
+    partition a session's events in seq order."""
+    by_session = defaultdict(list)
+    for e in events:
+        if e["kind"] == "audit_gap":
+            continue
+        assert e["_key"] == e["session"]["id"], e
+        by_session[e["session"]["id"]].append(e)
+    for sid, evs in by_session.items():
+        seqs = sorted(set(e["session"]["seq"] for e in evs))
+        assert seqs == list(range(1, len(seqs) + 1)), "session %s: seq gaps: %s" % (sid, seqs[:50])
+        assert len(set(e["_partition"] for e in evs)) == 1, "session %s spread over partitions" % sid
+        in_order = [e["session"]["seq"] for e in sorted(evs, key=lambda e: e["_offset"])]
+        firsts = []
+        for s in in_order:
+            if s not in firsts:
+                firsts.append(s)
+        assert firsts == sorted(firsts), "session %s out of order in its partition" % sid
+    return by_session
+
+
+VALIDATOR = load_validator()
+
+
+def pgbench_tx(result):
+    m = re.search(r"number of transactions actually processed: (\d+)", result.stdout.decode())
+    assert m, result.stdout.decode()
+    return int(m.group(1))
+
+
+def spool_bytes(spool):
+    return sum(p.stat().st_size for p in Path(spool).glob("*.seg"))
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_mixed_workload_reaches_kafka(kafka, topic, pg, bench_db, start_proxy, tmp_path):
+    """psql, pgbench and psycopg (extended protocol, pipeline): every
+    statement arrives once, valid, keyed by session, seq in order."""
+    spool = tmp_path / "spool"
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=kafka_args(kafka, topic, spool))
+    psql(p, "-c", "CREATE TABLE IF NOT EXISTS kt(a int)", "-c", "INSERT INTO kt VALUES (1),(2)",
+         "-c", "SELECT count(*) FROM kt", dbname=bench_db)
+    r = pgbench(p, "-n", "-c", "4", "-j", "2", "-t", "50", "-M", "prepared", dbname=bench_db)
+    ntx = pgbench_tx(r)
+    with p.connect(bench_db) as conn:
+        with conn.pipeline():
+            for i in range(20):
+                conn.execute("SELECT %s::int AS v", (i,))
+    assert p.stop(timeout=30) == 0, p.log_tail()
+    assert not list(spool.glob("*.seg")) or spool_bytes(spool) < 100, \
+        "acknowledged segments are deleted"
+
+    evs = unique(events_of(kafka, topic, min_count=ntx * 7))
+    assert_sessions_complete(evs)
+    assert len(statements(evs, r"^UPDATE pgbench_accounts")) == ntx
+    assert len(statements(evs, r"^INSERT INTO pgbench_history")) == ntx
+    assert len(statements(evs, r"^SELECT \$1::int AS v")) == 20
+    assert len(statements(evs, r"INSERT INTO kt")) == 1
+    assert all(e["result"]["status"] == "ok" for e in statements(evs, "pgbench_accounts"))
+    kinds = {e["kind"] for e in evs}
+    assert {"session_start", "statement", "session_end"} <= kinds
+    # The consumer script for SIEM pipelines agrees: no gaps, right keys.
+    r = subprocess.run([os.sys.executable, str(Path(__file__).resolve().parents[2] / "scripts"
+                                               / "kafka-check-seq.py"),
+                        "--brokers", kafka.bootstrap, "--topic", topic, "--idle", "2"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 session(s) with gaps" in r.stdout and "0 wrong key(s)" in r.stdout, r.stdout
+
+
+def test_broker_outage_loses_nothing(kafka, topic, pg, bench_db, start_proxy, tmp_path):
+    """The broker is stopped for 20 s in the middle of a pgbench run, then
+    started again: pgbench sees no failure and every transaction it ran has
+    its events in Kafka."""
+    spool = tmp_path / "spool"
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=kafka_args(kafka, topic, spool))
+    pg.sql("TRUNCATE pgbench_history", dbname=bench_db)
+    out = {}
+
+    def bench():
+        out["r"] = pgbench(p, "-n", "-c", "4", "-j", "2", "-T", "30", "-R", "150", dbname=bench_db,
+                           check=False)
+
+    t = threading.Thread(target=bench)
+    t.start()
+    time.sleep(4)
+    kafka.stop()
+    time.sleep(int(os.environ.get("PGW_KAFKA_OUTAGE_S", "20")))
+    assert spool_bytes(spool) > 0, "events wait in the spool during the outage"
+    kafka.start()
+    wait_until(lambda: p.log_tail(200000).count("kafka: delivering to") >= 1, 60,
+               what="the proxy delivering again after the outage")
+    t.join(120)
+    r = out["r"]
+    assert r.returncode == 0, r.stderr.decode()
+    ntx = pgbench_tx(r)
+    assert ntx == pg.sql("SELECT count(*) FROM pgbench_history", dbname=bench_db)[0][0]
+    assert p.stop(timeout=60) == 0, p.log_tail()
+    assert "not acknowledged" not in p.log_tail(200000), p.log_tail()
+    evs = unique(events_of(kafka, topic, min_count=ntx * 7, timeout=90))
+    assert_sessions_complete(evs)
+    hist = [e for e in statements(evs, r"^INSERT INTO pgbench_history") if e["result"]["status"] == "ok"]
+    assert len(hist) == ntx, "%d INSERT events for %d transactions" % (len(hist), ntx)
+
+
+@pytest.mark.skipif("asan" in str(PGW_BINARY),
+                    reason="runs in the normal build only, to keep the suite's time")
+def test_broker_outage_drop_policy(kafka, topic, pg, bench_db, start_proxy, tmp_path):
+    """The same outage with a small spool under `drop`: pgbench sees no
+    failure and no delay, and an audit_gap event counts what did not fit."""
+    spool = tmp_path / "spool"
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=kafka_args(
+        kafka, topic, spool, "--spool-max-bytes", "262144", "--spool-full-policy", "drop"))
+    pg.sql("TRUNCATE pgbench_history", dbname=bench_db)
+    out = {}
+
+    def bench():
+        out["r"] = pgbench(p, "-n", "-c", "4", "-j", "2", "-T", "20", "-R", "150", dbname=bench_db,
+                           check=False)
+
+    t = threading.Thread(target=bench)
+    t.start()
+    time.sleep(3)
+    kafka.stop()
+    try:
+        wait_until(lambda: "dropping events" in p.log_tail(200000), 30, what="drops")
+        time.sleep(3)
+    finally:
+        kafka.start()
+    t.join(120)
+    r = out["r"]
+    assert r.returncode == 0, r.stderr.decode()
+    ntx = pgbench_tx(r)
+    assert ntx >= 20 * 150 * 0.8, "pgbench was held up: %d transactions" % ntx
+    wait_until(lambda: "audit_gap event sent" in p.log_tail(200000), 60, what="the gap event")
+    assert p.stop(timeout=60) == 0, p.log_tail()
+    evs = unique(events_of(kafka, topic, min_count=100, timeout=90))
+    gaps = [e for e in evs if e["kind"] == "audit_gap"]
+    dropped = sum(g["dropped"] for g in gaps)
+    assert dropped > 0
+    hist = statements(evs, r"^INSERT INTO pgbench_history")
+    assert len(hist) < ntx <= len(hist) + dropped
+
+
+def test_wrong_broker_then_right_one_and_torn_tail(kafka, topic, pg, start_proxy, tmp_path):
+    """A wrong broker address: a clear error at start, clients are served,
+    the spool grows. Restarted with the right broker, the spool is sent; a
+    torn last record (cut by hand, as a crash mid-write would) is logged
+    and skipped, and everything before it arrives."""
+    spool = tmp_path / "spool"
+    bad = "127.0.0.1:%d" % free_port()
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port,
+                    extra_args=kafka_args(kafka, topic, spool, brokers=bad))
+    wait_until(lambda: re.search(r"kafka: .*(refused|ALL_BROKERS_DOWN|TRANSPORT)", p.log_tail(20000)),
+               15, what="an error line about the unreachable broker")
+    with p.connect() as conn:
+        for i in range(50):
+            assert conn.execute("SELECT %s::int + 1" % i).fetchone() == (i + 1,)
+    wait_until(lambda: spool_bytes(spool) > 50 * 300, 10, what="the spool to grow")
+    p.kill()                        # a crash: nothing is flushed
+    segs = sorted(spool.glob("*.seg"))
+    assert segs
+    last = segs[-1]
+    size = last.stat().st_size
+    os.truncate(last, size - 7)     # the last record loses its end
+
+    q = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=kafka_args(kafka, topic, spool))
+    wait_until(lambda: "torn record" in q.log_tail(20000), 10, what="the torn tail log line")
+    assert q.stop(timeout=30) == 0, q.log_tail()
+    evs = unique(events_of(kafka, topic, min_count=50))
+    selects = statements(evs, r"^SELECT \$1::int \+ \$2|^SELECT \d+::int \+ \d+")
+    # The cut record is the last one written: at most one statement is
+    # missing, and only if the session's last record was a statement.
+    assert len(selects) >= 49, len(selects)
+    assert_valid_events([json.dumps({k: v for k, v in e.items() if not k.startswith("_")})
+                         for e in evs], VALIDATOR)
+
+
+def _slow_psql(p, n, dbname="postgres"):
+    script = "".join("SELECT %d;\n" % i for i in range(n))
+    return subprocess.Popen([pg_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1"] + p.conn_args()
+                            + ["-d", dbname], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=client_env()), script
+
+
+def test_spool_full_drop_emits_gap(kafka, topic, pg, start_proxy, tmp_path):
+    """Spool full under `drop`: clients are not held up, the events that do
+    not fit are counted, and once Kafka is back an audit_gap event says how
+    many: the events in Kafka plus the gap's count are all the proxy made."""
+    spool = tmp_path / "spool"
+    kafka.stop()
+    try:
+        p = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=kafka_args(
+            kafka, topic, spool, "--spool-max-bytes", "65536", "--spool-full-policy", "drop"))
+        proc, script = _slow_psql(p, 400)
+        _, err = proc.communicate(script.encode(), timeout=60)
+        assert proc.returncode == 0, err
+        wait_until(lambda: "dropping events" in p.log_tail(50000), 10, what="the drop log line")
+    finally:
+        kafka.start()
+    wait_until(lambda: "audit_gap event sent" in p.log_tail(50000), 60, what="the gap event")
+    assert p.stop(timeout=30) == 0, p.log_tail()
+    evs = unique(events_of(kafka, topic, min_count=10))
+    gaps = [e for e in evs if e["kind"] == "audit_gap"]
+    assert len(gaps) >= 1
+    dropped = sum(g["dropped"] for g in gaps)
+    others = [e for e in evs if e["kind"] != "audit_gap"]
+    # one psql session: session_start, 400 statements, session_end
+    assert len(others) + dropped == 402, (len(others), dropped)
+    assert dropped > 0
+
+
+def test_spool_full_block_waits(kafka, topic, pg, start_proxy, tmp_path):
+    """Spool full under `block`: statements wait while Kafka is away and
+    complete once it is back, and nothing is lost."""
+    spool = tmp_path / "spool"
+    kafka.stop()
+    try:
+        p = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=kafka_args(
+            kafka, topic, spool, "--spool-max-bytes", "65536", "--spool-full-policy", "block"))
+        proc, script = _slow_psql(p, 400)
+        proc.stdin.write(script.encode())
+        proc.stdin.close()
+        time.sleep(4)
+        assert proc.poll() is None, "psql finished although the spool is full"
+        assert spool_bytes(spool) <= 65536 + 16384
+        assert "spool full" in p.log_tail(50000)
+    finally:
+        kafka.start()
+    assert proc.wait(timeout=90) == 0, proc.stderr.read()
+    assert p.stop(timeout=30) == 0, p.log_tail()
+    evs = unique(events_of(kafka, topic, min_count=402))
+    assert_sessions_complete(evs)
+    assert len([e for e in evs if e["kind"] == "statement"]) == 400
+
+
+# ---------------------------------------------------------------- crash, with pgAudit as the oracle
+
+
+@pytest.fixture(scope="module")
+def audited_pg():
+    """A cluster of its own with pgAudit logging every statement it runs."""
+    c = PgCluster()
+    c.start()
+    with open(c.datadir / "postgresql.conf", "a") as f:
+        f.write("shared_preload_libraries = 'pgaudit'\npgaudit.log = 'all'\n"
+                "log_min_messages = warning\n")
+    run(c._as_pg_user([pg_tool("pg_ctl"), "-D", str(c.datadir), "-l", str(c.logfile), "-w",
+                       "-t", "60", "restart"]), cwd=c.base)
+    c.sql("CREATE EXTENSION IF NOT EXISTS pgaudit")
+    c.sql("CREATE DATABASE crashbench")
+    pgbench(c, "-i", "-q", "-s", "1", dbname="crashbench")
+    yield c
+    c.stop()
+
+
+def pgaudit_count(cluster, pattern):
+    rx = re.compile(r"AUDIT: SESSION,\d+,\d+,[A-Z_]+,[^,]*,[^,]*,[^,]*,(.*)")
+    want = re.compile(pattern, re.I)
+    n = 0
+    for line in cluster.logfile.read_text(errors="replace").splitlines():
+        m = rx.search(line)
+        if m and want.search(m.group(1).strip('"')):
+            n += 1
+    return n
+
+
+def test_sigkill_replays_spool(kafka, topic, audited_pg, start_proxy, tmp_path):
+    """pgwarden is SIGKILLed in the middle of a pgbench run and restarted on
+    the same spool: every statement the server executed (as pgAudit logged
+    it) has its event in Kafka, those never answered with status unknown."""
+    c = audited_pg
+    spool = tmp_path / "spool"
+    p = start_proxy(upstream="127.0.0.1:%d" % c.port, extra_args=kafka_args(kafka, topic, spool))
+    before_upd = pgaudit_count(c, r"^UPDATE pgbench_accounts")
+    before_ins = pgaudit_count(c, r"^INSERT INTO pgbench_history")
+    proc = subprocess.Popen([pg_tool("pgbench")] + p.conn_args()
+                            + ["-n", "-c", "4", "-j", "2", "-T", "20", "-R", "200", "crashbench"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=client_env())
+    time.sleep(4)
+    p.kill()
+    proc.wait(timeout=60)           # its connections are gone: pgbench fails
+    time.sleep(1)                   # the server finishes what it was running
+    upd = pgaudit_count(c, r"^UPDATE pgbench_accounts") - before_upd
+    ins = pgaudit_count(c, r"^INSERT INTO pgbench_history") - before_ins
+    assert upd > 0
+
+    q = start_proxy(upstream="127.0.0.1:%d" % c.port, extra_args=kafka_args(kafka, topic, spool))
+    wait_until(lambda: "sent again" in q.log_tail(50000), 15, what="the replay")
+    assert q.stop(timeout=30) == 0, q.log_tail()
+    evs = unique(events_of(kafka, topic, min_count=upd))
+    k_upd = statements(evs, r"^UPDATE pgbench_accounts")
+    k_ins = statements(evs, r"^INSERT INTO pgbench_history")
+    assert len(k_upd) >= upd, "server ran %d UPDATEs, Kafka has %d" % (upd, len(k_upd))
+    assert len(k_ins) >= ins, "server ran %d INSERTs, Kafka has %d" % (ins, len(k_ins))
+    statuses = {e["result"]["status"] for e in statements(evs, "pgbench")}
+    assert statuses <= {"ok", "unknown", "error"}, statuses
+    # A statement is there once: either completed or, if pgwarden died
+    # before its result, as begun (unknown), never both.
+    per_seq = defaultdict(set)
+    for e in evs:
+        if e["kind"] == "statement":
+            per_seq[(e["session"]["id"], e["session"]["seq"])].add(e["result"]["status"])
+    both = [k for k, v in per_seq.items() if "unknown" in v and len(v) > 1]
+    assert not both, "completed statements also replayed as unknown: %s" % both[:5]
