@@ -3,6 +3,7 @@ identity of the session, written by the file sink and valid against the
 schema (docs/events.schema.json)."""
 
 import json
+import os
 import subprocess
 from pathlib import Path
 import re
@@ -297,7 +298,11 @@ def test_big_statement_does_not_stall_other_sessions(pg, start_proxy, tmp_path):
         stop.set()
         th.join()
     assert len(lat) > 50
-    assert max(lat) < 0.2, "a session stalled for %.3f s while big statements were analysed" % max(lat)
+    # The parse of one of these statements takes ~0.4 s (seconds under
+    # AddressSanitizer); what stays on the loop (framing, the lexer's split)
+    # is linear and fast, several times slower under the sanitizer.
+    limit = 1.0 if os.environ.get("PGW_SANITIZED") else 0.2
+    assert max(lat) < limit, "a session stalled for %.3f s while big statements were analysed" % max(lat)
     evs = session_events(p, app)
     assert evs[-1]["kind"] == "session_end", "session_end must follow the statements parsed off the loop"
     assert evs[-1]["session"]["seq"] == len(evs)
