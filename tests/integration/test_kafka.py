@@ -400,3 +400,27 @@ def test_sigkill_replays_spool(kafka, topic, audited_pg, start_proxy, tmp_path):
             per_seq[(e["session"]["id"], e["session"]["seq"])].add(e["result"]["status"])
     both = [k for k, v in per_seq.items() if "unknown" in v and len(v) > 1]
     assert not both, "completed statements also replayed as unknown: %s" % both[:5]
+
+
+def test_readyz_reports_the_kafka_sink(kafka, topic, pg, start_proxy, tmp_path):
+    """/readyz says 503 with the audit sink as the reason while the broker is
+    down, and 200 again once events are delivered."""
+    from test_metrics import http_get, status_or_none
+    port = free_port()
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=kafka_args(
+        kafka, topic, tmp_path / "spool", "--metrics-listen", "127.0.0.1:%d" % port))
+    with p.connect() as c:
+        c.execute("SELECT 1")
+    wait_until(lambda: status_or_none(port, "/readyz") == 200, 30, what="readyz 200")
+    kafka.stop()
+    try:
+        with p.connect() as c:
+            c.execute("SELECT 2")            # an event that cannot be delivered now
+        wait_until(lambda: status_or_none(port, "/readyz") == 503, 60, what="readyz 503")
+        status, _, body = http_get(port, "/readyz")
+        assert status == 503 and "audit sink" in body, body
+    finally:
+        kafka.start()
+    wait_until(lambda: status_or_none(port, "/readyz") == 200, 60, what="readyz 200 again")
+    with p.connect() as c:
+        assert c.execute("SELECT 3").fetchone() == (3,)
