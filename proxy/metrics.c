@@ -487,16 +487,14 @@ static int route_of(pgw_http_req_t *q, pgw_http_route_t *route)
     char *qs = strchr(q->url, '?');
     if (qs)
         *qs = '\0';
-    if (!strcmp(q->url, "/metrics"))
-        *route = PGW_ROUTE_METRICS;
-    else if (!strcmp(q->url, "/healthz"))
-        *route = PGW_ROUTE_HEALTHZ;
-    else if (!strcmp(q->url, "/readyz"))
-        *route = PGW_ROUTE_READYZ;
-    else
+    pgw_http_route_t r = !strcmp(q->url, "/metrics") ? PGW_ROUTE_METRICS
+                       : !strcmp(q->url, "/healthz") ? PGW_ROUTE_HEALTHZ
+                       : !strcmp(q->url, "/readyz") ? PGW_ROUTE_READYZ : PGW_ROUTE_NONE;
+    if (r == PGW_ROUTE_NONE)
         return 404;
     if (q->parser.method != HTTP_GET && q->parser.method != HTTP_HEAD)
         return 405;
+    *route = r;
     return 200;
 }
 

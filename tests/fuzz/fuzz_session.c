@@ -22,6 +22,7 @@
  * deliver at once, so an input replays the same way. */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,6 +102,7 @@ static void setup(void)
     char lpath[128], upath[128];
     int lfd;
 
+    signal(SIGPIPE, SIG_IGN);       /* as main() does: a peer gone is an error, not a death */
     snprintf(F.dir, sizeof F.dir, "/tmp/pgw-fuzz-session.XXXXXX");
     if (!mkdtemp(F.dir))
         die("mkdtemp");
