@@ -498,11 +498,8 @@ static int route_of(pgw_http_req_t *q, pgw_http_route_t *route)
     return 200;
 }
 
-int pgw_http_req_feed(pgw_http_req_t *q, const char *buf, size_t n, pgw_http_route_t *route)
+static int feed(pgw_http_req_t *q, const char *buf, size_t n, pgw_http_route_t *route)
 {
-    *route = PGW_ROUTE_NONE;
-    if (q->complete)
-        return 400;             /* fed again after its answer: a caller's bug */
     q->got += n;
     size_t done = http_parser_execute(&q->parser, &parser_settings, buf, n);
     enum http_errno e = HTTP_PARSER_ERRNO(&q->parser);
@@ -515,6 +512,16 @@ int pgw_http_req_feed(pgw_http_req_t *q, const char *buf, size_t n, pgw_http_rou
     if (q->got > PGW_HTTP_REQ_MAX_BYTES)
         return 431;
     return 0;
+}
+
+int pgw_http_req_feed(pgw_http_req_t *q, const char *buf, size_t n, pgw_http_route_t *route)
+{
+    *route = PGW_ROUTE_NONE;
+    if (q->answered)
+        return 400;             /* fed again after its answer: a caller's bug */
+    int status = feed(q, buf, n, route);
+    q->answered = status != 0;
+    return status;
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
@@ -532,7 +539,7 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
         request_close(r);
         return;
     }
-    if (n == 0 || r->req.complete || r->responded)
+    if (n == 0 || r->req.answered || r->responded)
         return;
     pgw_http_route_t route;
     int status = pgw_http_req_feed(&r->req, b->base, (size_t)n, &route);

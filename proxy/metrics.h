@@ -109,6 +109,7 @@ typedef struct pgw_http_req {
     char url[256];
     size_t url_len;
     int url_too_long, complete;
+    int answered;                   /* a status was returned */
 } pgw_http_req_t;
 void pgw_http_req_init(pgw_http_req_t *q);
 /* Feeds the bytes that arrived. Returns 0 while the request is incomplete,
