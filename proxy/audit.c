@@ -220,6 +220,10 @@ static void on_statement(void *ud, const pgw_stmt_done_t *d)
 {
     pgw_audit_t *a = ud;
     pgw_stmt_view_t view;
+    /* Pipelined behind the startup packet of a session that never started
+     * (the auth_failure says so): the server never ran it. */
+    if (!a->started)
+        return;
     uint64_t seq = ++a->seq;
     if (!pgw_statement_analyze(a->w->analysis, d, &view)) {
         if (parse_later(a, seq, d, &view) == 0)

@@ -1,7 +1,7 @@
 /* libFuzzer target: a whole session in-process.
  *
- * One worker (proxy/worker.c) with the audit on (a file sink to /dev/null,
- * Bind values logged) lives for the whole run; its loop is driven here with
+ * One worker (proxy/worker.c) with the audit on (a file sink to a scratch
+ * file, Bind values logged) lives for the whole run; its loop is driven here with
  * uv_run(UV_RUN_NOWAIT), never by a thread of its own. For each input a
  * client connects to the worker's unix listener, and a scripted fake
  * PostgreSQL accepts on the upstream unix socket: it answers whatever first
@@ -16,7 +16,14 @@
  * half (EOF); bit 5: then that side closes at once. At the end the client
  * closes. The session (and any parse job or cancel forwarder it started)
  * must then end within a time budget, or the target aborts: a session that
- * outlives both its peers is a leak. ASan/LSan and UBSan watch the rest.
+ * outlives both its peers is a leak. Then its audit trail is read back:
+ * every line one valid JSON object (tests/unit/json_validate.h), session.seq
+ * exactly 1..n (nothing lost, nothing invented), and a session that started
+ * ends with exactly one session_end, last; an auth_failure is last too.
+ * ASan/LSan and UBSan watch the rest.
+ *
+ * Byte 0 bit 1: max_message_size 1024 instead of 1 MiB; bit 2: Bind values
+ * not logged.
  *
  * Each turn does the same things in the same order, and unix sockets
  * deliver at once, so an input replays the same way. */
@@ -33,6 +40,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "json_validate.h"
 #include "log.h"
 #include "pgwarden/protocol.h"
 #include "pgwarden/sink.h"
@@ -58,6 +66,7 @@ typedef struct peer {
 static struct {
     int ready;
     char dir[64];
+    char audit_path[128];
     pgw_config_t cfg;
     pgw_observer_info_t observer;
     pgw_sink_t *sink;
@@ -115,15 +124,16 @@ static void setup(void)
     F.cfg.threads = 1;
     F.cfg.max_message_size = 1u << 20;
     F.cfg.log_level = PGW_LOG_ERROR;
-    F.cfg.audit_file = "/dev/null";
     F.cfg.log_parameters = 1;
     F.cfg.parameter_max_bytes = 64;
-    pgw_log_level = PGW_LOG_ERROR;
+    pgw_log_level = getenv("PGW_FUZZ_DEBUG") ? PGW_LOG_DEBUG : PGW_LOG_ERROR;   /* to reproduce */
     snprintf(F.observer.host, sizeof F.observer.host, "fuzz");
     snprintf(F.observer.instance, sizeof F.observer.instance, "00000000-0000-7000-8000-000000000000");
     snprintf(F.observer.upstream_socket, sizeof F.observer.upstream_socket, "%s", upath);
 
-    pgw_file_sink_config_t fc = { .path = "/dev/null" };
+    snprintf(F.audit_path, sizeof F.audit_path, "%s/audit.jsonl", F.dir);
+    F.cfg.audit_file = F.audit_path;
+    pgw_file_sink_config_t fc = { .path = F.audit_path };
     if (pgw_file_sink_open(&fc, &F.sink))
         die("file sink");
     lfd = listen_unix(lpath);
@@ -183,7 +193,7 @@ static void greet(peer_t *p)
 {
     static const uint8_t hello[] = {
         'R', 0, 0, 0, 8, 0, 0, 0, 0,
-        'S', 0, 0, 0, 25, 's', 'e', 'r', 'v', 'e', 'r', '_', 'v', 'e', 'r', 's', 'i', 'o', 'n', 0,
+        'S', 0, 0, 0, 24, 's', 'e', 'r', 'v', 'e', 'r', '_', 'v', 'e', 'r', 's', 'i', 'o', 'n', 0,
         '1', '5', '.', '4', 0,
         'K', 0, 0, 0, 12, 0, 0, 0x30, 0x39, 0x12, 0x34, 0x56, 0x78,
         'Z', 0, 0, 0, 5, 'I',
@@ -288,6 +298,110 @@ static void side_end(peer_t *p, int how)
     }
 }
 
+/* The value after "key": in a line, or NULL. A key can only match where
+ * the quotes are unescaped, so never inside a string value. */
+static const char *field(const char *line, size_t n, const char *key)
+{
+    size_t kl = strlen(key);
+    for (const char *p = line; p + kl <= line + n; p++) {
+        p = memchr(p, '"', (size_t)(line + n - p));
+        if (!p || p + kl > line + n)
+            return NULL;
+        if (memcmp(p, key, kl) == 0 && (p[-1] == '{' || p[-1] == ','))
+            return p + kl;
+    }
+    return NULL;
+}
+
+static void audit_fail(const char *why, const char *log, size_t n)
+{
+    fprintf(stderr, "fuzz_session: audit trail: %s\n%.*s\n", why, (int)(n > 20000 ? 20000 : n), log);
+    abort();
+}
+
+#define MAX_EVENTS 4096
+
+/* Reads this input's audit trail back and empties the file. */
+static void check_audit(void)
+{
+    static uint8_t seen[MAX_EVENTS + 1];
+    char *log;
+    size_t n = 0, cap = 1 << 16;
+    ssize_t got;
+    int fd;
+
+    pgw_sink_producer_flush(&F.w.producer);
+    if (pgw_sink_flush(F.sink, 5000))
+        audit_fail("the sink did not flush", "", 0);
+    fd = open(F.audit_path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        die("open audit");
+    log = malloc(cap);
+    while ((got = read(fd, log + n, cap - n)) > 0) {
+        n += (size_t)got;
+        if (n == cap)
+            log = realloc(log, cap *= 2);
+    }
+    if (ftruncate(fd, 0))
+        die("ftruncate");
+    close(fd);
+
+    uint64_t count = 0, max_seq = 0, start_seq = 0, end_seq = 0, fail_seq = 0;
+    unsigned starts = 0, ends = 0, fails = 0, session_events = 0;
+    memset(seen, 0, sizeof seen);
+    for (size_t off = 0; off < n;) {
+        const char *line = log + off;
+        const char *nl = memchr(line, '\n', n - off);
+        if (!nl)
+            audit_fail("a line without its newline", log, n);
+        size_t len = (size_t)(nl - line) + 1;
+        const char *err = jv_check_line(line, len);
+        if (err)
+            audit_fail(err, line, len);
+        off += len;
+        count++;
+
+        const char *kind = field(line, len, "\"kind\":\"");
+        const char *seqp = field(line, len, "\"seq\":");
+        if (!kind)
+            audit_fail("no kind", line, len);
+        if (!seqp)
+            continue;       /* not part of a session's sequence */
+        uint64_t seq = strtoull(seqp, NULL, 10);
+        if (seq == 0 || seq > MAX_EVENTS || seen[seq])
+            audit_fail("session.seq out of range or repeated", log, n);
+        seen[seq] = 1;
+        session_events++;
+        if (seq > max_seq)
+            max_seq = seq;
+        if (!strncmp(kind, "session_start\"", 14)) {
+            starts++;
+            start_seq = seq;
+        } else if (!strncmp(kind, "session_end\"", 12)) {
+            ends++;
+            end_seq = seq;
+        } else if (!strncmp(kind, "auth_failure\"", 13)) {
+            fails++;
+            fail_seq = seq;
+        }
+    }
+    if (session_events != max_seq)
+        audit_fail("session.seq has a gap (an event lost)", log, n);
+    if (starts > 1 || ends > 1 || fails > 1)
+        audit_fail("more than one session_start, session_end or auth_failure", log, n);
+    if (starts && start_seq != 1)
+        audit_fail("session_start is not the first event", log, n);
+    if (starts && !fails && (ends != 1 || end_seq != max_seq))
+        audit_fail("a started session without session_end last", log, n);
+    if (!starts && ends)
+        audit_fail("session_end without session_start", log, n);
+    if (fails && (fail_seq != max_seq || ends))
+        audit_fail("events after auth_failure", log, n);
+    if (session_events && !starts && !fails)
+        audit_fail("events of a session that never started", log, n);
+    free(log);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -297,6 +411,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!F.ready)
         setup();
     F.no_handshake = data[0] & 1;
+    F.cfg.max_message_size = data[0] & 2 ? 1024 : 1u << 20;   /* read at accept */
+    F.cfg.log_parameters = !(data[0] & 4);
     data++;
     size--;
 
@@ -343,6 +459,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* The client leaves; the session must follow, whatever state it is in. */
     peer_close(&F.client);
     run_out();
+    check_audit();
     for (int i = 0; i < F.nbackends; i++)
         peer_close(&F.backends[i]);
     turn();

@@ -310,3 +310,9 @@ put("fuzz_session", "half_close", b"\0" + rec(C, PSQL + query("SELECT 1"), 1, EO
 put("fuzz_session", "function_call", b"\0" + rec(C, PSQL, 1) +
     rec(C, msg("F", struct.pack("!IH", 1598, 0) + struct.pack("!H", 1) + struct.pack("!i", 1) + b"x" + struct.pack("!H", 0)), 1) +
     rec(S, msg("V", struct.pack("!i", 2) + b"ok") + rfq(), 1))
+# A query pipelined behind the startup packet of a session the server then
+# refuses: the statement never ran, so the audit must not log it
+# (regression: it came as a statement event after the auth_failure).
+put("fuzz_session", "regress-pipelined-before-auth-failure", b"\1" +
+    rec(C, PSQL + query("DROP TABLE accounts"), 1) +
+    rec(S, err("28P01", 'password authentication failed for user "alice"', "FATAL"), 1, CLOSE))
