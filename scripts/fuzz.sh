@@ -11,6 +11,7 @@
 #   bash scripts/fuzz.sh 3600          # an hour each (see tests/fuzz/README.md)
 #   FUZZ_TARGETS="fuzz_session fuzz_http" bash scripts/fuzz.sh 120
 #   FUZZ_KEEP=1 ...                    # keep the grown corpora in build-fuzz/fuzz-work/
+#                                      # and start from them next time
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -26,7 +27,8 @@ work="build-fuzz/fuzz-work"
 arts="build-fuzz/fuzz-artifacts"
 failed=0
 for t in $targets; do
-    rm -rf "$work/$t" "$arts/$t"
+    rm -rf "$arts/$t"
+    [ -n "${FUZZ_KEEP:-}" ] || rm -rf "$work/$t"
     mkdir -p "$work/$t" "$arts/$t"
     cp tests/fuzz/corpus/"$t"/* "$work/$t"/ 2>/dev/null
     log="$work/$t.log"
