@@ -14,7 +14,7 @@
 enum { C_SPACE = 1, C_IDSTART = 2, C_DIGIT = 4, C_OP = 8 };
 static const uint8_t cclass[256] = {
     [' '] = C_SPACE, ['\t'] = C_SPACE, ['\n'] = C_SPACE, ['\r'] = C_SPACE,
-    ['\f'] = C_SPACE, ['\v'] = C_SPACE,
+    ['\f'] = C_SPACE,   /* not '\v': PostgreSQL 15's scan.l has space [ \t\n\r\f] (16 adds \v) */
     ['0'] = C_DIGIT, ['1'] = C_DIGIT, ['2'] = C_DIGIT, ['3'] = C_DIGIT, ['4'] = C_DIGIT,
     ['5'] = C_DIGIT, ['6'] = C_DIGIT, ['7'] = C_DIGIT, ['8'] = C_DIGIT, ['9'] = C_DIGIT,
     ['_'] = C_IDSTART,

@@ -347,6 +347,9 @@ static void before_ready(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us)
         break;
     }
     case 'Z':
+        if (a->ended)
+            break;                  /* refused already: a server that goes on after its
+                                     * FATAL does not make it a session */
         a->started = 1;
         fill_common(a, &ev, PGW_EVENT_SESSION_START, a->start_us, ++a->seq);
         if (a->server_version[0])
