@@ -42,6 +42,11 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
 
 #define MAX_ARGS 64
 
+/* Releases what the parser keeps, where the parser has such a function
+ * (the INI configuration adds it): weak, so that this target builds
+ * either way. */
+void pgw_config_free(pgw_config_t *cfg) __attribute__((weak));
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static char first[][24] = { "--listen", "--upstream", "--metrics-listen", "--threads",
@@ -100,6 +105,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 || (cfg.listen[i].is_unix && !memchr(cfg.listen[i].path, 0, sizeof cfg.listen[i].path)))
                 abort();
     }
+    if (pgw_config_free)
+        pgw_config_free(&cfg);
     free(err);
     free(out);
     free(buf);

@@ -29,6 +29,7 @@
  * deliver at once, so an input replays the same way. */
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -99,16 +100,13 @@ static int listen_unix(const char *path)
     return fd;
 }
 
-static void endpoint(pgw_endpoint_t *ep, const char *path)
-{
-    ep->is_unix = 1;
-    snprintf(ep->text, sizeof ep->text, "%s", path);
-    snprintf(ep->path, sizeof ep->path, "%s", path);
-}
-
 static void setup(void)
 {
-    char lpath[128], upath[128];
+    static char lpath[128], upath[128], apath[128];
+    static char a0[] = "pgwarden", a1[] = "--listen", a3[] = "--upstream", a5[] = "--audit-file",
+                a7[] = "--log-parameters", a8[] = "--parameter-max-bytes", a9[] = "64",
+                a10[] = "--threads", a11[] = "1", a12[] = "--log-level", a13[] = "error";
+    char *argv[] = { a0, a1, lpath, a3, upath, a5, apath, a7, a8, a9, a10, a11, a12, a13, NULL };
     int lfd;
 
     signal(SIGPIPE, SIG_IGN);       /* as main() does: a peer gone is an error, not a death */
@@ -116,23 +114,19 @@ static void setup(void)
     if (!mkdtemp(F.dir))
         die("mkdtemp");
     snprintf(lpath, sizeof lpath, "%s/.s.PGSQL.5432", F.dir);
-    snprintf(upath, sizeof upath, "%s/up.sock", F.dir);
+    snprintf(upath, sizeof upath, "%s/.s.PGSQL.5433", F.dir);
+    snprintf(apath, sizeof apath, "%s/audit.jsonl", F.dir);
+    snprintf(F.audit_path, sizeof F.audit_path, "%s", apath);
 
-    F.cfg.nlisten = 1;
-    endpoint(&F.cfg.listen[0], lpath);
-    endpoint(&F.cfg.upstream, upath);
-    F.cfg.threads = 1;
-    F.cfg.max_message_size = 1u << 20;
-    F.cfg.log_level = PGW_LOG_ERROR;
-    F.cfg.log_parameters = 1;
-    F.cfg.parameter_max_bytes = 64;
+    /* Through the real parser, so that every option has its default. */
+    optind = 0;
+    if (pgw_config_from_args(&F.cfg, (int)(sizeof argv / sizeof argv[0]) - 1, argv) != 0)
+        die("config");
     pgw_log_level = getenv("PGW_FUZZ_DEBUG") ? PGW_LOG_DEBUG : PGW_LOG_ERROR;   /* to reproduce */
     snprintf(F.observer.host, sizeof F.observer.host, "fuzz");
     snprintf(F.observer.instance, sizeof F.observer.instance, "00000000-0000-7000-8000-000000000000");
     snprintf(F.observer.upstream_socket, sizeof F.observer.upstream_socket, "%s", upath);
 
-    snprintf(F.audit_path, sizeof F.audit_path, "%s/audit.jsonl", F.dir);
-    F.cfg.audit_file = F.audit_path;
     pgw_file_sink_config_t fc = { .path = F.audit_path };
     if (pgw_file_sink_open(&fc, &F.sink))
         die("file sink");
