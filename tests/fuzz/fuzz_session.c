@@ -100,6 +100,18 @@ static int listen_unix(const char *path)
     return fd;
 }
 
+/* The scratch directory goes at exit (not after a crash: it helps then). */
+static void cleanup(void)
+{
+    char p[160];
+    const char *names[] = { ".s.PGSQL.5432", ".s.PGSQL.5433", "audit.jsonl" };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", F.dir, names[i]);
+        unlink(p);
+    }
+    rmdir(F.dir);
+}
+
 static void setup(void)
 {
     static char lpath[128], upath[128], apath[128];
@@ -113,6 +125,7 @@ static void setup(void)
     snprintf(F.dir, sizeof F.dir, "/tmp/pgw-fuzz-session.XXXXXX");
     if (!mkdtemp(F.dir))
         die("mkdtemp");
+    atexit(cleanup);
     snprintf(lpath, sizeof lpath, "%s/.s.PGSQL.5432", F.dir);
     snprintf(upath, sizeof upath, "%s/.s.PGSQL.5433", F.dir);
     snprintf(apath, sizeof apath, "%s/audit.jsonl", F.dir);
