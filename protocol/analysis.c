@@ -667,7 +667,7 @@ static void piece_from(piece_in_t *pi, const char *s, const sql_lex_t *lx, const
 
 static int is_sql_space(char c)
 {
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f';   /* as scan.l 15: no \v */
 }
 
 /* Analyses (or finds) each statement of a slice of sql that the parser

@@ -37,7 +37,15 @@ enum {
 typedef struct sql_tok {
     uint32_t start, end;      /* byte offsets in the lexed string */
     uint8_t type;
+    uint8_t keep;             /* a literal whose value goes into the key: its
+                               * value can make the statement fail to parse */
 } sql_tok_t;
+
+/* Whether the token's bytes are part of the cache key. */
+static inline int sql_tok_in_key(const sql_tok_t *t)
+{
+    return !TK_IS_LIT(t->type) || t->type == TK_L_DOLLARQ || t->keep;
+}
 
 typedef struct sql_piece {
     uint32_t start, end;      /* statement text, white space trimmed */

@@ -14,7 +14,7 @@
 enum { C_SPACE = 1, C_IDSTART = 2, C_DIGIT = 4, C_OP = 8 };
 static const uint8_t cclass[256] = {
     [' '] = C_SPACE, ['\t'] = C_SPACE, ['\n'] = C_SPACE, ['\r'] = C_SPACE,
-    ['\f'] = C_SPACE, ['\v'] = C_SPACE,
+    ['\f'] = C_SPACE,   /* not '\v': PostgreSQL 15's scan.l has space [ \t\n\r\f] (16 adds \v) */
     ['0'] = C_DIGIT, ['1'] = C_DIGIT, ['2'] = C_DIGIT, ['3'] = C_DIGIT, ['4'] = C_DIGIT,
     ['5'] = C_DIGIT, ['6'] = C_DIGIT, ['7'] = C_DIGIT, ['8'] = C_DIGIT, ['9'] = C_DIGIT,
     ['_'] = C_IDSTART,
@@ -72,8 +72,26 @@ static inline int push_tok(sql_lex_t *lx, uint32_t start, uint32_t end, uint8_t 
 {
     if (__builtin_expect(lx->ntoks == lx->tok_cap, 0) && grow_toks(lx))
         return -ENOMEM;
-    lx->toks[lx->ntoks++] = (sql_tok_t){ start, end, type };
+    lx->toks[lx->ntoks++] = (sql_tok_t){ start, end, type, 0 };
     return 0;
+}
+
+/* Literals whose value decides whether the statement parses at all, so
+ * that a shape seen with one value must not answer for another: an E''
+ * string with a backslash (E'\xff', E'\ud800' make invalid UTF-8, which
+ * the parser refuses), a U&'' string (U&'\0000', bad escapes), and the
+ * literal after UESCAPE (it changes what a U&'' string or U&"" identifier
+ * means, hence even which relation is named). */
+static int keep_value(const uint8_t *s, const sql_tok_t *t, uint32_t i)
+{
+    const sql_tok_t *k = &t[i];
+
+    if (k->type == TK_L_USTR)
+        return 1;
+    if (k->type == TK_L_ESTR && memchr(s + k->start, '\\', k->end - k->start))
+        return 1;
+    return i > 0 && t[i - 1].type == TK_IDENT && t[i - 1].end - t[i - 1].start == 7 &&
+           strncasecmp((const char *)s + t[i - 1].start, "uescape", 7) == 0;
 }
 
 /* After a closing quote at q-1: does a continuation follow? PostgreSQL joins
@@ -506,6 +524,8 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
         if (push_tok(lx, start, end, type))
             return -ENOMEM;
         i = end;
+        if (TK_IS_LIT(type) && keep_value(s, lx->toks, lx->ntoks - 1))
+            lx->toks[lx->ntoks - 1].keep = 1;
 
         if (type == TK_IDENT) {
             split_track_ident(&st, s, &lx->toks[lx->ntoks - 1]);
@@ -531,14 +551,15 @@ uint32_t sql_key_bound(const sql_tok_t *t, uint32_t n)
     uint32_t len = 0, i;
 
     for (i = 0; i < n; i++)
-        len += TK_IS_LIT(t[i].type) && t[i].type != TK_L_DOLLARQ ? 1 : t[i].end - t[i].start + 2;
+        len += sql_tok_in_key(&t[i]) ? t[i].end - t[i].start + 2 : 1;
     return len;
 }
 
 /* Type byte, then for everything but a literal its bytes and a NUL. The SQL
  * holds no NUL (we stop at the first), so the encoding is unambiguous. A
  * dollar quote holding a ' keeps its value: libpg_query's normalization of
- * some options looks for the first quote character in the text. */
+ * some options looks for the first quote character in the text. So do the
+ * literals marked `keep` (see keep_value). */
 uint32_t sql_key_build(const char *s, const sql_tok_t *t, uint32_t n, char *out)
 {
     char *o = out;
@@ -546,7 +567,7 @@ uint32_t sql_key_build(const char *s, const sql_tok_t *t, uint32_t n, char *out)
 
     for (i = 0; i < n; i++) {
         *o++ = (char)t[i].type;
-        if (!TK_IS_LIT(t[i].type) || t[i].type == TK_L_DOLLARQ) {
+        if (sql_tok_in_key(&t[i])) {
             uint32_t len = t[i].end - t[i].start;
 
             memcpy(o, s + t[i].start, len);

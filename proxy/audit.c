@@ -234,6 +234,10 @@ static void on_statement(void *ud, const pgw_stmt_done_t *d)
 {
     pgw_audit_t *a = ud;
     pgw_stmt_view_t view;
+    /* Pipelined behind the startup packet of a session that never started
+     * (the auth_failure says so): the server never ran it. */
+    if (!a->started)
+        return;
     uint64_t seq = d->admit.seq ? d->admit.seq : ++a->seq;
     if (!pgw_statement_analyze(a->w->analysis, d, &view)) {
         if (parse_later(a, seq, d, &view) == 0)
@@ -382,6 +386,9 @@ static void before_ready(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us)
         break;
     }
     case 'Z':
+        if (a->ended)
+            break;                  /* refused already: a server that goes on after its
+                                     * FATAL does not make it a session */
         a->started = 1;
         fill_common(a, &ev, PGW_EVENT_SESSION_START, a->start_us, ++a->seq);
         if (a->server_version[0])

@@ -162,7 +162,7 @@ static int parse_number(const char *opt, const char *arg, double lo, double hi, 
     char *end;
     errno = 0;
     double v = strtod(arg, &end);
-    if (errno || *end || end == arg || v < lo || v > hi) {
+    if (errno || *end || end == arg || !(v >= lo && v <= hi)) {   /* NaN fails both */
         fprintf(stderr, "pgwarden: %s: \"%s\" is not a number in [%g, %g]\n", opt, arg, lo, hi);
         return -1;
     }

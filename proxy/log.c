@@ -28,6 +28,8 @@ const char *pgw_log_level_name(int level)
 /* One line, written with one fwrite: stdio locks the stream, so lines of
  * different threads never interleave. */
 static void emit(int level, const char *conn, const char *peer, const char *user, const char *fmt,
+                 va_list ap) __attribute__((format(printf, 5, 0)));
+static void emit(int level, const char *conn, const char *peer, const char *user, const char *fmt,
                  va_list ap)
 {
     char msg[1024];

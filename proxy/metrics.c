@@ -4,7 +4,6 @@
 #include "metrics.h"
 
 #include <errno.h>
-#include <http_parser.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -281,7 +280,6 @@ int pgw_metrics_render(pgw_worker_t *w, int n, pgw_sink_t *sink, char **buf, siz
 
 /* ---- the HTTP server -------------------------------------------------------- */
 
-#define REQ_MAX_BYTES 8192          /* request line and headers; there is no body */
 #define REQ_TIMEOUT_MS 10000
 #define MAX_REQUESTS 64
 
@@ -304,12 +302,8 @@ struct request {
     pgw_metrics_server_t *ms;
     uv_tcp_t tcp;
     uv_timer_t timer;
-    http_parser parser;
-    size_t got;
-    char url[256];
-    size_t url_len;
-    int url_too_long;
-    int complete, responded;
+    pgw_http_req_t req;
+    int responded;
     int closing;                    /* handles still to close */
     /* readiness probe */
     union { uv_tcp_t tcp; uv_pipe_t pipe; } probe;
@@ -437,28 +431,30 @@ static void ready(request_t *r)
         probe_done(r, rc);
 }
 
-static void handle(request_t *r)
+static void handle(request_t *r, int status, pgw_http_route_t route)
 {
-    if (r->url_too_long) {
-        respond_text(r, 414, "URI Too Long", "URI too long\n");
+    switch (status) {
+    case 400:
+        respond_text(r, 400, "Bad Request", "bad request\n");
         return;
-    }
-    /* The path, without a query string. */
-    char *q = strchr(r->url, '?');
-    if (q)
-        *q = '\0';
-    int known = !strcmp(r->url, "/metrics") || !strcmp(r->url, "/healthz") || !strcmp(r->url, "/readyz");
-    if (!known) {
+    case 404:
         respond_text(r, 404, "Not Found", "not found: try /metrics, /healthz or /readyz\n");
         return;
-    }
-    if (r->parser.method != HTTP_GET && r->parser.method != HTTP_HEAD) {
+    case 405:
         respond_text(r, 405, "Method Not Allowed", "only GET\n");
         return;
+    case 414:
+        respond_text(r, 414, "URI Too Long", "URI too long\n");
+        return;
+    case 431:
+        respond_text(r, 431, "Request Header Fields Too Large", "request too large\n");
+        return;
+    default:
+        break;
     }
-    if (!strcmp(r->url, "/healthz")) {
+    if (route == PGW_ROUTE_HEALTHZ) {
         respond_text(r, 200, "OK", "ok\n");
-    } else if (!strcmp(r->url, "/readyz")) {
+    } else if (route == PGW_ROUTE_READYZ) {
         ready(r);
     } else {
         char *buf = NULL;
@@ -473,23 +469,25 @@ static void handle(request_t *r)
     }
 }
 
+/* ---- the request, apart from the socket ------------------------------------ */
+
 static int on_url(http_parser *p, const char *at, size_t len)
 {
-    request_t *r = p->data;
-    if (r->url_len + len >= sizeof r->url) {
-        r->url_too_long = 1;
+    pgw_http_req_t *q = p->data;
+    if (q->url_len + len >= sizeof q->url) {
+        q->url_too_long = 1;
         return 0;
     }
-    memcpy(r->url + r->url_len, at, len);
-    r->url_len += len;
-    r->url[r->url_len] = '\0';
+    memcpy(q->url + q->url_len, at, len);
+    q->url_len += len;
+    q->url[q->url_len] = '\0';
     return 0;
 }
 
 static int on_message_complete(http_parser *p)
 {
-    request_t *r = p->data;
-    r->complete = 1;
+    pgw_http_req_t *q = p->data;
+    q->complete = 1;
     http_parser_pause(p, 1);        /* one request per connection */
     return 0;
 }
@@ -499,11 +497,63 @@ static const http_parser_settings parser_settings = {
     .on_message_complete = on_message_complete,
 };
 
+void pgw_http_req_init(pgw_http_req_t *q)
+{
+    memset(q, 0, sizeof *q);
+    http_parser_init(&q->parser, HTTP_REQUEST);
+    q->parser.data = q;
+}
+
+static int route_of(pgw_http_req_t *q, pgw_http_route_t *route)
+{
+    if (q->url_too_long)
+        return 414;
+    /* The path, without a query string. */
+    char *qs = strchr(q->url, '?');
+    if (qs)
+        *qs = '\0';
+    pgw_http_route_t r = !strcmp(q->url, "/metrics") ? PGW_ROUTE_METRICS
+                       : !strcmp(q->url, "/healthz") ? PGW_ROUTE_HEALTHZ
+                       : !strcmp(q->url, "/readyz") ? PGW_ROUTE_READYZ : PGW_ROUTE_NONE;
+    if (r == PGW_ROUTE_NONE)
+        return 404;
+    if (q->parser.method != HTTP_GET && q->parser.method != HTTP_HEAD)
+        return 405;
+    *route = r;
+    return 200;
+}
+
+static int feed(pgw_http_req_t *q, const char *buf, size_t n, pgw_http_route_t *route)
+{
+    q->got += n;
+    size_t done = http_parser_execute(&q->parser, &parser_settings, buf, n);
+    enum http_errno e = HTTP_PARSER_ERRNO(&q->parser);
+    if (q->complete)
+        return route_of(q, route);
+    if ((e != HPE_OK && e != HPE_PAUSED) || done != n) {
+        pgw_debug("metrics: bad request: %s", http_errno_description(e));
+        return 400;
+    }
+    if (q->got > PGW_HTTP_REQ_MAX_BYTES)
+        return 431;
+    return 0;
+}
+
+int pgw_http_req_feed(pgw_http_req_t *q, const char *buf, size_t n, pgw_http_route_t *route)
+{
+    *route = PGW_ROUTE_NONE;
+    if (q->answered)
+        return 400;             /* fed again after its answer: a caller's bug */
+    int status = feed(q, buf, n, route);
+    q->answered = status != 0;
+    return status;
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
     (void)h;
     (void)suggested;
-    static char slab[REQ_MAX_BYTES];   /* the main loop reads one request at a time */
+    static char slab[PGW_HTTP_REQ_MAX_BYTES];   /* the main loop reads one request at a time */
     *b = uv_buf_init(slab, sizeof slab);
 }
 
@@ -514,25 +564,13 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
         request_close(r);
         return;
     }
-    if (n == 0 || r->complete)
+    if (n == 0 || r->req.answered || r->responded)
         return;
-    r->got += (size_t)n;
-    size_t done = http_parser_execute(&r->parser, &parser_settings, b->base, (size_t)n);
-    enum http_errno e = HTTP_PARSER_ERRNO(&r->parser);
-    if (r->complete) {
+    pgw_http_route_t route;
+    int status = pgw_http_req_feed(&r->req, b->base, (size_t)n, &route);
+    if (status) {
         uv_read_stop(st);
-        handle(r);
-        return;
-    }
-    if ((e != HPE_OK && e != HPE_PAUSED) || done != (size_t)n) {
-        uv_read_stop(st);
-        pgw_debug("metrics: bad request: %s", http_errno_description(e));
-        respond_text(r, 400, "Bad Request", "bad request\n");
-        return;
-    }
-    if (r->got > REQ_MAX_BYTES) {
-        uv_read_stop(st);
-        respond_text(r, 431, "Request Header Fields Too Large", "request too large\n");
+        handle(r, status, route);
     }
 }
 
@@ -541,7 +579,7 @@ static void on_timeout(uv_timer_t *t)
     request_t *r = t->data;
     if (r->responded)
         request_close(r);            /* the client does not read its answer */
-    else if (r->complete)
+    else if (r->req.complete)
         respond_text(r, 503, "Service Unavailable", "not ready: upstream did not answer in time\n");
     else
         request_close(r);            /* too slow to send a request */
@@ -565,8 +603,7 @@ static void on_connection(uv_stream_t *server, int status)
         request_close(r);
         return;
     }
-    http_parser_init(&r->parser, HTTP_REQUEST);
-    r->parser.data = r;
+    pgw_http_req_init(&r->req);
     uv_timer_start(&r->timer, on_timeout, REQ_TIMEOUT_MS / 2, REQ_TIMEOUT_MS / 2);
     uv_read_start((uv_stream_t *)&r->tcp, on_alloc, on_read);
 }

@@ -16,6 +16,7 @@
 #define PGW_METRICS_H
 
 #include <stdatomic.h>
+#include <http_parser.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -96,6 +97,29 @@ void pgw_metrics_draining(pgw_metrics_server_t *ms);
 void pgw_metrics_stop(pgw_metrics_server_t *ms);
 /* After the loop has ended. */
 void pgw_metrics_free(pgw_metrics_server_t *ms);
+
+/* The request side of the endpoint, apart from any socket (the server
+ * feeds it what it reads; the fuzzer feeds it bytes). One request per
+ * connection. */
+#define PGW_HTTP_REQ_MAX_BYTES 8192     /* request line and headers; there is no body */
+typedef enum pgw_http_route {
+    PGW_ROUTE_NONE = 0, PGW_ROUTE_METRICS, PGW_ROUTE_HEALTHZ, PGW_ROUTE_READYZ
+} pgw_http_route_t;
+typedef struct pgw_http_req {
+    http_parser parser;
+    size_t got;                     /* bytes fed */
+    char url[256];
+    size_t url_len;
+    int url_too_long, complete;
+    int answered;                   /* a status was returned */
+} pgw_http_req_t;
+void pgw_http_req_init(pgw_http_req_t *q);
+/* Feeds the bytes that arrived. Returns 0 while the request is incomplete,
+ * else the status of the answer: 200 with *route set (a known path with GET
+ * or HEAD), 400 (does not parse), 404, 405, 414 (URL over 255 bytes) or 431
+ * (over PGW_HTTP_REQ_MAX_BYTES without its end). Once it has returned a
+ * status, the request takes no more bytes (400). */
+int pgw_http_req_feed(pgw_http_req_t *q, const char *buf, size_t n, pgw_http_route_t *route);
 
 /* The exposition itself, for the endpoint and the tests: appends the text
  * format to *buf (realloc'ed; *len, *cap updated). Returns 0 or -ENOMEM. */

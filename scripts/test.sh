@@ -21,6 +21,13 @@ fi
 .venv/bin/python -m pytest tests/integration "$@"
 pytest_rc=$?
 
+# Every libFuzzer target for a bounded time on its seed corpus (clang,
+# build-fuzz/); a crash, leak or hang fails the test command. Longer runs:
+# tests/fuzz/README.md.
+echo "test.sh: fuzzing (scripts/fuzz.sh ${PGW_FUZZ_SECONDS:-20})"
+bash scripts/fuzz.sh "${PGW_FUZZ_SECONDS:-20}"
+fuzz_rc=$?
+
 # The same suites once more on an AddressSanitizer + UBSan build (any report
 # aborts the process, so the tests see it). Its pytest summary ends the output.
 echo "test.sh: sanitizer build (build-asan/)"
@@ -32,7 +39,7 @@ asan_ctest_rc=$?
 PGW_BINARY="$PWD/build-asan/pgwarden" PGW_SANITIZED=1 .venv/bin/python -m pytest tests/integration "$@"
 asan_pytest_rc=$?
 
-for rc in "$ctest_rc" "$pytest_rc" "$asan_ctest_rc" "$asan_pytest_rc"; do
+for rc in "$ctest_rc" "$pytest_rc" "$fuzz_rc" "$asan_ctest_rc" "$asan_pytest_rc"; do
     [ "$rc" -ne 0 ] && exit "$rc"
 done
 exit 0

@@ -157,12 +157,12 @@ def test_readyz_follows_the_upstream(start_proxy):
 def raw_http(port, payload, read_timeout=8):
     """Sends payload; returns what came back before the server closed (b'' if nothing)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=read_timeout)
+    data = b""
     with s:
         try:
             s.sendall(payload)
         except (BrokenPipeError, ConnectionResetError):
-            pass
-        data = b""
+            pass                        # closed before all was sent: what came back counts
         try:
             while True:
                 chunk = s.recv(65536)
@@ -170,8 +170,8 @@ def raw_http(port, payload, read_timeout=8):
                     break
                 data += chunk
         except ConnectionResetError:
-            pass
-        return data
+            pass                        # a close with our bytes unread is a reset
+    return data
 
 
 def test_malformed_requests_are_refused_and_sql_goes_on(metered):
