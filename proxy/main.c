@@ -18,6 +18,7 @@
 #include "log.h"
 #include "pgwarden/event.h"
 #include "pgwarden/sink.h"
+#include "tls.h"
 #include "worker.h"
 
 typedef struct proxy {
@@ -25,12 +26,13 @@ typedef struct proxy {
     pgw_worker_t *workers;
     int nworkers;
     uv_loop_t loop;
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sighup;
     uv_timer_t drain_timer;
     uv_async_t done;
     int stopping;
     pgw_sink_t *sink;
     pgw_observer_info_t observer;
+    pgw_tls_t tls;
 } proxy_t;
 
 static void observer_init(pgw_observer_info_t *o, const pgw_config_t *cfg)
@@ -190,6 +192,18 @@ static void on_signal(uv_signal_t *sig, int signum)
     uv_timer_start(&p->drain_timer, on_drain_timeout, (uint64_t)(p->cfg.drain_timeout * 1000), 0);
 }
 
+/* SIGHUP: certificates, keys, CAs and the identity map are read again;
+ * new handshakes use them, established sessions keep theirs. */
+static void on_sighup(uv_signal_t *sig, int signum)
+{
+    proxy_t *p = sig->data;
+    char err[512];
+    if (pgw_tls_reload(&p->tls, err, sizeof err))
+        pgw_error("SIGHUP: keeping the current certificates: %s", err);
+    else if (p->tls.cur)
+        pgw_info("SIGHUP: certificates reloaded");
+}
+
 static void on_worker_done(uv_async_t *a)
 {
     proxy_t *p = a->data;
@@ -201,6 +215,7 @@ static void on_worker_done(uv_async_t *a)
         return;
     uv_close((uv_handle_t *)&p->sigint, NULL);
     uv_close((uv_handle_t *)&p->sigterm, NULL);
+    uv_close((uv_handle_t *)&p->sighup, NULL);
     uv_close((uv_handle_t *)&p->drain_timer, NULL);
     uv_close((uv_handle_t *)&p->done, NULL);
 }
@@ -224,6 +239,11 @@ int main(int argc, char **argv)
     if (open_listeners(&p.cfg, p.nworkers, fds))
         return 1;
     observer_init(&p.observer, &p.cfg);
+    char tls_err[512];
+    if (pgw_tls_init(&p.tls, &p.cfg.tls, tls_err, sizeof tls_err)) {
+        fprintf(stderr, "pgwarden: TLS: %s\n", tls_err);
+        return 1;
+    }
     if (p.cfg.audit_file) {
         pgw_file_sink_config_t fc = { .path = p.cfg.audit_file };
         if (pgw_file_sink_open(&fc, &p.sink)) {
@@ -234,17 +254,23 @@ int main(int argc, char **argv)
     }
 
     uv_loop_init(&p.loop);
-    p.done.data = p.sigint.data = p.sigterm.data = p.drain_timer.data = &p;
+    p.done.data = p.sigint.data = p.sigterm.data = p.sighup.data = p.drain_timer.data = &p;
     uv_async_init(&p.loop, &p.done, on_worker_done);
     uv_signal_init(&p.loop, &p.sigint);
     uv_signal_init(&p.loop, &p.sigterm);
     uv_timer_init(&p.loop, &p.drain_timer);
     uv_signal_start(&p.sigint, on_signal, SIGINT);
     uv_signal_start(&p.sigterm, on_signal, SIGTERM);
+    uv_signal_init(&p.loop, &p.sighup);
+    uv_signal_start(&p.sighup, on_sighup, SIGHUP);
 
     for (int i = 0; i < p.nworkers; i++) {
-        if (pgw_worker_init(&p.workers[i], i, &p.cfg, fds[i], &p.done, p.sink, &p.observer) ||
-            pgw_worker_start(&p.workers[i])) {
+        if (pgw_worker_init(&p.workers[i], i, &p.cfg, fds[i], &p.done, p.sink, &p.observer)) {
+            fprintf(stderr, "pgwarden: cannot start loop thread %d\n", i);
+            return 1;
+        }
+        p.workers[i].tls = &p.tls;
+        if (pgw_worker_start(&p.workers[i])) {
             fprintf(stderr, "pgwarden: cannot start loop thread %d\n", i);
             return 1;
         }
@@ -266,6 +292,7 @@ int main(int argc, char **argv)
     if (p.sink)
         pgw_sink_close(p.sink);   /* writes what the threads handed over */
     uv_loop_close(&p.loop);
+    pgw_tls_destroy(&p.tls);
     free(p.workers);
     pgw_info("stopped");
     return 0;

@@ -34,6 +34,7 @@ typedef struct pgw_observer_info {
 } pgw_observer_info_t;
 
 struct pgw_analysis_cache;
+struct pgw_tls;
 
 /* Commands from the main thread, delivered through wakeup. */
 enum { PGW_CMD_DRAIN = 1, PGW_CMD_FORCE = 2 };
@@ -66,6 +67,8 @@ typedef struct pgw_worker {
     pgw_uuid7_t uuid;
     const pgw_observer_info_t *observer;
     struct pgw_analysis_cache *analysis;
+
+    struct pgw_tls *tls;            /* certificates (main's, set before start); NULL: no TLS */
 
     pgw_buf_pool_t pool;
     struct pgw_wreq *free_wreqs;
