@@ -45,6 +45,7 @@ typedef struct pgw_session {
     unsigned ssl_done : 1;          /* an SSLRequest was answered */
     unsigned gss_done : 1;          /* a GSSENCRequest was answered */
     unsigned direct_tls : 1;        /* TLS from the first byte, without SSLRequest */
+    unsigned sasl_stripped : 1;     /* SCRAM-SHA-256-PLUS removed from the server's offer */
 
     const pgw_endpoint_t *listen_ep;
     pgw_tls_ctx_t *tls;             /* a reference, or NULL: TLS configured on neither leg */
@@ -159,10 +160,29 @@ static void forward(pgw_session_t *s, pgw_leg_t *src, pgw_buf_t *b, size_t n)
 
 /* ---- frontend ------------------------------------------------------------ */
 
+/* The client's SASLInitialResponse after an offer without
+ * SCRAM-SHA-256-PLUS. A client that supports channel binding says so in
+ * its GS2 flag ('y'): a server that offered channel binding takes that for
+ * a downgrade attack and refuses. Nothing pgwarden could rewrite helps (the
+ * flag is covered by the client's proof), so the client hears why at once.
+ * Only the mechanism name and the flag are read, never the secret parts. */
+static void check_gs2_flag(pgw_session_t *s, const pgw_msg_t *m)
+{
+    s->sasl_stripped = 0;
+    const uint8_t *nul = m->body ? memchr(m->body, 0, m->body_len) : NULL;
+    if (!nul || (size_t)(nul - m->body) + 6 > m->body_len || nul[5] != 'y')
+        return;
+    fatal_to_client(s, "28000", "SCRAM channel binding cannot pass through pgwarden, which terminates "
+                    "the client's TLS, and the server refuses a client that supports it without "
+                    "using it: connect with channel_binding=disable");
+}
+
 static int fe_message(void *ud, const pgw_msg_t *m)
 {
     pgw_session_t *s = ud;
     if (s->state != S_STARTUP) {
+        if (m->type == 'p' && s->sasl_stripped)
+            check_gs2_flag(s, m);
         if (m->type == 'X' && !s->end_reason)
             s->end_reason = PGW_END_CLIENT_CLOSED;   /* whichever socket closes first */
         if (s->audit)
@@ -361,6 +381,8 @@ static void client_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
         fatal_to_client(s, "08P01", "invalid message from client: %s", pgw_framer_strerror((int)r));
         return;
     }
+    if (s->state != S_FORWARDING)
+        return;                     /* refused while framing */
     forward(s, &s->client, b, n);
 }
 
@@ -409,6 +431,7 @@ static void strip_channel_binding(pgw_session_t *s, const pgw_msg_t *m)
     s->sasl_msg_len = k;
     s->sasl_off = (size_t)(m->body - 5 - base);
     s->sasl_len = 1 + (size_t)m->len;
+    s->sasl_stripped = 1;
 }
 
 static int be_message(void *ud, const pgw_msg_t *m)

@@ -26,7 +26,7 @@ import pgwire
 from harness import PgCluster, client_env, free_port, pg_tool, run, wait_until
 from test_event_schema import assert_valid_audit_file
 
-BOB_PASSWORD = "bob's scram secret"
+BOB_PASSWORD = "bob scram secret"
 
 
 # ---------------------------------------------------------------- certificates
@@ -203,8 +203,8 @@ def test_psql_verify_full_with_client_cert(tls_pg, certs, start_proxy, tmp_path)
     r = run([pg_tool("psql"), "-X", "-At", conninfo, "-c", "SELECT current_user", "-c", "SELECT 2"])
     assert r.stdout == b"alice\n2\n"
 
-    with connect(p, certs) as conn:
-        assert conn.pgconn.ssl_attribute("protocol") == "TLSv1.3"
+    with ssl_request_socket(p, certs, cert="client") as s:
+        assert s.version() == "TLSv1.3"
 
     evs = wait_events(p.audit_path, lambda e: e.get("client", {}).get("application") == "psql-verify-full"
                       and e["kind"] == "session_end", what="psql session_end")
@@ -480,26 +480,44 @@ def test_upstream_client_certificate(tls_pg, certs, start_proxy, tmp_path):
     finish(p)
 
 
-def test_scram_channel_binding(tls_pg, certs, start_proxy, tmp_path):
-    """bob's SCRAM over TLS on both legs: the server offers
-    SCRAM-SHA-256-PLUS, pgwarden removes it, so channel_binding=prefer
-    authenticates with plain SCRAM and channel_binding=require fails at
-    once with a clear error."""
-    p = tls_proxy(start_proxy, certs, "localhost:%d" % tls_pg.port, *upstream_args(certs),
-                  tmp_path=tmp_path)
+def test_scram_channel_binding_plain_upstream(tls_pg, certs, start_proxy, tmp_path):
+    """bob's SCRAM with the client leg over TLS and a plaintext server leg:
+    channel_binding=prefer authenticates with plain SCRAM, =require fails
+    at once with a clear error."""
+    p = tls_proxy(start_proxy, certs, "127.0.0.1:%d" % tls_pg.port, tmp_path=tmp_path)
     with connect(p, certs, user="bob", password=BOB_PASSWORD, channel_binding="prefer") as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("bob",)
     t0 = time.monotonic()
     err = refused(p, certs, user="bob", password=BOB_PASSWORD, channel_binding="require")
     assert time.monotonic() - t0 < 5
     assert "channel binding" in err, err
-    # What the server offered, seen raw through pgwarden.
+    assert_serves(p, certs)
+    finish(p)
+
+
+def test_scram_channel_binding_tls_upstream(tls_pg, certs, start_proxy, tmp_path):
+    """TLS on both legs: the server offers SCRAM-SHA-256-PLUS and pgwarden
+    removes it from what the client sees (the rewritten message is
+    checked raw). A client that could bind (channel_binding=prefer) is then
+    one the server must refuse as a downgrade: pgwarden says so at once,
+    with the remedy; channel_binding=disable works; =require fails fast."""
+    p = tls_proxy(start_proxy, certs, "localhost:%d" % tls_pg.port, *upstream_args(certs),
+                  tmp_path=tmp_path)
     s = ssl_request_socket(p, certs, cert="client")
     with pgwire.RawConn(s) as c:
         c.send(pgwire.startup_packet("bob"))
         mtype, body = c.recv_msg()
         assert mtype == "R" and struct.unpack("!I", body[:4])[0] == 10
         assert body[4:] == b"SCRAM-SHA-256\0\0"
+    with connect(p, certs, user="bob", password=BOB_PASSWORD, channel_binding="disable") as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("bob",)
+    for mode, want in (("prefer", "channel_binding=disable"), ("require", "channel binding")):
+        t0 = time.monotonic()
+        err = refused(p, certs, user="bob", password=BOB_PASSWORD, channel_binding=mode)
+        assert time.monotonic() - t0 < 5
+        assert want in err, err
+    f = wait_events(p.audit_path, lambda e: e["kind"] == "auth_failure", what="auth_failure")[0]
+    assert f["result"]["sqlstate"] == "28000" and "channel binding" in f["result"]["message"]
     assert_serves(p, certs)
     finish(p)
 
