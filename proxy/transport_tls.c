@@ -69,22 +69,32 @@ void pgw_leg__tls_pump(pgw_leg_t *leg)
         leg->tls_ready = 1;
         leg->ops->on_secure(leg);
     }
+    /* Records are decrypted into one pool buffer until it is full or the
+     * read BIO is empty, so a large result is forwarded in few writes. */
     while (leg->tls_ready && leg->reading && usable(leg)) {
         pgw_buf_t *b = pgw_buf_get(&leg->w->pool);
         if (!b) {
             fail(leg, UV_ENOMEM);
             break;
         }
-        int k = SSL_read(leg->ssl, b->data, (int)b->cap);
-        if (k > 0) {
-            leg->ops->on_data(leg, b, (size_t)k);
-            pgw_buf_release(&leg->w->pool, b);
-            continue;
+        size_t got = 0, k = 0;
+        int e = SSL_ERROR_NONE;
+        while (got < b->cap) {
+            if (SSL_read_ex(leg->ssl, b->data + got, b->cap - got, &k) != 1) {
+                e = SSL_get_error(leg->ssl, 0);
+                break;
+            }
+            got += k;
         }
+        if (got)
+            leg->ops->on_data(leg, b, got);
         pgw_buf_release(&leg->w->pool, b);
-        int e = SSL_get_error(leg->ssl, k);
+        if (e == SSL_ERROR_NONE)
+            continue;
         if (e == SSL_ERROR_WANT_READ)
             break;
+        if (!usable(leg) || !leg->reading)
+            break;                  /* the error waits in the SSL for the next read_start */
         if (e == SSL_ERROR_ZERO_RETURN) {    /* close_notify: the peer's clean end */
             pgw_leg_read_stop(leg);
             leg->ops->on_eof(leg, UV_EOF);
