@@ -236,14 +236,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "pgwarden: out of memory\n");
         return 1;
     }
-    if (open_listeners(&p.cfg, p.nworkers, fds))
-        return 1;
-    observer_init(&p.observer, &p.cfg);
+    /* Certificates first: a bad file stops the start before any socket opens. */
     char tls_err[512];
     if (pgw_tls_init(&p.tls, &p.cfg.tls, tls_err, sizeof tls_err)) {
         fprintf(stderr, "pgwarden: TLS: %s\n", tls_err);
         return 1;
     }
+    if (open_listeners(&p.cfg, p.nworkers, fds))
+        return 1;
+    observer_init(&p.observer, &p.cfg);
     if (p.cfg.audit_file) {
         pgw_file_sink_config_t fc = { .path = p.cfg.audit_file };
         if (pgw_file_sink_open(&fc, &p.sink)) {

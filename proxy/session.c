@@ -557,7 +557,7 @@ static void on_eof(pgw_leg_t *leg, int status)
         if (s->audit)
             pgw_audit_refused(s->audit, cert ? "28000" : "08P01", msg);
         s->end_reason = PGW_END_ERROR;
-        session_close(s, "TLS handshake failed");
+        session_finish(s, "TLS handshake failed");   /* the alert drains first */
         return;
     }
     if (!s->end_reason)

@@ -336,11 +336,12 @@ def test_plaintext_refused_when_tls_required(tls_pg, certs, start_proxy, tmp_pat
 
 
 def test_tls_require_per_listener(tls_pg, certs, start_proxy, tmp_path):
-    """--tls-require=LISTEN: only that listener refuses plaintext."""
+    """--tls-require=LISTEN: only that listener refuses plaintext. (Also:
+    a restricted group list and TLS 1.2 cipher list still serve TLS 1.3.)"""
     a, b = "127.0.0.1:%d" % free_port(), "127.0.0.1:%d" % free_port()
     p = start_proxy(listen=[a, b], upstream="127.0.0.1:%d" % tls_pg.port, extra_args=[
         "--tls-cert", str(certs / "server.crt"), "--tls-key", str(certs / "server.key"),
-        "--tls-require=" + b])
+        "--tls-require=" + b, "--tls-groups", "P-256", "--tls-ciphers", "ECDHE-RSA-AES256-GCM-SHA384"])
     plain = "host=127.0.0.1 port=%d user=alice dbname=postgres sslmode=disable"
     with psycopg.connect(plain % int(a.split(":")[1]), connect_timeout=10) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
@@ -456,6 +457,8 @@ def test_upstream_wrong_ca_refused(tls_pg, certs, start_proxy, tmp_path, mode, c
     err = refused(p, certs)
     assert time.monotonic() - t0 < 5
     assert "could not establish TLS with the upstream server" in err and why in err, err
+    # Still serving: the next session gets the same clear answer.
+    assert why in refused(p, certs)
     assert p.alive()
     finish(p)
 
@@ -477,6 +480,7 @@ def test_upstream_client_certificate(tls_pg, certs, start_proxy, tmp_path):
     with connect(p, certs) as conn:
         row = conn.execute("SELECT client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
         assert row == ("/CN=alice",)
+    assert_serves(p, certs)
     finish(p)
 
 
@@ -569,7 +573,12 @@ def test_tls_flags_checked(certs, tls_pg):
           "--tls-client-cert", "require"], "needs --tls-client-ca"),
         (["--upstream-sslmode", "verify-full"], "needs --upstream-ca"),
         (["--upstream-sslmode", "bogus"], "not one of"),
-        (["--tls-cert", str(certs / "server.crt"), "--tls-key", str(certs / "client.key")], "TLS:"),
+        (["--tls-cert", str(certs / "server.crt"), "--tls-key", str(certs / "client.key")],
+         "--tls-key"),
+        (["--tls-cert", str(certs / "server.crt"), "--tls-key", str(certs / "server.key"),
+          "--tls-groups", "no-such-group"], "--tls-groups"),
+        (["--tls-cert", str(certs / "server.crt"), "--tls-key", str(certs / "server.key"),
+          "--tls-require=127.0.0.1:1"], "no such --listen"),
     ]
     for args, want in cases:
         r = subprocess.run(base + args, capture_output=True, text=True, timeout=10)
