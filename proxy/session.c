@@ -55,6 +55,7 @@ typedef struct pgw_session {
      * sent in place of the original bytes at sasl_off in the read being
      * framed (cur_buf). */
     const pgw_buf_t *cur_buf;
+    size_t cur_len;
     uint8_t *sasl_msg;
     size_t sasl_msg_len, sasl_off, sasl_len;
 
@@ -406,7 +407,7 @@ static void strip_channel_binding(pgw_session_t *s, const pgw_msg_t *m)
         found |= strcmp(nm, plus) == 0;
     if (!found)
         return;
-    if (!base || m->body < base + 5 || m->body + m->body_len > base + s->cur_buf->cap) {
+    if (!base || m->body < base + 5 || m->body + m->body_len > base + s->cur_len) {
         slog(PGW_LOG_WARN, s, "cannot remove %s from a SASL offer split over reads", plus);
         return;
     }
@@ -503,6 +504,7 @@ static void server_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
         return;
     int at_boundary = pgw_framer_at_boundary(&s->be);
     s->cur_buf = b;
+    s->cur_len = n;
     ssize_t r = pgw_framer_feed(&s->be, b->data, n);
     s->cur_buf = NULL;
     if (r < 0) {

@@ -52,6 +52,7 @@ void pgw_leg__tls_pump(pgw_leg_t *leg)
     if (leg->tls_pumping || !usable(leg))
         return;
     leg->tls_pumping = 1;
+    ERR_clear_error();              /* SSL_get_error reads this thread's queue */
     if (!leg->tls_ready) {
         int r = SSL_do_handshake(leg->ssl);
         int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(leg->ssl, r);
@@ -122,6 +123,7 @@ int pgw_leg__tls_write(pgw_leg_t *leg, const uint8_t *p, size_t n)
 {
     if (!leg->tls_ready || !usable(leg))
         return UV_ENOTCONN;
+    ERR_clear_error();
     while (n > 0) {
         int k = SSL_write(leg->ssl, p, n > INT_MAX ? INT_MAX : (int)n);
         if (k <= 0) {
