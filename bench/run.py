@@ -30,6 +30,8 @@ import signal
 import socket
 import statistics
 import subprocess
+import threading
+import urllib.request
 import sys
 import tempfile
 import time
@@ -38,7 +40,8 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 
 ALL_TARGETS = ["direct", "fwdlimit-tcp", "fwdlimit-unix", "pgbouncer", "pgbouncer-unix",
-               "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix"]
+               "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix",
+               "pgwarden-audit-scraped-tcp"]
 DEFAULT_TARGETS = ["direct", "fwdlimit-tcp", "fwdlimit-unix", "pgbouncer",
                    "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix"]
 DB = "bench"
@@ -585,7 +588,8 @@ def key_ratios(targets, modes, summary, results, skipped):
     pairs = [("pgwarden-tcp", "fwdlimit-tcp"), ("pgwarden-unix", "fwdlimit-unix"),
              ("pgwarden-tcp", "pgbouncer"), ("pgwarden-unix", "pgbouncer"),
              ("pgwarden-audit-tcp", "fwdlimit-tcp"), ("pgwarden-audit-unix", "fwdlimit-unix"),
-             ("pgwarden-audit-tcp", "pgbouncer"), ("pgwarden-audit-tcp", "pgwarden-tcp")]
+             ("pgwarden-audit-tcp", "pgbouncer"), ("pgwarden-audit-tcp", "pgwarden-tcp"),
+             ("pgwarden-audit-scraped-tcp", "pgwarden-audit-tcp")]
     if "pgbouncer-unix" in targets:
         pairs.append(("pgwarden-unix", "pgbouncer-unix"))
     pairs += [("fwdlimit-tcp", "direct"), ("fwdlimit-unix", "direct"), ("pgbouncer", "direct")]
@@ -705,11 +709,15 @@ def start_targets(args, tmp, runas, env, direct, sockdir, pgw_bin, fwd_bin, skip
             cmd = [pgw_bin, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{pg_port}"] + pgw_common
         elif name == "pgwarden-unix":
             cmd = [pgw_bin, "--listen", f"127.0.0.1:{port}", "--upstream", sockdir] + pgw_common
-        elif name in ("pgwarden-audit-tcp", "pgwarden-audit-unix"):
+        elif name in ("pgwarden-audit-tcp", "pgwarden-audit-unix", "pgwarden-audit-scraped-tcp"):
             # Full audit: every statement analysed and written by the file sink.
             up = f"127.0.0.1:{pg_port}" if name.endswith("tcp") else sockdir
             cmd = [pgw_bin, "--listen", f"127.0.0.1:{port}", "--upstream", up,
                    "--audit-file", os.path.join(tmp, name + ".jsonl")] + pgw_common
+            if "scraped" in name:
+                # The same, with /metrics scraped every second during the runs.
+                metrics_port = free_port()
+                cmd += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
         else:   # pgbouncer, pgbouncer-unix
             host = "127.0.0.1" if name == "pgbouncer" else sockdir
             cmd, ra = [args.pgbouncer, "-q", write_pgbouncer_ini(tmp, name, port, host, pg_port, runas)], runas
@@ -722,8 +730,34 @@ def start_targets(args, tmp, runas, env, direct, sockdir, pgw_bin, fwd_bin, skip
             CLEANUP.forget(t.proc)
             continue
         log(f"{name} up on 127.0.0.1:{port}: {shlex.join(cmd)}")
+        if "scraped" in name:
+            t.metrics_port = metrics_port
         targets[name] = t
     return targets
+
+
+class Scraper:
+    """GET /metrics once a second in a thread, as Prometheus would, while a run goes on."""
+
+    def __init__(self, port):
+        self.port, self.ok = port, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.done.wait(1.0):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+                    r.read()
+                    self.ok += 1
+            except OSError:
+                pass
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        return self.ok
 
 
 def measure(args, t, mode, roots, env, label):
@@ -738,7 +772,12 @@ def measure(args, t, mode, roots, env, label):
             pgbench(args, t, mode, args.warmup, env)
         win = CpuWindow(roots)
         own0 = proc_cpu_ns(t.proc.pid) if t.cmd else None
+        scraper = Scraper(t.metrics_port) if getattr(t, "metrics_port", None) else None
         tps, lat, note = pgbench(args, t, mode, args.seconds, env)
+        if scraper:
+            scrapes = scraper.stop()
+            if not scrapes:
+                note = "; ".join(filter(None, [note, "no successful scrape"]))
         other, steal = win.other_pct(), win.steal_pct()
         own1 = proc_cpu_ns(t.proc.pid) if t.cmd else None
         cpu_us = None

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 
 #include <pg_query.h>
@@ -290,6 +291,7 @@ static sql_entry_t *entry_pack(const entry_parts_t *ep)
     e->pub.cls = ep->cls;
     e->pub.flags = ep->flags;
     e->pub.fingerprint = put_str(&p, ep->fingerprint, strlen(ep->fingerprint));
+    e->pub.fingerprint_value = e->pub.fingerprint[0] ? strtoull(e->pub.fingerprint, NULL, 16) : 0;
     e->pub.parse_error = ep->parse_error ? put_str(&p, ep->parse_error, strlen(ep->parse_error)) : NULL;
     for (i = 0; i < ep->nobjs; i++) {
         objs[i].schema = put_str(&p, ep->objs[i].schema, strlen(ep->objs[i].schema));
@@ -794,7 +796,16 @@ static int analyze_string(pgw_analysis_cache_t *c, const char *sql, uint32_t n,
         }
         *all_hit = 0;
         piece_from(&pi, sql, lx, p);
-        if (analyze_piece(&pi, &ents[i], &m))
+        struct timespec t0, t1;
+        if (c)
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+        int prc = analyze_piece(&pi, &ents[i], &m);
+        if (c) {
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            sql_cache_parse_time(c, (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
+                                               (t1.tv_nsec - t0.tv_nsec)));
+        }
+        if (prc)
             goto out;
         multi[i] = (uint8_t)m;
         if (m || (ents[i]->pub.flags & PGW_SQL_PARSE_ERROR))

@@ -37,6 +37,7 @@ struct pgw_analysis_cache {
     uint32_t entries;
     size_t bytes;
     uint64_t hits, misses, inserts, evictions;
+    uint64_t parse_ns;
     sql_lex_t lex;           /* scratch for lookups */
     char *key;               /* scratch: the key being looked up */
     uint32_t key_cap;
@@ -102,6 +103,7 @@ void pgw_analysis_cache_stats(const pgw_analysis_cache_t *c, pgw_analysis_cache_
     st->misses = c->misses;
     st->inserts = c->inserts;
     st->evictions = c->evictions;
+    st->parse_ns = c->parse_ns;
     st->entries = c->entries;
     st->bytes = c->bytes;
 }
@@ -114,6 +116,11 @@ sql_lex_t *sql_cache_lex(pgw_analysis_cache_t *c)
 int sql_cache_max_lookup(const pgw_analysis_cache_t *c, size_t len)
 {
     return len <= c->lim.max_lookup_len;
+}
+
+void sql_cache_parse_time(pgw_analysis_cache_t *c, uint64_t ns)
+{
+    c->parse_ns += ns;
 }
 
 void sql_cache_count(pgw_analysis_cache_t *c, int hit)

@@ -197,6 +197,8 @@ int sql_cache_max_lookup(const pgw_analysis_cache_t *c, size_t len);
  * there, or its shape has enough variants cached. */
 void sql_cache_insert(pgw_analysis_cache_t *c, sql_entry_t *e);
 void sql_cache_count(pgw_analysis_cache_t *c, int hit);
+/* Time spent analysing statements that missed. */
+void sql_cache_parse_time(pgw_analysis_cache_t *c, uint64_t ns);
 
 /* Adds to the analysis the statement [start,end) of s, whose tokens are
  * toks, described by e: takes a reference and writes its default-mode text.

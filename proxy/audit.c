@@ -81,8 +81,8 @@ static void statement_event(pgw_audit_t *ident, uint64_t seq, const pgw_stmt_don
 {
     pgw_event_t ev;
     fill_common(ident, &ev, PGW_EVENT_STATEMENT, d->time_us, seq);
+    ev.statement.truncated = PGW_BOOL(0);   /* before fill: part of the encoded analysis */
     pgw_statement_fill(d, view, &ev.statement);
-    ev.statement.truncated = PGW_BOOL(0);
     ev.statement.protocol = d->protocol;
     if (d->protocol == PGW_PROTOCOL_EXTENDED) {
         ev.statement.statement_name = pgw_cstr(d->stmt_name ? d->stmt_name : "");
@@ -112,6 +112,7 @@ static void statement_event(pgw_audit_t *ident, uint64_t seq, const pgw_stmt_don
         ev.result.sqlstate = pgw_cstr(d->sqlstate);
     if (d->message)
         ev.result.message = pgw_cstr(d->message);
+    pgw_metrics_statement(&ident->w->metrics, ev.statement.class_, d->status, d->duration_us, d->sqlstate);
     if (d->copy_dir) {
         ev.copy.direction = d->copy_dir;
         ev.copy.bytes = PGW_INT(d->copy_bytes);
@@ -131,13 +132,16 @@ typedef struct parse_job {
     uint64_t seq;
     pgw_stmt_done_t d;
     pgw_stmt_view_t view;
+    uint64_t parse_ns;
     _Alignas(pgw_event_param_t) char strings[];   /* params, then their bytes and the strings */
 } parse_job_t;
 
 static void job_parse(uv_work_t *req)
 {
     parse_job_t *j = req->data;
+    uint64_t t0 = uv_hrtime();
     pgw_statement_parse(&j->d, &j->view);
+    j->parse_ns = uv_hrtime() - t0;
 }
 
 static void session_end_event(pgw_audit_t *a);
@@ -147,6 +151,7 @@ static void job_done(uv_work_t *req, int status)
     parse_job_t *j = req->data;
     pgw_audit_t *a = j->owner;
     pgw_worker_t *w = a->w;
+    pgw_ctr_add(&w->metrics.parse_pool_ns, j->parse_ns);
     pgw_statement_learn(w->analysis, &j->view);
     statement_event(&j->ident, j->seq, &j->d, &j->view);
     pgw_statement_view_free(&j->view);

@@ -28,6 +28,7 @@ static const char usage[] =
 "  --audit-file PATH|-      write audit events as JSON lines to PATH, or to stdout\n"
 "  --log-parameters         put Bind parameter values into statement events (default: count only)\n"
 "  --parameter-max-bytes N  cut each logged value at N bytes (default 1024)\n"
+"  --metrics-listen HOST:PORT  serve /metrics (Prometheus), /healthz and /readyz over HTTP\n"
 "  --threads N              event-loop threads (default: online CPUs)\n"
 "  --drain-timeout SECONDS  on SIGTERM/SIGINT, how long sessions may finish (default 30)\n"
 "  --max-message-size BYTES largest accepted protocol message (default 1073741824)\n"
@@ -235,7 +236,7 @@ static int parse_number(const char *opt, const char *arg, double lo, double hi, 
 int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
 {
     enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_HELP, O_VERSION,
-           O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX,
+           O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX, O_METRICS,
            O_TLS_CERT, O_TLS_KEY, O_TLS_CLIENT_CA, O_TLS_CLIENT_CERT, O_TLS_MIN, O_TLS_CIPHERS,
            O_TLS_GROUPS, O_TLS_REQUIRE, O_TLS_IDENT_MAP, O_TLS_MATCH_CN, O_UP_SSLMODE, O_UP_CA,
            O_UP_CERT, O_UP_KEY };
@@ -266,12 +267,13 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
         { "upstream-ca", required_argument, NULL, O_UP_CA },
         { "upstream-cert", required_argument, NULL, O_UP_CERT },
         { "upstream-key", required_argument, NULL, O_UP_KEY },
+        { "metrics-listen", required_argument, NULL, O_METRICS },
         { "help", no_argument, NULL, O_HELP },
         { "version", no_argument, NULL, O_VERSION },
         { NULL, 0, NULL, 0 },
     };
     const char *listen_args[PGW_MAX_LISTEN];
-    const char *upstream_arg = NULL;
+    const char *upstream_arg = NULL, *metrics_arg = NULL;
     const char *require_args[PGW_MAX_LISTEN];
     int nrequire = 0, require_all = 0, client_cert_given = 0, choice;
     double v;
@@ -369,6 +371,9 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
             else if (nrequire < PGW_MAX_LISTEN)
                 require_args[nrequire++] = optarg;
             break;
+        case O_METRICS:
+            metrics_arg = optarg;
+            break;
         case O_HELP:
             fputs(usage, stdout);
             return 1;
@@ -405,6 +410,16 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
             return -1;
     if (parse_endpoint(&cfg->upstream, upstream_arg, 0, 0))
         return -1;
+    if (metrics_arg) {
+        snprintf(cfg->metrics_listen.text, sizeof cfg->metrics_listen.text, "%s", metrics_arg);
+        int rc = parse_tcp(&cfg->metrics_listen, metrics_arg, 1);
+        if (rc) {
+            if (rc == -1)
+                fprintf(stderr, "pgwarden: --metrics-listen: \"%s\" is not HOST:PORT\n", metrics_arg);
+            return -1;
+        }
+        cfg->has_metrics = 1;
+    }
     if (!client_cert_given && cfg->tls.client_ca)
         cfg->tls.client_cert = PGW_CLIENT_CERT_OPTIONAL;
     return check_tls(cfg, client_cert_given, require_all, require_args, nrequire);

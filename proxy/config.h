@@ -47,6 +47,8 @@ typedef struct pgw_config {
     int log_parameters;             /* Bind values in statement events */
     uint32_t parameter_max_bytes;   /* each value cut at this length */
     pgw_tls_config_t tls;
+    int has_metrics;
+    pgw_endpoint_t metrics_listen;  /* the HTTP endpoint, when has_metrics */
 } pgw_config_t;
 
 /* Parses argv into cfg. Returns 0 to run, 1 when --help/--version was

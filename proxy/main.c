@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "pgwarden/event.h"
 #include "pgwarden/sink.h"
 #include "tls.h"
@@ -33,6 +34,7 @@ typedef struct proxy {
     pgw_sink_t *sink;
     pgw_observer_info_t observer;
     pgw_tls_t tls;
+    pgw_metrics_server_t *metrics;  /* NULL without --metrics-listen */
 } proxy_t;
 
 static void observer_init(pgw_observer_info_t *o, const pgw_config_t *cfg)
@@ -184,6 +186,8 @@ static void on_signal(uv_signal_t *sig, int signum)
         return;
     }
     p->stopping = 1;
+    if (p->metrics)
+        pgw_metrics_draining(p->metrics);
     pgw_info("%s: no longer accepting; draining sessions for up to %gs",
              strsignal(signum), p->cfg.drain_timeout);
     broadcast(p, PGW_CMD_DRAIN);
@@ -218,6 +222,8 @@ static void on_worker_done(uv_async_t *a)
     uv_close((uv_handle_t *)&p->sighup, NULL);
     uv_close((uv_handle_t *)&p->drain_timer, NULL);
     uv_close((uv_handle_t *)&p->done, NULL);
+    if (p->metrics)
+        pgw_metrics_stop(p->metrics);
 }
 
 int main(int argc, char **argv)
@@ -277,6 +283,12 @@ int main(int argc, char **argv)
         }
     }
     free(fds);
+    if (p.cfg.has_metrics &&
+        pgw_metrics_start(&p.loop, &p.cfg, p.workers, p.nworkers, p.sink, &p.metrics)) {
+        broadcast(&p, PGW_CMD_FORCE);
+        p.stopping = 1;
+        rc = 1;
+    }
     pgw_info("pgwarden %s: %d thread(s), upstream %s%s%s", PGW_VERSION, p.nworkers,
              p.cfg.upstream.text, p.cfg.upstream.is_unix ? " -> " : "",
              p.cfg.upstream.is_unix ? p.cfg.upstream.path : "");
@@ -294,7 +306,9 @@ int main(int argc, char **argv)
         pgw_sink_close(p.sink);   /* writes what the threads handed over */
     uv_loop_close(&p.loop);
     pgw_tls_destroy(&p.tls);
+    if (p.metrics)
+        pgw_metrics_free(p.metrics);
     free(p.workers);
     pgw_info("stopped");
-    return 0;
+    return rc;
 }

@@ -58,6 +58,7 @@ typedef struct pgw_session {
     size_t cur_len;
     uint8_t *sasl_msg;
     size_t sasl_msg_len, sasl_off, sasl_len;
+    unsigned server_up : 1;         /* the upstream connection was made (metrics) */
 
     char peer[64];                  /* client address, for messages */
     char user[64], database[64];
@@ -115,6 +116,16 @@ static void fatal_to_client(pgw_session_t *s, const char *sqlstate, const char *
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     slog(PGW_LOG_INFO, s, "refused: %s (SQLSTATE %s)", msg, sqlstate);
+    pgw_metrics_t *mt = &s->w->metrics;
+    if (s->state < S_FORWARDING) {
+        pgw_refusal_t why = !strcmp(sqlstate, "08006")    ? PGW_REFUSED_UPSTREAM
+                            : !strncmp(sqlstate, "28", 2) ? PGW_REFUSED_AUTHENTICATION
+                            : !strncmp(sqlstate, "53", 2) ? PGW_REFUSED_LIMIT
+                                                          : PGW_REFUSED_PROTOCOL;
+        pgw_ctr_add(&mt->refused[why], 1);
+    } else if (!strcmp(sqlstate, "08P01")) {
+        pgw_ctr_add(&mt->protocol_errors[PGW_DIR_FRONTEND], 1);
+    }
     if (s->audit)
         pgw_audit_refused(s->audit, sqlstate, msg);
     ssize_t n = pgw_build_error(pkt, sizeof pkt, "FATAL", sqlstate, msg);
@@ -181,6 +192,7 @@ static void check_gs2_flag(pgw_session_t *s, const pgw_msg_t *m)
 static int fe_message(void *ud, const pgw_msg_t *m)
 {
     pgw_session_t *s = ud;
+    pgw_ctr_add(&s->w->metrics.messages[PGW_DIR_FRONTEND], 1);
     if (s->state != S_STARTUP) {
         if (m->type == 'p' && s->sasl_stripped)
             check_gs2_flag(s, m);
@@ -438,6 +450,7 @@ static void strip_channel_binding(pgw_session_t *s, const pgw_msg_t *m)
 static int be_message(void *ud, const pgw_msg_t *m)
 {
     pgw_session_t *s = ud;
+    pgw_ctr_add(&s->w->metrics.messages[PGW_DIR_BACKEND], 1);
     if (s->audit)
         pgw_audit_backend(s->audit, m, s->now_us);
     if (m->type == 'R' && m->body_len > 4 && m->body && m->body[3] == 10 &&
@@ -510,6 +523,7 @@ static void server_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
     if (r < 0) {
         /* An error can only be injected between two messages of the
          * client's stream; mid-message the client just sees the close. */
+        pgw_ctr_add(&s->w->metrics.protocol_errors[PGW_DIR_BACKEND], 1);
         if (at_boundary) {
             fatal_to_client(s, "08P01", "invalid message from server: %s", pgw_framer_strerror((int)r));
         } else {
@@ -532,6 +546,7 @@ static void on_data(pgw_leg_t *leg, pgw_buf_t *b, size_t n)
     pgw_session_t *s = leg->owner;
     if (s->audit)
         s->now_us = pgw_event_now_us();
+    pgw_ctr_add(&s->w->metrics.bytes[leg == &s->client ? PGW_DIR_FRONTEND : PGW_DIR_BACKEND], n);
     if (leg == &s->client)
         client_data(s, b, n);
     else
@@ -553,6 +568,8 @@ static void on_eof(pgw_leg_t *leg, int status)
         }
         /* The client has its alert; the audit records the refusal. */
         int cert = SSL_get_verify_result(leg->ssl) != X509_V_OK;
+        pgw_ctr_add(&s->w->metrics.tls_handshakes[1], 1);
+        pgw_ctr_add(&s->w->metrics.refused[cert ? PGW_REFUSED_AUTHENTICATION : PGW_REFUSED_PROTOCOL], 1);
         char msg[320];
         snprintf(msg, sizeof msg, "TLS handshake failed: %s", why);
         slog(PGW_LOG_INFO, s, "refused: %s", msg);
@@ -583,6 +600,9 @@ static void on_closed(pgw_leg_t *leg)
     }
     pgw_list_remove(&s->link);
     w->nsessions--;
+    pgw_ctr_sub(&w->metrics.clients_active, 1);
+    if (s->server_up)
+        pgw_ctr_sub(&w->metrics.servers_active, 1);
     pgw_framer_free(&s->fe);
     pgw_framer_free(&s->be);
     free(s->early);
@@ -604,6 +624,7 @@ static void on_secure(pgw_leg_t *leg)
         upstream_ready(s);
         return;
     }
+    pgw_ctr_add(&s->w->metrics.tls_handshakes[0], 1);
     if (!s->tls_info && !(s->tls_info = malloc(sizeof *s->tls_info))) {
         session_close(s, "out of memory");
         return;
@@ -665,10 +686,14 @@ static void on_upstream_connected(uv_connect_t *req, int status)
     if (s->state != S_CONNECTING)
         return;                     /* closed meanwhile; the handle close cancels */
     if (status) {
+        pgw_ctr_add(&s->w->metrics.server_connect_failures, 1);
         fatal_to_client(s, "08006", "pgwarden could not connect to the upstream server %s: %s",
                         s->w->cfg->upstream.text, uv_strerror(status));
         return;
     }
+    s->server_up = 1;
+    pgw_ctr_add(&s->w->metrics.servers_total, 1);
+    pgw_ctr_add(&s->w->metrics.servers_active, 1);
     pgw_leg_connected(&s->server);
     if (s->tls && s->tls->connect) {
         /* SSLRequest first; the startup packet goes once TLS is up. */
@@ -704,9 +729,11 @@ static void upstream_connect(pgw_session_t *s)
     s->connect_req.data = s;
     int rc = pgw_leg_connect(&s->server, &s->w->loop, &s->w->cfg->upstream, &s->connect_req,
                              on_upstream_connected);
-    if (rc)
+    if (rc) {
+        pgw_ctr_add(&s->w->metrics.server_connect_failures, 1);
         fatal_to_client(s, "08006", "pgwarden could not connect to the upstream server %s: %s",
                         s->w->cfg->upstream.text, uv_strerror(rc));
+    }
 }
 
 void pgw_session_accept(pgw_listener_t *l)
@@ -724,6 +751,8 @@ void pgw_session_accept(pgw_listener_t *l)
     s->state = S_STARTUP;
     pgw_list_push(&w->sessions, &s->link);
     w->nsessions++;
+    pgw_ctr_add(&w->metrics.clients_total, 1);
+    pgw_ctr_add(&w->metrics.clients_active, 1);
     pgw_leg_init(&s->client, w, s, &session_ops);
     pgw_leg_init(&s->server, w, s, &session_ops);
     pgw_framer_init(&s->fe, PGW_FRONTEND, w->cfg->max_message_size, fe_message, s);
@@ -732,6 +761,7 @@ void pgw_session_accept(pgw_listener_t *l)
     int rc = pgw_leg_accept(&s->client, l);
     if (rc) {
         pgw_warn("accept on %s failed: %s", l->ep->text, uv_strerror(rc));
+        pgw_ctr_add(&w->metrics.refused[PGW_REFUSED_RESOURCES], 1);
         session_close(s, "accept failed");
         return;
     }
@@ -740,6 +770,7 @@ void pgw_session_accept(pgw_listener_t *l)
         struct sockaddr_storage ss;
         s->audit = malloc(sizeof *s->audit);
         if (!s->audit) {
+            pgw_ctr_add(&w->metrics.refused[PGW_REFUSED_RESOURCES], 1);
             session_close(s, "out of memory");
             return;
         }

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "pgwarden/json.h"
 
 struct pgw_analysis_cache *pgw_statement_cache_new(const pgw_config_t *cfg)
 {
@@ -35,12 +36,15 @@ static pgw_stmt_class_t class_of(pgw_audit_class_t c)
 typedef struct stmt_memo {
     pgw_memo_t base;
     pgw_analysis_t an;
+    pgw_jbuf_t frag;                /* the event's analysis fields, encoded once */
+    int frag_ready;
 } stmt_memo_t;
 
 static void stmt_memo_free(pgw_memo_t *m)
 {
     stmt_memo_t *sm = (stmt_memo_t *)(void *)m;
     pgw_analysis_clear(&sm->an);
+    pgw_jbuf_free(&sm->frag);
     free(sm);
 }
 
@@ -53,6 +57,8 @@ static stmt_memo_t *memo_of(pgw_analysis_t *an)
         return NULL;
     m->base.free = stmt_memo_free;
     m->an = *an;                    /* an analysis may be moved as a whole */
+    pgw_jbuf_init(&m->frag, 1u << 20);
+    m->frag_ready = 0;
     pgw_analysis_init(an);
     return m;
 }
@@ -108,6 +114,7 @@ int pgw_statement_analyze(struct pgw_analysis_cache *c, const pgw_stmt_done_t *d
     view->heap_objects = NULL;
     view->src = &view->an;
     view->idx = 0;
+    view->memo = NULL;
     if (!needs_analysis(d))
         return 1;
     pgw_analysis_init(&view->an);
@@ -116,6 +123,8 @@ int pgw_statement_analyze(struct pgw_analysis_cache *c, const pgw_stmt_done_t *d
     if (m) {
         /* A Query's memo is the analysis of its one statement. */
         view->src = &m->an;
+        if (d->protocol == PGW_PROTOCOL_EXTENDED)
+            view->memo = m;
         return 1;
     }
     if (d->text_len > PGW_ANALYSIS_SYNC_MAX) {
@@ -132,6 +141,7 @@ int pgw_statement_analyze(struct pgw_analysis_cache *c, const pgw_stmt_done_t *d
         !(view->an.flags & PGW_ANALYSIS_PARSE_FAILED) && (m = memo_of(&view->an)) != NULL) {
         *d->memo = &m->base;
         view->src = &m->an;
+        view->memo = m;
     }
     return 1;
 }
@@ -186,7 +196,7 @@ void pgw_statement_fill(const pgw_stmt_done_t *d, pgw_stmt_view_t *view, pgw_eve
     out->class_ = class_of(info->cls);
     if (info->fingerprint && info->fingerprint[0]) {
         out->has_fingerprint = 1;
-        out->fingerprint = strtoull(info->fingerprint, NULL, 16);
+        out->fingerprint = info->fingerprint_value;
     }
     if (info->parse_error)
         out->parse_error = pgw_cstr(info->parse_error);
@@ -212,6 +222,12 @@ void pgw_statement_fill(const pgw_stmt_done_t *d, pgw_stmt_view_t *view, pgw_eve
     }
     out->objects = objs;
     out->nobjects = n;
+    /* A prepared statement's fields are encoded once, then copied. */
+    stmt_memo_t *m = view->memo;
+    if (m && !m->frag_ready)
+        m->frag_ready = pgw_event_encode_statement_analysis(out, &m->frag) == 0;
+    if (m && m->frag_ready)
+        out->analysis_json = pgw_str(m->frag.data, m->frag.len);
 }
 
 void pgw_statement_view_free(pgw_stmt_view_t *view)

@@ -21,6 +21,7 @@ typedef struct pgw_stmt_view {
     pgw_analysis_t an;              /* holds references to cached infos */
     const pgw_analysis_t *src;      /* what is reported: &an, or a memo's analysis */
     uint32_t idx;                   /* the statement of src */
+    struct stmt_memo *memo;         /* a prepared statement's memo, reused */
     int has_an;
     int rc;                         /* of the analysis: 0 or -errno */
     pgw_event_object_t inline_objects[16];

@@ -238,7 +238,7 @@ pgw_tls_ctx_t *pgw_tls_acquire(pgw_tls_t *t)
 void pgw_tls_seconds_left(pgw_tls_t *t, int64_t now, int64_t out[2])
 {
     out[0] = out[1] = INT64_MIN;
-    pgw_tls_ctx_t *c = pgw_tls_acquire(t);
+    pgw_tls_ctx_t *c = t ? pgw_tls_acquire(t) : NULL;
     if (!c)
         return;
     if (c->cert_not_after)

@@ -66,6 +66,12 @@ void pgw_worker_audit_emitted(pgw_worker_t *w)
 static void on_sink_check(uv_check_t *c)
 {
     pgw_worker_t *w = c->data;
+    pgw_analysis_cache_stats_t st;
+    pgw_analysis_cache_stats(w->analysis, &st);
+    pgw_ctr_set(&w->metrics.cache_hits, st.hits);
+    pgw_ctr_set(&w->metrics.cache_misses, st.misses);
+    pgw_ctr_set(&w->metrics.cache_entries, st.entries);
+    pgw_ctr_set(&w->metrics.parse_ns, st.parse_ns);
     sink_clock(w);
     pgw_sink_producer_tick(&w->producer);
     arm_sink_timer(w);

@@ -12,6 +12,7 @@
 #include "buf.h"
 #include "config.h"
 #include "list.h"
+#include "metrics.h"
 #include "pgwarden/event.h"
 #include "pgwarden/sink.h"
 
@@ -69,6 +70,7 @@ typedef struct pgw_worker {
     struct pgw_analysis_cache *analysis;
 
     struct pgw_tls *tls;            /* certificates (main's, set before start); NULL: no TLS */
+    pgw_metrics_t metrics;          /* this thread's counters, summed at scrape time */
 
     pgw_buf_pool_t pool;
     struct pgw_wreq *free_wreqs;

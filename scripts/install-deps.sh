@@ -18,6 +18,9 @@ PACKAGES=(
     openjdk-17-jdk-headless maven
     valgrind
 )
+# promtool and a real server for the metrics tests; without its Recommends
+# (exporters that would start as services).
+NORECOMMENDS=(prometheus)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then
@@ -30,16 +33,18 @@ as_root() {
     fi
 }
 
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
-    [ "$status" = installed ] || missing+=("$pkg")
-done
+is_installed() {
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]
+}
+missing=() missing_norec=()
+for pkg in "${PACKAGES[@]}"; do is_installed "$pkg" || missing+=("$pkg"); done
+for pkg in "${NORECOMMENDS[@]}"; do is_installed "$pkg" || missing_norec+=("$pkg"); done
 
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "install-deps: installing ${missing[*]}"
+if [ ${#missing[@]} -gt 0 ] || [ ${#missing_norec[@]} -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]} ${missing_norec[*]}"
     as_root apt-get update -q
-    as_root apt-get install -y -q "${missing[@]}"
+    [ ${#missing[@]} -eq 0 ] || as_root apt-get install -y -q "${missing[@]}"
+    [ ${#missing_norec[@]} -eq 0 ] || as_root apt-get install -y -q --no-install-recommends "${missing_norec[@]}"
 else
     echo "install-deps: Debian packages already installed"
 fi

@@ -640,10 +640,9 @@ static void enc_params(pgw_jbuf_t *b, const pgw_event_statement_t *s)
     close_obj(b, &p);
 }
 
-static void enc_statement(pgw_jbuf_t *b, const pgw_event_statement_t *s)
+/* The fields that come from the SQL analysis. */
+static void enc_analysis(pgw_jbuf_t *b, const pgw_event_statement_t *s)
 {
-    obj_t o = open_obj(b, K("statement"));
-
     f_str(b, K("text"), s->text);
     f_bool(b, K("redacted"), s->redacted);
     f_bool(b, K("truncated"), s->truncated);
@@ -660,6 +659,16 @@ static void enc_statement(pgw_jbuf_t *b, const pgw_event_statement_t *s)
     f_enum(b, K("class"), class_names, PGW_STMT_CLASS_COUNT, s->class_);
     if (s->objects)
         enc_objects(b, s->objects, s->nobjects);
+}
+
+static void enc_statement(pgw_jbuf_t *b, const pgw_event_statement_t *s)
+{
+    obj_t o = open_obj(b, K("statement"));
+
+    if (s->analysis_json.ptr)
+        pgw_jbuf_put(b, s->analysis_json.ptr, s->analysis_json.len);
+    else
+        enc_analysis(b, s);
     f_enum(b, K("protocol"), protocol_names, PGW_PROTOCOL_COUNT, s->protocol);
     f_str(b, K("statement_name"), s->statement_name);
     f_str(b, K("portal_name"), s->portal_name);
@@ -723,6 +732,14 @@ int pgw_event_encode_identity(const pgw_event_t *ev, pgw_jbuf_t *b)
     size_t start = b->len;
 
     enc_identity(b, ev);
+    return b->failed ? rollback(b, start) : 0;
+}
+
+int pgw_event_encode_statement_analysis(const pgw_event_statement_t *s, pgw_jbuf_t *b)
+{
+    size_t start = b->len;
+
+    enc_analysis(b, s);
     return b->failed ? rollback(b, start) : 0;
 }
 

@@ -81,6 +81,7 @@ typedef struct pgw_sql_info {
     pgw_audit_class_t cls;
     uint32_t flags;           /* PGW_SQL_* */
     const char *fingerprint;  /* 16 lower-case hex digits; "" after a parse error */
+    uint64_t fingerprint_value;   /* the same as a number; 0 when "" */
     const char *parse_error;  /* libpg_query's message, or NULL */
     uint32_t nobjects;
     const pgw_sql_object_t *objects;  /* unique per (schema, name, access), in
@@ -171,6 +172,7 @@ typedef struct pgw_analysis_cache_limits {
 typedef struct pgw_analysis_cache_stats {
     uint64_t hits, misses;    /* per string looked up */
     uint64_t inserts, evictions;
+    uint64_t parse_ns;        /* time in the parser and the analysis of misses */
     uint32_t entries;
     size_t bytes;
 } pgw_analysis_cache_stats_t;

@@ -163,6 +163,10 @@ typedef struct pgw_event_statement {
     const pgw_event_param_t *param_values;  /* NULL: values not logged */
     size_t nparam_values;
     pgw_str_t parse_error;
+    /* Optional: text to objects already encoded by
+     * pgw_event_encode_statement_analysis (a prepared statement's are the
+     * same at every execution); those fields are then not read. */
+    pgw_str_t analysis_json;
 } pgw_event_statement_t;
 
 typedef struct pgw_event_result {

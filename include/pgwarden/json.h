@@ -95,5 +95,10 @@ int pgw_event_encode(const pgw_event_t *ev, pgw_jbuf_t *b)
  * with the buffer restored. */
 int pgw_event_encode_identity(const pgw_event_t *ev, pgw_jbuf_t *b)
     __attribute__((warn_unused_result));
+/* Appends the encoded analysis fields of s (text, redacted, truncated,
+ * fingerprint, command, class, objects: a fragment starting with ',') for
+ * s->analysis_json of later events. Same contract as above. */
+int pgw_event_encode_statement_analysis(const pgw_event_statement_t *s, pgw_jbuf_t *b)
+    __attribute__((warn_unused_result));
 
 #endif

@@ -211,6 +211,15 @@ host  all all          ::1/128      trust
         self.sql(f"SET password_encryption = 'md5'; CREATE ROLE {MD5_USER} LOGIN PASSWORD '{MD5_PASSWORD}'")
         return self
 
+    def halt(self):
+        """Stops the server, keeping the cluster for resume()."""
+        run(self._as_pg_user([pg_tool("pg_ctl"), "-D", str(self.datadir), "-m", "fast",
+                              "-w", "-t", "60", "stop"]), cwd=self.base)
+
+    def resume(self):
+        run(self._as_pg_user([pg_tool("pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
+                              "-w", "-t", "60", "start"]), cwd=self.base)
+
     def stop(self):
         if self.datadir.exists():
             run(self._as_pg_user([pg_tool("pg_ctl"), "-D", str(self.datadir), "-m", "fast",

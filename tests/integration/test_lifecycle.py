@@ -101,3 +101,50 @@ def test_second_instance_on_same_port_is_refused(pg, proxy):
     assert "in use" in r.stderr
     with proxy.connect() as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_sigterm_during_pgbench_flushes_every_event(pg, start_proxy, run_dir):
+    """SIGTERM in the middle of a pgbench run: the running sessions finish
+    within the drain timeout, pgwarden exits 0, and the audit file holds one
+    event per statement pgbench ran, each session closed by a session_end."""
+    import json
+    import re
+    import threading
+    from harness import client_env, pgbench
+
+    dbname = "pgw_drain_bench"
+    if not pg.sql("SELECT 1 FROM pg_database WHERE datname = '%s'" % dbname):
+        pg.sql("CREATE DATABASE %s" % dbname)
+        pgbench(pg, "-i", "-s", "1", "-q", dbname=dbname)
+    audit = run_dir / "drain-pgbench.jsonl"
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port,
+                    extra_args=["--audit-file", str(audit), "--drain-timeout", "30"])
+    result = {}
+
+    def bench():
+        result["r"] = pgbench(p, "-n", "-S", "-c", "4", "-T", "4", "-M", "prepared", dbname=dbname,
+                              env=client_env(PGAPPNAME="drain-bench"), check=False)
+
+    t = threading.Thread(target=bench)
+    t.start()
+    time.sleep(1.5)
+    p.signal(signal.SIGTERM)
+    t.join(60)
+    rc = p.wait(timeout=40)
+    assert rc == 0, "exit status %s\n%s" % (rc, p.log_tail())
+    out = result["r"].stdout.decode()
+    assert result["r"].returncode == 0, out + result["r"].stderr.decode()
+    done = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
+    assert done > 0
+    with open(audit) as f:
+        evs = [json.loads(line) for line in f]
+    mine = [e for e in evs if e.get("client", {}).get("application") == "drain-bench"]
+    selects = [e for e in mine if e["kind"] == "statement"
+               and e["statement"].get("command") == "SELECT"
+               and e["statement"]["text"].startswith("SELECT abalance FROM pgbench_accounts")]
+    assert len(selects) == done
+    assert all(e["result"]["status"] == "ok" for e in selects)
+    # pgbench's 4 clients (and its own first connection): every session ended.
+    starts = sum(e["kind"] == "session_start" for e in mine)
+    assert starts >= 4
+    assert sum(e["kind"] == "session_end" for e in mine) == starts

@@ -621,3 +621,26 @@ def test_tls_flags_checked(certs, tls_pg):
     for args, want in cases:
         r = subprocess.run(base + args, capture_output=True, text=True, timeout=10)
         assert r.returncode != 0 and want in r.stderr, (args, r.stderr)
+
+
+def test_tls_metrics(tls_pg, certs, start_proxy, tmp_path):
+    """/metrics: seconds until each configured certificate expires, and the
+    client leg's handshakes by result."""
+    import urllib.request
+    mport = free_port()
+    p = tls_proxy(start_proxy, certs, "localhost:%d" % tls_pg.port, *upstream_args(certs),
+                  "--upstream-cert", str(certs / "client.crt"), "--upstream-key", str(certs / "client.key"),
+                  "--tls-client-cert", "require", "--metrics-listen", "127.0.0.1:%d" % mport,
+                  tmp_path=tmp_path)
+    assert_serves(p, certs)
+    refused(p, certs, cert="other")
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=10).read().decode()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    for which in ("tls-cert", "upstream-cert"):
+        left = float(values['pgwarden_tls_certificate_expiry_seconds{certificate="%s"}' % which])
+        assert 363 * 86400 < left <= 365 * 86400, (which, left)
+    assert float(values['pgwarden_tls_handshakes_total{result="ok"}']) >= 1
+    assert float(values['pgwarden_tls_handshakes_total{result="failed"}']) >= 1
+    assert float(values['pgwarden_client_connections_refused_total{reason="authentication"}']) >= 1
+    assert_serves(p, certs)
+    finish(p)
