@@ -644,3 +644,21 @@ def test_tls_metrics(tls_pg, certs, start_proxy, tmp_path):
     assert float(values['pgwarden_client_connections_refused_total{reason="authentication"}']) >= 1
     assert_serves(p, certs)
     finish(p)
+
+
+def test_cancel_reaches_a_tls_session(tls_pg, certs, start_proxy, tmp_path):
+    """A CancelRequest (sent by libpq in plaintext on its own connection)
+    reaches a session whose client leg is TLS, even where plaintext
+    sessions are refused: it is not a session."""
+    p = tls_proxy(start_proxy, certs, "localhost:%d" % tls_pg.port, *upstream_args(certs),
+                  "--tls-require", "--tls-user-must-match-cn", tmp_path=tmp_path)
+    with connect(p, certs) as conn:
+        import threading
+        threading.Timer(0.5, conn.cancel).start()
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(20)")
+        assert time.monotonic() - t0 < 10
+        assert conn.execute("SELECT 'after cancel'").fetchone() == ("after cancel",)
+    assert_serves(p, certs)
+    finish(p)
