@@ -251,6 +251,11 @@ static int check_identity(pgw_session_t *s)
     }
     if (!tc->user_must_match_cn)
         return 0;
+    if (!ti->cn[0]) {
+        fatal_to_client(s, "28000", "certificate authentication failed for user \"%s\": the client "
+                        "certificate has no usable common name", s->user);
+        return -1;
+    }
     /* As PostgreSQL's cert method: with a map, the map alone decides. */
     if (s->tls && s->tls->map) {
         if (pgw_ident_map_allows(s->tls->map, ti->cn, s->user))

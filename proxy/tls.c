@@ -309,7 +309,12 @@ void pgw_tls_get_info(SSL *ssl, pgw_tls_info_t *info)
     info->has_cert = 1;
     name_text(X509_get_subject_name(x), info->subject, sizeof info->subject);
     name_text(X509_get_issuer_name(x), info->issuer, sizeof info->issuer);
-    X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, info->cn, sizeof info->cn);
+    /* A CN with an embedded NUL, or too long to hold, would compare as
+     * something it is not: treat it as absent (PostgreSQL refuses it too). */
+    int cnlen = X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, info->cn,
+                                          sizeof info->cn);
+    if (cnlen < 0 || (size_t)cnlen >= sizeof info->cn || strlen(info->cn) != (size_t)cnlen)
+        info->cn[0] = '\0';
     BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
     char *hex = bn ? BN_bn2hex(bn) : NULL;
     snprintf(info->serial, sizeof info->serial, "%s", hex ? hex : "00");

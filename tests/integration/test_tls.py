@@ -40,8 +40,8 @@ def make_ca(d, name, cn):
             "-out", name + ".crt", "-keyout", name + ".key")
 
 
-def make_cert(d, name, cn, ca, days="365"):
-    openssl(d, "req", "-sha256", "-new", "-nodes", "-subj", "/CN=" + cn,
+def make_cert(d, name, cn, ca, days="365", subj=None):
+    openssl(d, "req", "-sha256", "-new", "-nodes", "-subj", subj or "/CN=" + cn,
             "-out", name + ".csr", "-keyout", name + ".key")
     openssl(d, "x509", "-req", "-sha256", "-days", days, "-in", name + ".csr", "-CA", ca + ".crt",
             "-CAkey", ca + ".key", "-CAcreateserial", "-out", name + ".crt")
@@ -73,6 +73,7 @@ def certs(run_dir):
     make_cert(d, "carol", "carol@example.com", "client-ca")
     make_cert(d, "other", "alice", "other-ca")
     make_cert(d, "expired", "alice", "client-ca", days="-1")
+    make_cert(d, "nocn", None, "client-ca", subj="/O=pgwarden tests/OU=no common name")
     return d
 
 
@@ -279,6 +280,23 @@ def test_cn_must_match_user(tls_pg, certs, start_proxy, tmp_path):
     assert f["user"]["cert"]["cn"] == "alice"
     time.sleep(0.3)
     assert server_connections(tls_pg) == before, tls_pg.log_tail()
+    assert_serves(p, certs)
+    finish(p)
+
+
+def test_certificate_without_cn(tls_pg, certs, start_proxy, tmp_path):
+    """A verified certificate without a CN cannot stand for any user, not
+    even through a map line that matches everything; its event has the
+    subject and no cn."""
+    m = tmp_path / "ident.conf"
+    m.write_text("certs  /^.*$  alice\n")
+    p = tls_proxy(start_proxy, certs, "127.0.0.1:%d" % tls_pg.port, "--tls-ident-map", str(m),
+                  tmp_path=tmp_path)
+    err = refused(p, certs, cert="nocn")
+    assert "no usable common name" in err, err
+    f = wait_events(p.audit_path, lambda e: e["kind"] == "auth_failure", what="auth_failure")[0]
+    assert "cn" not in f["user"]["cert"]
+    assert f["user"]["cert"]["subject"] == "OU=no common name,O=pgwarden tests"
     assert_serves(p, certs)
     finish(p)
 
