@@ -1,9 +1,11 @@
 #include "config.h"
 #include "log.h"
+#include "tls.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <ini.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +35,10 @@ static const char usage[] =
 "  --drain-timeout SECONDS  on SIGTERM/SIGINT, how long sessions may finish (default 30)\n"
 "  --max-message-size BYTES largest accepted protocol message (default 1073741824)\n"
 "  --log-level LEVEL        error, warn, info (default) or debug\n"
+"  --config FILE            read options from an INI file first (name = value, names as\n"
+"                           these flags without the dashes); flags override it\n"
+"  --check-config           validate the configuration and exit\n"
+"  --list-options           the names of every option (docs/configuration.md)\n"
 "\n"
 "TLS (certificates and keys are PEM files, re-read on SIGHUP):\n"
 "  --tls-cert FILE          pgwarden's certificate (chain) for clients: SSLRequest is answered 'S'\n"
@@ -42,8 +48,8 @@ static const char usage[] =
 "  --tls-min-version V      TLSv1.2 (default) or TLSv1.3\n"
 "  --tls-ciphers LIST       OpenSSL cipher list for TLS 1.2\n"
 "  --tls-groups LIST        OpenSSL key-exchange group list, e.g. X25519:P-256\n"
-"  --tls-require[=LISTEN]   refuse sessions without TLS on every TCP listener, or only on\n"
-"                           LISTEN (spelled as in --listen; repeatable)\n"
+"  --tls-require            refuse sessions without TLS on every TCP listener\n"
+"  --tls-require-on LISTEN  ... on this --listen only (spelled as there; repeatable)\n"
 "  --tls-user-must-match-cn the startup user must be the client certificate's CN (or be\n"
 "                           mapped to it by --tls-ident-map); sessions without a verified\n"
 "                           certificate (plaintext, unix socket) are refused\n"
@@ -55,6 +61,10 @@ static const char usage[] =
 "  --upstream-key FILE      its private key\n"
 "  --help                   this text\n"
 "  --version                the version\n";
+
+static const char *const client_cert_modes[] = { "none", "optional", "require", NULL };
+static const char *const sslmodes[] = { "disable", "require", "verify-ca", "verify-full", NULL };
+static const char *const tls_versions[] = { "TLSv1.2", "TLSv1.3", NULL };
 
 static int parse_choice(const char *opt, const char *arg, const char *const *names, int *out)
 {
@@ -107,13 +117,13 @@ static int check_tls(pgw_config_t *cfg, int client_cert_given, int require_all,
             if (strcmp(cfg->listen[i].text, require_args[k]) != 0)
                 continue;
             if (cfg->listen[i].is_unix) {
-                fprintf(stderr, "pgwarden: --tls-require=%s: no TLS on unix sockets\n", require_args[k]);
+                fprintf(stderr, "pgwarden: --tls-require-on %s: no TLS on unix sockets\n", require_args[k]);
                 return -1;
             }
             cfg->listen[i].tls_required = found = 1;
         }
         if (!found) {
-            fprintf(stderr, "pgwarden: --tls-require=%s: no such --listen\n", require_args[k]);
+            fprintf(stderr, "pgwarden: --tls-require-on %s: no such --listen\n", require_args[k]);
             return -1;
         }
     }
@@ -234,45 +244,252 @@ static int parse_number(const char *opt, const char *arg, double lo, double hi, 
     return 0;
 }
 
+enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_HELP, O_VERSION,
+       O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX, O_METRICS, O_CONFIG, O_CHECK, O_LIST,
+       O_TLS_CERT, O_TLS_KEY, O_TLS_CLIENT_CA, O_TLS_CLIENT_CERT, O_TLS_MIN, O_TLS_CIPHERS,
+       O_TLS_GROUPS, O_TLS_REQUIRE, O_TLS_REQUIRE_ON, O_TLS_IDENT_MAP, O_TLS_MATCH_CN, O_UP_SSLMODE,
+       O_UP_CA, O_UP_CERT, O_UP_KEY, O_LAST };
+static const struct option opts[] = {
+    { "listen", required_argument, NULL, O_LISTEN },
+    { "upstream", required_argument, NULL, O_UPSTREAM },
+    { "threads", required_argument, NULL, O_THREADS },
+    { "drain-timeout", required_argument, NULL, O_DRAIN },
+    { "max-message-size", required_argument, NULL, O_MAXMSG },
+    { "log-level", required_argument, NULL, O_LOGLEVEL },
+    { "audit-file", required_argument, NULL, O_AUDIT_FILE },
+    { "log-parameters", no_argument, NULL, O_LOG_PARAMS },
+    { "parameter-max-bytes", required_argument, NULL, O_PARAM_MAX },
+    { "metrics-listen", required_argument, NULL, O_METRICS },
+    { "tls-cert", required_argument, NULL, O_TLS_CERT },
+    { "tls-key", required_argument, NULL, O_TLS_KEY },
+    { "tls-client-ca", required_argument, NULL, O_TLS_CLIENT_CA },
+    { "tls-client-cert", required_argument, NULL, O_TLS_CLIENT_CERT },
+    { "tls-min-version", required_argument, NULL, O_TLS_MIN },
+    { "tls-ciphers", required_argument, NULL, O_TLS_CIPHERS },
+    { "tls-groups", required_argument, NULL, O_TLS_GROUPS },
+    { "tls-require", no_argument, NULL, O_TLS_REQUIRE },
+    { "tls-require-on", required_argument, NULL, O_TLS_REQUIRE_ON },
+    { "tls-ident-map", required_argument, NULL, O_TLS_IDENT_MAP },
+    { "tls-user-must-match-cn", no_argument, NULL, O_TLS_MATCH_CN },
+    { "upstream-sslmode", required_argument, NULL, O_UP_SSLMODE },
+    { "upstream-ca", required_argument, NULL, O_UP_CA },
+    { "upstream-cert", required_argument, NULL, O_UP_CERT },
+    { "upstream-key", required_argument, NULL, O_UP_KEY },
+    { "config", required_argument, NULL, O_CONFIG },
+    { "check-config", no_argument, NULL, O_CHECK },
+    { "list-options", no_argument, NULL, O_LIST },
+    { "help", no_argument, NULL, O_HELP },
+    { "version", no_argument, NULL, O_VERSION },
+    { NULL, 0, NULL, 0 },
+};
+
+/* Options that may be given several times: on the command line, their
+ * values replace the whole list from the file. */
+static int repeatable(int val)
+{
+    return val == O_LISTEN || val == O_TLS_REQUIRE_ON;
+}
+
+/* Options of the command line only. */
+static int cmdline_only(int val)
+{
+    return val == O_HELP || val == O_VERSION || val == O_CONFIG || val == O_CHECK || val == O_LIST;
+}
+
+/* The file's options and the command line's, as one argv for getopt_long:
+ * the file's first, so that a flag given on the command line wins; a
+ * repeatable option given on the command line replaces the file's list.
+ * origin[i] is the file line argv[i] came from, 0 for the command line. */
+typedef struct argv_build {
+    char **argv;
+    int argc, cap;
+    int *origin;
+    const char *path;
+    int line;
+    int cmdline_has[O_LAST + 1];
+    int failed;
+} argv_build_t;
+
+static int push_arg(argv_build_t *ab, const char *a, int origin)
+{
+    if (ab->argc + 2 > ab->cap) {
+        int cap = ab->cap ? ab->cap * 2 : 64;
+        char **nv = realloc(ab->argv, (size_t)cap * sizeof *nv);
+        int *no = realloc(ab->origin, (size_t)cap * sizeof *no);
+        if (nv)
+            ab->argv = nv;
+        if (no)
+            ab->origin = no;
+        if (!nv || !no)
+            return -1;
+        ab->cap = cap;
+    }
+    ab->argv[ab->argc] = strdup(a);
+    if (!ab->argv[ab->argc])
+        return -1;
+    ab->origin[ab->argc++] = origin;
+    ab->argv[ab->argc] = NULL;
+    return 0;
+}
+
+static const struct option *find_option(const char *name)
+{
+    for (const struct option *o = opts; o->name; o++)
+        if (strcmp(o->name, name) == 0)
+            return o;
+    return NULL;
+}
+
+/* libinih reads the file line by line through this, so that the handler
+ * knows the line it is called for. */
+static char *read_line(char *buf, int size, void *stream)
+{
+    FILE *f = ((void **)stream)[0];
+    argv_build_t *ab = ((void **)stream)[1];
+    char *r = fgets(buf, size, f);
+    if (r)
+        ab->line++;
+    return r;
+}
+
+static int on_ini(void *user, const char *section, const char *name, const char *value)
+{
+    argv_build_t *ab = user;
+    char key[64];
+    snprintf(key, sizeof key, "%s", name);
+    for (char *k = key; *k; k++)
+        if (*k == '_')
+            *k = '-';
+    if (section[0] && strcmp(section, "pgwarden") != 0) {
+        fprintf(stderr, "pgwarden: %s:%d: unknown section [%s] (options go before any section, or in [pgwarden])\n",
+                ab->path, ab->line, section);
+        ab->failed = 1;
+        return 1;
+    }
+    const struct option *o = find_option(key);
+    if (!o || cmdline_only(o->val)) {
+        fprintf(stderr, "pgwarden: %s:%d: unknown option \"%s\"\n", ab->path, ab->line, name);
+        ab->failed = 1;
+        return 1;
+    }
+    if (ab->cmdline_has[o->val] && repeatable(o->val))
+        return 1;                   /* the command line's list replaces the file's */
+    char flag[80];
+    snprintf(flag, sizeof flag, "--%s", o->name);
+    if (o->has_arg == no_argument) {
+        if (!strcmp(value, "true") || !strcmp(value, "on") || !strcmp(value, "yes") || !strcmp(value, "1")) {
+            if (push_arg(ab, flag, ab->line))
+                ab->failed = 1;
+        } else if (strcmp(value, "false") && strcmp(value, "off") && strcmp(value, "no") && strcmp(value, "0")) {
+            fprintf(stderr, "pgwarden: %s:%d: %s: \"%s\" is not true or false\n", ab->path, ab->line, key, value);
+            ab->failed = 1;
+        }
+        return 1;
+    }
+    if (push_arg(ab, flag, ab->line) || push_arg(ab, value, ab->line))
+        ab->failed = 1;
+    return 1;
+}
+
+/* The value of --config on the command line, or NULL. */
+static const char *config_path_arg(int argc, char **argv)
+{
+    const char *path = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--"))
+            break;
+        if (!strcmp(argv[i], "--config") && i + 1 < argc)
+            path = argv[++i];
+        else if (!strncmp(argv[i], "--config=", 9))
+            path = argv[i] + 9;
+    }
+    return path;
+}
+
+static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origin, const char *path);
+
+void pgw_config_free(pgw_config_t *cfg)
+{
+    if (cfg->argv_storage) {
+        for (char **a = cfg->argv_storage; *a; a++)
+            free(*a);
+        free(cfg->argv_storage);
+    }
+    cfg->argv_storage = NULL;
+}
+
 int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
 {
-    enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_HELP, O_VERSION,
-           O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX, O_METRICS,
-           O_TLS_CERT, O_TLS_KEY, O_TLS_CLIENT_CA, O_TLS_CLIENT_CERT, O_TLS_MIN, O_TLS_CIPHERS,
-           O_TLS_GROUPS, O_TLS_REQUIRE, O_TLS_IDENT_MAP, O_TLS_MATCH_CN, O_UP_SSLMODE, O_UP_CA,
-           O_UP_CERT, O_UP_KEY };
-    static const char *const client_cert_modes[] = { "none", "optional", "require", NULL };
-    static const char *const sslmodes[] = { "disable", "require", "verify-ca", "verify-full", NULL };
-    static const char *const tls_versions[] = { "TLSv1.2", "TLSv1.3", NULL };
-    static const struct option opts[] = {
-        { "listen", required_argument, NULL, O_LISTEN },
-        { "upstream", required_argument, NULL, O_UPSTREAM },
-        { "threads", required_argument, NULL, O_THREADS },
-        { "drain-timeout", required_argument, NULL, O_DRAIN },
-        { "max-message-size", required_argument, NULL, O_MAXMSG },
-        { "log-level", required_argument, NULL, O_LOGLEVEL },
-        { "audit-file", required_argument, NULL, O_AUDIT_FILE },
-        { "log-parameters", no_argument, NULL, O_LOG_PARAMS },
-        { "parameter-max-bytes", required_argument, NULL, O_PARAM_MAX },
-        { "tls-cert", required_argument, NULL, O_TLS_CERT },
-        { "tls-key", required_argument, NULL, O_TLS_KEY },
-        { "tls-client-ca", required_argument, NULL, O_TLS_CLIENT_CA },
-        { "tls-client-cert", required_argument, NULL, O_TLS_CLIENT_CERT },
-        { "tls-min-version", required_argument, NULL, O_TLS_MIN },
-        { "tls-ciphers", required_argument, NULL, O_TLS_CIPHERS },
-        { "tls-groups", required_argument, NULL, O_TLS_GROUPS },
-        { "tls-require", optional_argument, NULL, O_TLS_REQUIRE },
-        { "tls-ident-map", required_argument, NULL, O_TLS_IDENT_MAP },
-        { "tls-user-must-match-cn", no_argument, NULL, O_TLS_MATCH_CN },
-        { "upstream-sslmode", required_argument, NULL, O_UP_SSLMODE },
-        { "upstream-ca", required_argument, NULL, O_UP_CA },
-        { "upstream-cert", required_argument, NULL, O_UP_CERT },
-        { "upstream-key", required_argument, NULL, O_UP_KEY },
-        { "metrics-listen", required_argument, NULL, O_METRICS },
-        { "help", no_argument, NULL, O_HELP },
-        { "version", no_argument, NULL, O_VERSION },
-        { NULL, 0, NULL, 0 },
-    };
+    argv_build_t ab = { 0 };
+    const char *path = config_path_arg(argc, argv);
+    int rc = -1;
+
+    if (push_arg(&ab, argv[0] ? argv[0] : "pgwarden", 0))
+        goto oom;
+    for (int i = 1; i < argc; i++) {
+        const struct option *o = NULL;
+        if (!strncmp(argv[i], "--", 2)) {
+            char name[64];
+            snprintf(name, sizeof name, "%s", argv[i] + 2);
+            char *eq = strchr(name, '=');
+            if (eq)
+                *eq = '\0';
+            o = find_option(name);
+        }
+        if (o)
+            ab.cmdline_has[o->val] = 1;
+    }
+    if (path) {
+        FILE *f = fopen(path, "r");
+        if (!f) {
+            fprintf(stderr, "pgwarden: --config: cannot read %s: %s\n", path, strerror(errno));
+            goto out;
+        }
+        ab.path = path;
+        void *stream[2] = { f, &ab };
+        int bad = ini_parse_stream(read_line, stream, on_ini, &ab);
+        fclose(f);
+        if (bad > 0) {
+            fprintf(stderr, "pgwarden: %s:%d: not an INI line (expected name = value)\n", path, bad);
+            goto out;
+        }
+        if (bad < 0 || ab.failed)
+            goto out;
+    }
+    for (int i = 1; i < argc; i++)
+        if (push_arg(&ab, argv[i], 0))
+            goto oom;
+    rc = parse_argv(cfg, ab.argc, ab.argv, ab.origin, path);
+    if (rc == 0 && cfg->check_only) {
+        /* The certificate files are part of the configuration. */
+        pgw_tls_t tls;
+        char err[512];
+        if (pgw_tls_init(&tls, &cfg->tls, err, sizeof err)) {
+            fprintf(stderr, "pgwarden: TLS: %s\n", err);
+            rc = -1;
+            goto keep;
+        }
+        pgw_tls_destroy(&tls);
+        printf("pgwarden: configuration OK%s%s%s\n", path ? " (" : "", path ? path : "", path ? ")" : "");
+        rc = 1;
+    }
+keep:
+    /* The strings stay: cfg points into them for the process's life. */
+    cfg->argv_storage = ab.argv;
+    free(ab.origin);
+    return rc;
+oom:
+    fprintf(stderr, "pgwarden: out of memory reading the configuration\n");
+out:
+    for (int i = 0; i < ab.argc; i++)
+        free(ab.argv[i]);
+    free(ab.argv);
+    free(ab.origin);
+    return rc;
+}
+
+static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origin, const char *path)
+{
     const char *listen_args[PGW_MAX_LISTEN];
     const char *upstream_arg = NULL, *metrics_arg = NULL;
     const char *require_args[PGW_MAX_LISTEN];
@@ -290,12 +507,14 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
 
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    optind = 0;                     /* a fresh scan, also on reload */
+    int at = 1;
+    while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
         switch (c) {
         case O_LISTEN:
             if (cfg->nlisten == PGW_MAX_LISTEN) {
                 fprintf(stderr, "pgwarden: at most %d --listen\n", PGW_MAX_LISTEN);
-                return -1;
+                goto bad;
             }
             listen_args[cfg->nlisten++] = optarg;
             break;
@@ -304,30 +523,30 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
             break;
         case O_THREADS:
             if (parse_number("--threads", optarg, 1, 256, &v))
-                return -1;
+                goto bad;
             cfg->threads = (int)v;
             break;
         case O_DRAIN:
             if (parse_number("--drain-timeout", optarg, 0, 86400, &v))
-                return -1;
+                goto bad;
             cfg->drain_timeout = v;
             break;
         case O_MAXMSG:
             if (parse_number("--max-message-size", optarg, 1024, 1u << 30, &v))
-                return -1;
+                goto bad;
             cfg->max_message_size = (uint32_t)v;
             break;
         case O_LOGLEVEL:
             cfg->log_level = pgw_log_parse_level(optarg);
             if (cfg->log_level < 0) {
                 fprintf(stderr, "pgwarden: --log-level: \"%s\" is not error, warn, info or debug\n", optarg);
-                return -1;
+                goto bad;
             }
             break;
         case O_AUDIT_FILE:
             if (!*optarg) {
                 fprintf(stderr, "pgwarden: --audit-file needs a path, or - for stdout\n");
-                return -1;
+                goto bad;
             }
             cfg->audit_file = optarg;
             break;
@@ -336,7 +555,7 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
             break;
         case O_PARAM_MAX:
             if (parse_number("--parameter-max-bytes", optarg, 1, 1u << 20, &v))
-                return -1;
+                goto bad;
             cfg->parameter_max_bytes = (uint32_t)v;
             break;
         case O_TLS_CERT: cfg->tls.cert = optarg; break;
@@ -354,27 +573,41 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
             break;
         case O_TLS_CLIENT_CERT:
             if (parse_choice("--tls-client-cert", optarg, client_cert_modes, &cfg->tls.client_cert))
-                return -1;
+                goto bad;
             client_cert_given = 1;
             break;
         case O_TLS_MIN:
             if (parse_choice("--tls-min-version", optarg, tls_versions, &choice))
-                return -1;
+                goto bad;
             cfg->tls.min_version = choice ? TLS1_3_VERSION : TLS1_2_VERSION;
             break;
         case O_UP_SSLMODE:
             if (parse_choice("--upstream-sslmode", optarg, sslmodes, &cfg->tls.upstream_sslmode))
-                return -1;
+                goto bad;
             break;
         case O_TLS_REQUIRE:
-            if (!optarg)
-                require_all = 1;
-            else if (nrequire < PGW_MAX_LISTEN)
-                require_args[nrequire++] = optarg;
+            require_all = 1;
+            break;
+        case O_TLS_REQUIRE_ON:
+            if (nrequire == PGW_MAX_LISTEN) {
+                fprintf(stderr, "pgwarden: at most %d --tls-require-on\n", PGW_MAX_LISTEN);
+                goto bad;
+            }
+            require_args[nrequire++] = optarg;
             break;
         case O_METRICS:
             metrics_arg = optarg;
             break;
+        case O_CONFIG:
+            break;                  /* read before the scan */
+        case O_CHECK:
+            cfg->check_only = 1;
+            break;
+        case O_LIST:
+            for (const struct option *o = opts; o->name; o++)
+                if (!cmdline_only(o->val) || o->val == O_CHECK || o->val == O_CONFIG)
+                    printf("%s\n", o->name);
+            return 1;
         case O_HELP:
             fputs(usage, stdout);
             return 1;
@@ -383,8 +616,15 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
             return 1;
         default:
             fprintf(stderr, "pgwarden: unknown or incomplete option \"%s\"\n%s", argv[optind - 1], usage);
-            return -1;
+            goto bad;
         }
+        at = optind;
+    }
+    if (0) {
+bad:
+        if (origin[at] > 0)
+            fprintf(stderr, "pgwarden: (option %s, %s line %d)\n", argv[at], path, origin[at]);
+        return -1;
     }
     if (optind < argc) {
         fprintf(stderr, "pgwarden: unexpected argument \"%s\"\n", argv[optind]);

@@ -49,10 +49,19 @@ typedef struct pgw_config {
     pgw_tls_config_t tls;
     int has_metrics;
     pgw_endpoint_t metrics_listen;  /* the HTTP endpoint, when has_metrics */
+    int check_only;                 /* --check-config */
+    char **argv_storage;            /* the strings the fields above point into */
 } pgw_config_t;
 
-/* Parses argv into cfg. Returns 0 to run, 1 when --help/--version was
- * handled (exit 0), -1 on an error already reported on stderr (exit 2). */
+/* Parses the configuration file named by --config (INI: `name = value`
+ * lines, names as the long flags without the dashes, before any section or
+ * in [pgwarden]), then argv, into cfg: a flag overrides the file, and a
+ * repeatable flag (--listen) replaces the file's list. Returns 0 to run, 1
+ * when --help, --version, --list-options or --check-config was handled
+ * (exit 0), -1 on an error already reported on stderr, naming the file,
+ * line and option when it came from the file (exit 2). */
 int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv);
+/* Frees what pgw_config_from_args kept (whatever it returned). */
+void pgw_config_free(pgw_config_t *cfg);
 
 #endif

@@ -230,8 +230,10 @@ int main(int argc, char **argv)
 {
     static proxy_t p;
     int rc = pgw_config_from_args(&p.cfg, argc, argv);
-    if (rc)
+    if (rc) {
+        pgw_config_free(&p.cfg);
         return rc > 0 ? 0 : 2;
+    }
     pgw_log_level = p.cfg.log_level;
     signal(SIGPIPE, SIG_IGN);
 
@@ -310,5 +312,6 @@ int main(int argc, char **argv)
         pgw_metrics_free(p.metrics);
     free(p.workers);
     pgw_info("stopped");
+    pgw_config_free(&p.cfg);
     return rc;
 }

@@ -354,12 +354,12 @@ def test_plaintext_refused_when_tls_required(tls_pg, certs, start_proxy, tmp_pat
 
 
 def test_tls_require_per_listener(tls_pg, certs, start_proxy, tmp_path):
-    """--tls-require=LISTEN: only that listener refuses plaintext. (Also:
+    """--tls-require-on LISTEN: only that listener refuses plaintext. (Also:
     a restricted group list and TLS 1.2 cipher list still serve TLS 1.3.)"""
     a, b = "127.0.0.1:%d" % free_port(), "127.0.0.1:%d" % free_port()
     p = start_proxy(listen=[a, b], upstream="127.0.0.1:%d" % tls_pg.port, extra_args=[
         "--tls-cert", str(certs / "server.crt"), "--tls-key", str(certs / "server.key"),
-        "--tls-require=" + b, "--tls-groups", "P-256", "--tls-ciphers", "ECDHE-RSA-AES256-GCM-SHA384"])
+        "--tls-require-on", b, "--tls-groups", "P-256", "--tls-ciphers", "ECDHE-RSA-AES256-GCM-SHA384"])
     plain = "host=127.0.0.1 port=%d user=alice dbname=postgres sslmode=disable"
     with psycopg.connect(plain % int(a.split(":")[1]), connect_timeout=10) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
@@ -634,7 +634,7 @@ def test_tls_flags_checked(certs, tls_pg):
         (["--tls-cert", str(certs / "server.crt"), "--tls-key", str(certs / "server.key"),
           "--tls-groups", "no-such-group"], "--tls-groups"),
         (["--tls-cert", str(certs / "server.crt"), "--tls-key", str(certs / "server.key"),
-          "--tls-require=127.0.0.1:1"], "no such --listen"),
+          "--tls-require-on", "127.0.0.1:1"], "no such --listen"),
     ]
     for args, want in cases:
         r = subprocess.run(base + args, capture_output=True, text=True, timeout=10)
