@@ -34,7 +34,16 @@ static const char usage[] =
 "  --threads N              event-loop threads (default: online CPUs)\n"
 "  --drain-timeout SECONDS  on SIGTERM/SIGINT, how long sessions may finish (default 30)\n"
 "  --max-message-size BYTES largest accepted protocol message (default 1073741824)\n"
+"  --startup-timeout SECONDS  a client must complete its startup and authentication\n"
+"                           within this, or is disconnected (default 60; 0: never)\n"
+"  --idle-timeout SECONDS   close a session idle (after ReadyForQuery, nothing from the\n"
+"                           client) this long, with FATAL 57P05 (default 0: never)\n"
+"  --max-client-connections N  sessions in total; more get FATAL 53300 (default 10000; 0: no limit)\n"
+"  --max-connections-per-address N  sessions per client IP address (default 0: no limit)\n"
+"  --max-pending-bytes BYTES  per direction of a session, unwritten bytes before reading\n"
+"                           the other side pauses (backpressure; default 262144)\n"
 "  --log-level LEVEL        error, warn, info (default) or debug\n"
+"  --log-format FORMAT      diagnostics on stderr as text (default) or json (one object per line)\n"
 "  --config FILE            read options from an INI file first (name = value, names as\n"
 "                           these flags without the dashes); flags override it\n"
 "  --check-config           validate the configuration and exit\n"
@@ -245,7 +254,9 @@ static int parse_number(const char *opt, const char *arg, double lo, double hi, 
 }
 
 enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_HELP, O_VERSION,
-       O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX, O_METRICS, O_CONFIG, O_CHECK, O_LIST,
+       O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX, O_METRICS, O_LOGFORMAT, O_STARTUP_TIMEOUT, O_IDLE_TIMEOUT,
+       O_MAX_CLIENTS, O_MAX_PER_ADDR, O_MAX_PENDING, O_CONFIG, O_CHECK, O_LIST,
+
        O_TLS_CERT, O_TLS_KEY, O_TLS_CLIENT_CA, O_TLS_CLIENT_CERT, O_TLS_MIN, O_TLS_CIPHERS,
        O_TLS_GROUPS, O_TLS_REQUIRE, O_TLS_REQUIRE_ON, O_TLS_IDENT_MAP, O_TLS_MATCH_CN, O_UP_SSLMODE,
        O_UP_CA, O_UP_CERT, O_UP_KEY, O_LAST };
@@ -275,6 +286,12 @@ static const struct option opts[] = {
     { "upstream-ca", required_argument, NULL, O_UP_CA },
     { "upstream-cert", required_argument, NULL, O_UP_CERT },
     { "upstream-key", required_argument, NULL, O_UP_KEY },
+    { "log-format", required_argument, NULL, O_LOGFORMAT },
+    { "startup-timeout", required_argument, NULL, O_STARTUP_TIMEOUT },
+    { "idle-timeout", required_argument, NULL, O_IDLE_TIMEOUT },
+    { "max-client-connections", required_argument, NULL, O_MAX_CLIENTS },
+    { "max-connections-per-address", required_argument, NULL, O_MAX_PER_ADDR },
+    { "max-pending-bytes", required_argument, NULL, O_MAX_PENDING },
     { "config", required_argument, NULL, O_CONFIG },
     { "check-config", no_argument, NULL, O_CHECK },
     { "list-options", no_argument, NULL, O_LIST },
@@ -504,6 +521,9 @@ static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origi
     cfg->log_level = PGW_LOG_INFO;
     cfg->parameter_max_bytes = 1024;
     cfg->tls.min_version = TLS1_2_VERSION;
+    cfg->startup_timeout = 60;
+    cfg->max_clients = 10000;
+    cfg->max_pending_bytes = 256 * 1024;
 
     opterr = 0;
     int c;
@@ -597,6 +617,41 @@ static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origi
             break;
         case O_METRICS:
             metrics_arg = optarg;
+            break;
+        case O_STARTUP_TIMEOUT:
+            if (parse_number("--startup-timeout", optarg, 0, 86400, &v))
+                goto bad;
+            cfg->startup_timeout = v;
+            break;
+        case O_IDLE_TIMEOUT:
+            if (parse_number("--idle-timeout", optarg, 0, 86400 * 365, &v))
+                goto bad;
+            cfg->idle_timeout = v;
+            break;
+        case O_MAX_CLIENTS:
+            if (parse_number("--max-client-connections", optarg, 0, 10000000, &v))
+                goto bad;
+            cfg->max_clients = (unsigned)v;
+            break;
+        case O_MAX_PER_ADDR:
+            if (parse_number("--max-connections-per-address", optarg, 0, 10000000, &v))
+                goto bad;
+            cfg->max_per_address = (unsigned)v;
+            break;
+        case O_MAX_PENDING:
+            if (parse_number("--max-pending-bytes", optarg, 16384, 1u << 30, &v))
+                goto bad;
+            cfg->max_pending_bytes = (uint32_t)v;
+            break;
+        case O_LOGFORMAT:
+            if (strcmp(optarg, "text") == 0) {
+                cfg->log_format = PGW_LOG_TEXT;
+            } else if (strcmp(optarg, "json") == 0) {
+                cfg->log_format = PGW_LOG_JSON;
+            } else {
+                fprintf(stderr, "pgwarden: --log-format: \"%s\" is not text or json\n", optarg);
+                goto bad;
+            }
             break;
         case O_CONFIG:
             break;                  /* read before the scan */

@@ -43,10 +43,16 @@ typedef struct pgw_config {
     double drain_timeout;           /* seconds to let sessions finish on SIGTERM */
     uint32_t max_message_size;      /* length-word cap for regular messages */
     int log_level;
+    int log_format;                 /* PGW_LOG_TEXT or PGW_LOG_JSON */
     const char *audit_file;         /* JSON lines; "-" is stdout; NULL: no audit */
     int log_parameters;             /* Bind values in statement events */
     uint32_t parameter_max_bytes;   /* each value cut at this length */
     pgw_tls_config_t tls;
+    double startup_timeout;         /* s from accept to the first ReadyForQuery; 0: none */
+    double idle_timeout;            /* s a session may wait for its client; 0: none */
+    unsigned max_clients;           /* sessions in total; 0: no limit */
+    unsigned max_per_address;       /* sessions per client IP; 0: no limit */
+    uint32_t max_pending_bytes;     /* backpressure high watermark per direction */
     int has_metrics;
     pgw_endpoint_t metrics_listen;  /* the HTTP endpoint, when has_metrics */
     int check_only;                 /* --check-config */

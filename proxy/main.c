@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "conn_limits.h"
 #include "metrics.h"
 #include "pgwarden/event.h"
 #include "pgwarden/sink.h"
@@ -235,6 +236,8 @@ int main(int argc, char **argv)
         return rc > 0 ? 0 : 2;
     }
     pgw_log_level = p.cfg.log_level;
+    pgw_log_format = p.cfg.log_format;
+    pgw_limits_init(p.cfg.max_clients, p.cfg.max_per_address);
     signal(SIGPIPE, SIG_IGN);
 
     p.nworkers = p.cfg.threads;
@@ -273,6 +276,11 @@ int main(int argc, char **argv)
     uv_signal_init(&p.loop, &p.sighup);
     uv_signal_start(&p.sighup, on_sighup, SIGHUP);
 
+    /* Before the loop threads: the endpoint is up once the listeners are.
+     * Nothing is scraped before uv_run, when the workers are ready. */
+    if (p.cfg.has_metrics &&
+        pgw_metrics_start(&p.loop, &p.cfg, p.workers, p.nworkers, p.sink, &p.metrics))
+        return 1;
     for (int i = 0; i < p.nworkers; i++) {
         if (pgw_worker_init(&p.workers[i], i, &p.cfg, fds[i], &p.done, p.sink, &p.observer)) {
             fprintf(stderr, "pgwarden: cannot start loop thread %d\n", i);
@@ -285,12 +293,6 @@ int main(int argc, char **argv)
         }
     }
     free(fds);
-    if (p.cfg.has_metrics &&
-        pgw_metrics_start(&p.loop, &p.cfg, p.workers, p.nworkers, p.sink, &p.metrics)) {
-        broadcast(&p, PGW_CMD_FORCE);
-        p.stopping = 1;
-        rc = 1;
-    }
     pgw_info("pgwarden %s: %d thread(s), upstream %s%s%s", PGW_VERSION, p.nworkers,
              p.cfg.upstream.text, p.cfg.upstream.is_unix ? " -> " : "",
              p.cfg.upstream.is_unix ? p.cfg.upstream.path : "");

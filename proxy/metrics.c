@@ -123,7 +123,7 @@ static const char *const status_label[PGW_STATUS_COUNT] = {
 static const char *const refusal_label[PGW_REFUSED_N] = {
     [PGW_REFUSED_PROTOCOL] = "protocol", [PGW_REFUSED_AUTHENTICATION] = "authentication",
     [PGW_REFUSED_UPSTREAM] = "upstream_unavailable", [PGW_REFUSED_LIMIT] = "limit",
-    [PGW_REFUSED_RESOURCES] = "resources",
+    [PGW_REFUSED_RESOURCES] = "resources", [PGW_REFUSED_TIMEOUT] = "startup_timeout",
 };
 static const char *const dir_label[PGW_DIR_N] = {
     [PGW_DIR_FRONTEND] = "client_to_server", [PGW_DIR_BACKEND] = "server_to_client",
@@ -184,6 +184,8 @@ int pgw_metrics_render(pgw_worker_t *w, int n, pgw_sink_t *sink, char **buf, siz
         put(&o, "pgwarden_protocol_errors_total{direction=\"%s\"} %llu\n", dir_label[d],
             (unsigned long long)SUM(protocol_errors[d]));
 
+    head(&o, "pgwarden_idle_timeouts_total", "counter", "Sessions closed by the idle-session timeout.");
+    put(&o, "pgwarden_idle_timeouts_total %llu\n", (unsigned long long)SUM(idle_timeouts));
     head(&o, "pgwarden_statements_total", "counter",
          "Audited statement executions, by pgAudit class and result status.");
     for (int c = 0; c < PGW_STMT_CLASS_COUNT; c++)

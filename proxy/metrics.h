@@ -49,6 +49,7 @@ typedef enum pgw_refusal {
     PGW_REFUSED_UPSTREAM,           /* the server could not be reached */
     PGW_REFUSED_LIMIT,              /* a connection limit */
     PGW_REFUSED_RESOURCES,          /* out of memory, accept failures */
+    PGW_REFUSED_TIMEOUT,            /* the startup did not complete in time */
     PGW_REFUSED_N
 } pgw_refusal_t;
 
@@ -66,6 +67,7 @@ typedef struct pgw_metrics {
     pgw_ctr_t servers_active, servers_total, server_connect_failures;
     pgw_ctr_t bytes[PGW_DIR_N], messages[PGW_DIR_N];
     pgw_ctr_t protocol_errors[PGW_DIR_N];   /* sessions ended by a malformed message */
+    pgw_ctr_t idle_timeouts;                 /* sessions ended by the idle timeout */
     /* audit (zero without a sink) */
     pgw_ctr_t statements[PGW_STMT_CLASS_COUNT][PGW_STATUS_COUNT];
     pgw_ctr_t duration_buckets[PGW_DURATION_BUCKETS + 1];   /* the last one is +Inf */

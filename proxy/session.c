@@ -8,6 +8,7 @@
 #include <openssl/ssl.h>
 
 #include "audit.h"
+#include "conn_limits.h"
 #include "log.h"
 #include "pgwarden/protocol.h"
 #include "tls.h"
@@ -17,8 +18,10 @@
  * reading the other side; resume when the backlog falls under the low mark.
  * With PGW_BUF_SIZE reads this bounds a session's buffers to a few hundred
  * KiB whatever the result size or the client's speed. */
-#define PGW_WATER_HIGH (256 * 1024)
-#define PGW_WATER_LOW (64 * 1024)
+/* Backpressure: --max-pending-bytes (256 KiB by default) stops reading
+ * the other side; a quarter of it resumes. */
+#define PGW_WATER_HIGH(s) ((size_t)(s)->w->cfg->max_pending_bytes)
+#define PGW_WATER_LOW(s) ((size_t)(s)->w->cfg->max_pending_bytes / 4)
 
 enum session_state { S_STARTUP, S_CONNECTING, S_UPSTREAM_TLS, S_FORWARDING, S_FINISHING, S_CLOSED };
 static const char *const state_names[] = { "startup", "connecting", "upstream tls", "forwarding",
@@ -59,6 +62,13 @@ typedef struct pgw_session {
     uint8_t *sasl_msg;
     size_t sasl_msg_len, sasl_off, sasl_len;
     unsigned server_up : 1;         /* the upstream connection was made (metrics) */
+    unsigned admitted : 1;          /* holds a slot of the connection limits */
+    unsigned ready : 1;             /* the server sent its first ReadyForQuery */
+    unsigned waiting : 1;           /* the client sent something since the last one */
+    int refusal;                    /* a pgw_refusal_t for the next refusal, or -1 */
+    uint64_t accepted_ms;           /* loop clock at accept */
+    uint64_t idle_since_ms;         /* loop clock at the last ReadyForQuery */
+    char addr[48];                  /* client IP, for the per-address limit; "" for unix */
 
     char peer[64];                  /* client address, for messages */
     char user[64], database[64];
@@ -69,9 +79,14 @@ typedef struct pgw_session {
     int64_t now_us;                 /* receipt time of the read being framed (audit only) */
 } pgw_session_t;
 
-#define slog(level, s, fmt, ...) \
-    pgw_log(level, "session %d-%llu [%s%s%s]: " fmt, (s)->w->index, (unsigned long long)(s)->id, \
-            (s)->peer, (s)->user[0] ? " " : "", (s)->user, ##__VA_ARGS__)
+#define slog(level, s, fmt, ...)                                                              \
+    do {                                                                                      \
+        if (pgw_log_enabled(level)) {                                                         \
+            char conn_[48];                                                                   \
+            snprintf(conn_, sizeof conn_, "%d-%llu", (s)->w->index, (unsigned long long)(s)->id); \
+            pgw_log_write_conn((level), conn_, (s)->peer, (s)->user, fmt, ##__VA_ARGS__);     \
+        }                                                                                     \
+    } while (0)
 
 static void session_close(pgw_session_t *s, const char *reason);
 static void session_finish(pgw_session_t *s, const char *reason);
@@ -117,7 +132,9 @@ static void fatal_to_client(pgw_session_t *s, const char *sqlstate, const char *
     va_end(ap);
     slog(PGW_LOG_INFO, s, "refused: %s (SQLSTATE %s)", msg, sqlstate);
     pgw_metrics_t *mt = &s->w->metrics;
-    if (s->state < S_FORWARDING) {
+    if (s->refusal >= 0) {
+        pgw_ctr_add(&mt->refused[s->refusal], 1);
+    } else if (s->state < S_FORWARDING) {
         pgw_refusal_t why = !strcmp(sqlstate, "08006")    ? PGW_REFUSED_UPSTREAM
                             : !strncmp(sqlstate, "28", 2) ? PGW_REFUSED_AUTHENTICATION
                             : !strncmp(sqlstate, "53", 2) ? PGW_REFUSED_LIMIT
@@ -151,7 +168,7 @@ static void on_drained(pgw_leg_t *dst)
         return;
     }
     pgw_leg_t *src = other_leg(s, dst);
-    if (src->paused && pgw_leg_backlog(dst) <= PGW_WATER_LOW && s->state == S_FORWARDING) {
+    if (src->paused && pgw_leg_backlog(dst) <= PGW_WATER_LOW(s) && s->state == S_FORWARDING) {
         src->paused = 0;
         pgw_leg_read_start(src);
     }
@@ -164,7 +181,7 @@ static void forward(pgw_session_t *s, pgw_leg_t *src, pgw_buf_t *b, size_t n)
         session_close(s, "write failed");
         return;
     }
-    if (pgw_leg_backlog(dst) > PGW_WATER_HIGH && !src->paused) {
+    if (pgw_leg_backlog(dst) > PGW_WATER_HIGH(s) && !src->paused) {
         src->paused = 1;
         pgw_leg_read_stop(src);
     }
@@ -344,6 +361,16 @@ static int handle_startup(pgw_session_t *s, size_t rest)
     }
     if (check_identity(s))
         return -1;
+    pgw_admit_t adm = pgw_limits_admit(s->addr);
+    if (adm != PGW_ADMIT_OK) {
+        s->refusal = PGW_REFUSED_LIMIT;
+        if (adm == PGW_ADMIT_TOTAL)
+            fatal_to_client(s, "53300", "sorry, too many clients already");
+        else
+            fatal_to_client(s, "53300", "too many connections from %s", s->addr);
+        return -1;
+    }
+    s->admitted = 1;
     set_state(s, S_CONNECTING);
     pgw_leg_read_stop(&s->client);
     upstream_connect(s);
@@ -393,6 +420,7 @@ static void client_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
     }
     if (s->state != S_FORWARDING)
         return;
+    s->waiting = 1;
 
     ssize_t r = pgw_framer_feed(&s->fe, b->data, n);
     if (r < 0) {
@@ -456,6 +484,11 @@ static int be_message(void *ud, const pgw_msg_t *m)
 {
     pgw_session_t *s = ud;
     pgw_ctr_add(&s->w->metrics.messages[PGW_DIR_BACKEND], 1);
+    if (m->type == 'Z') {
+        s->ready = 1;
+        s->waiting = 0;
+        s->idle_since_ms = uv_now(&s->w->loop);
+    }
     if (s->audit)
         pgw_audit_backend(s->audit, m, s->now_us);
     if (m->type == 'R' && m->body_len > 4 && m->body && m->body[3] == 10 &&
@@ -606,6 +639,8 @@ static void on_closed(pgw_leg_t *leg)
     pgw_list_remove(&s->link);
     w->nsessions--;
     pgw_ctr_sub(&w->metrics.clients_active, 1);
+    if (s->admitted)
+        pgw_limits_release(s->addr);
     if (s->server_up)
         pgw_ctr_sub(&w->metrics.servers_active, 1);
     pgw_framer_free(&s->fe);
@@ -675,6 +710,29 @@ static void session_finish(pgw_session_t *s, const char *reason)
     pgw_leg_read_stop(&s->server);
     if (pgw_leg_idle(&s->client) && pgw_leg_idle(&s->server))
         session_close(s, reason);
+}
+
+void pgw_session_tick(pgw_link_t *link, uint64_t now_ms)
+{
+    pgw_session_t *s = pgw_container_of(link, pgw_session_t, link);
+    const pgw_config_t *cfg = s->w->cfg;
+    if (s->state >= S_FINISHING)
+        return;
+    if (!s->ready && cfg->startup_timeout > 0 &&
+        now_ms - s->accepted_ms >= (uint64_t)(cfg->startup_timeout * 1000)) {
+        s->refusal = PGW_REFUSED_TIMEOUT;
+        if (!s->end_reason)
+            s->end_reason = PGW_END_TIMEOUT;
+        fatal_to_client(s, "08006", "the connection startup did not complete within %g s",
+                        cfg->startup_timeout);
+    } else if (s->ready && !s->waiting && cfg->idle_timeout > 0 &&
+               now_ms - s->idle_since_ms >= (uint64_t)(cfg->idle_timeout * 1000)) {
+        pgw_ctr_add(&s->w->metrics.idle_timeouts, 1);
+        s->end_reason = PGW_END_TIMEOUT;
+        (void)send_copy(&s->server, "X\0\0\0\4", 5);   /* Terminate: a clean end for the server */
+        fatal_to_client(s, "57P05", "terminating connection due to idle-session timeout (%g s)",
+                        cfg->idle_timeout);
+    }
 }
 
 void pgw_session_abort(pgw_link_t *link, const char *reason)
@@ -754,6 +812,8 @@ void pgw_session_accept(pgw_listener_t *l)
     s->listen_ep = l->ep;
     s->tls = pgw_tls_acquire(w->tls);
     s->state = S_STARTUP;
+    s->refusal = -1;
+    s->accepted_ms = uv_now(&w->loop);
     pgw_list_push(&w->sessions, &s->link);
     w->nsessions++;
     pgw_ctr_add(&w->metrics.clients_total, 1);
@@ -771,6 +831,16 @@ void pgw_session_accept(pgw_listener_t *l)
         return;
     }
     pgw_leg_peer_name(&s->client, s->peer, sizeof s->peer);
+    if (!l->ep->is_unix) {
+        struct sockaddr_storage ss;
+        const struct sockaddr *sa = pgw_leg_peer_addr(&s->client, &ss);
+        if (sa && sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, s->addr,
+                      sizeof s->addr);
+        else if (sa && sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, s->addr,
+                      sizeof s->addr);
+    }
     if (w->sink) {
         struct sockaddr_storage ss;
         s->audit = malloc(sizeof *s->audit);

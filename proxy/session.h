@@ -26,4 +26,9 @@ void pgw_session_accept(pgw_listener_t *l);
 /* Closes the session at once (shutdown past the drain timeout). */
 void pgw_session_abort(pgw_link_t *link, const char *reason);
 
+/* Once a second from the worker: ends a session whose startup outlived
+ * --startup-timeout, or that sat idle (waiting for the client after a
+ * ReadyForQuery) longer than --idle-timeout. now_ms: the loop's clock. */
+void pgw_session_tick(pgw_link_t *link, uint64_t now_ms);
+
 #endif

@@ -18,6 +18,18 @@ static void on_connection(uv_stream_t *server, int status)
     pgw_session_accept(l);
 }
 
+static void on_sweep(uv_timer_t *t)
+{
+    pgw_worker_t *w = t->data;
+    uint64_t now = uv_now(&w->loop);
+    pgw_link_t *n = w->sessions.next;
+    while (n != &w->sessions) {
+        pgw_link_t *next = n->next;    /* a session unlinks only in its close callback */
+        pgw_session_tick(n, now);
+        n = next;
+    }
+}
+
 static void close_listeners(pgw_worker_t *w)
 {
     for (int i = 0; i < w->nlisteners; i++)
@@ -87,6 +99,8 @@ void pgw_worker_maybe_finish(pgw_worker_t *w)
         uv_close((uv_handle_t *)&w->sink_timer, NULL);
     }
     uv_close((uv_handle_t *)&w->wakeup, NULL);   /* the loop then runs out of handles */
+    if (!uv_is_closing((uv_handle_t *)&w->sweep))
+        uv_close((uv_handle_t *)&w->sweep, NULL);
 }
 
 static void on_wakeup(uv_async_t *a)
@@ -130,6 +144,11 @@ int pgw_worker_init(pgw_worker_t *w, int index, const pgw_config_t *cfg,
     if ((rc = uv_async_init(&w->loop, &w->wakeup, on_wakeup)))
         return rc;
     w->wakeup_ready = 1;
+    w->sweep.data = w;
+    uv_timer_init(&w->loop, &w->sweep);
+    if (cfg->startup_timeout > 0 || cfg->idle_timeout > 0)
+        uv_timer_start(&w->sweep, on_sweep, 1000, 1000);
+    uv_unref((uv_handle_t *)&w->sweep);   /* never what keeps the loop alive */
     if (sink) {
         if ((rc = pgw_uuid7_init(&w->uuid)))
             return rc;
@@ -191,6 +210,8 @@ void pgw_worker_destroy(pgw_worker_t *w)
         return;
     if (w->wakeup_ready && !uv_is_closing((uv_handle_t *)&w->wakeup))
         uv_close((uv_handle_t *)&w->wakeup, NULL);
+    if (w->wakeup_ready && !uv_is_closing((uv_handle_t *)&w->sweep))
+        uv_close((uv_handle_t *)&w->sweep, NULL);
     if (w->sink && !uv_is_closing((uv_handle_t *)&w->sink_tick)) {
         uv_close((uv_handle_t *)&w->sink_tick, NULL);
         uv_close((uv_handle_t *)&w->sink_timer, NULL);

@@ -46,6 +46,7 @@ typedef struct pgw_worker {
     uv_loop_t loop;
     uv_thread_t thread;
     uv_async_t wakeup;              /* main -> worker */
+    uv_timer_t sweep;               /* once a second: session timeouts */
     atomic_int cmd;                 /* PGW_CMD_* bits, set by main */
     uv_async_t *done;               /* worker -> main, sent when the loop ends */
     atomic_int finished;            /* set just before done is sent */

@@ -41,6 +41,9 @@ def test_every_documented_option_passes_check_config(tmp_path, pg):
         "threads": "2", "drain-timeout": "5", "max-message-size": "65536", "log-level": "warn",
         "audit-file": str(tmp_path / "audit.jsonl"), "log-parameters": "true",
         "parameter-max-bytes": "64", "metrics-listen": "127.0.0.1:%d" % free_port(),
+        "log-format": "json", "startup-timeout": "30", "idle-timeout": "600",
+        "max-client-connections": "500", "max-connections-per-address": "50",
+        "max-pending-bytes": "131072",
     }
     # TLS: certificates made with the openssl CLI; --check-config loads them.
     for name, cn in (("ca", "check CA"), ("server", "localhost"), ("client", "pgwarden")):
@@ -131,3 +134,24 @@ def test_file_runs_a_proxy_and_flags_override_it(tmp_path, pg):
             assert conn.execute("SELECT 8").fetchone() == (8,)
     finally:
         p2.stop(timeout=10)
+
+
+def test_json_log_lines(tmp_path, pg):
+    import json
+    p = Proxy(["127.0.0.1:%d" % free_port()], "127.0.0.1:%d" % pg.port, tmp_path / "j",
+              extra_args=["--log-format", "json"])
+    p.start()
+    try:
+        with p.connect() as conn:
+            conn.execute("SELECT 1")
+    finally:
+        p.stop(timeout=10)
+    lines = p.stderr_path.read_text().splitlines()
+    assert lines
+    objs = [json.loads(line) for line in lines]       # every line is one JSON object
+    assert all({"time", "level", "msg"} <= o.keys() for o in objs)
+    conn_lines = [o for o in objs if "conn" in o]
+    assert conn_lines and all(re.match(r"^\d+-\d+$", o["conn"]) and o["peer"].startswith("127.0.0.1:")
+                              for o in conn_lines)
+    assert any(o.get("user") == "postgres" for o in conn_lines)
+    assert any(o["msg"] == "stopped" for o in objs)
