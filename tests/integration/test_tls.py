@@ -680,3 +680,30 @@ def test_cancel_reaches_a_tls_session(tls_pg, certs, start_proxy, tmp_path):
         assert conn.execute("SELECT 'after cancel'").fetchone() == ("after cancel",)
     assert_serves(p, certs)
     finish(p)
+
+
+def test_stalled_handshake_ends_at_startup_timeout(tls_pg, certs, start_proxy, tmp_path):
+    """A client that asks for TLS and then says nothing (or stops in the
+    middle of the handshake) holds its session only until the startup
+    timeout; others are served meanwhile."""
+    p = tls_proxy(start_proxy, certs, "127.0.0.1:%d" % tls_pg.port, "--startup-timeout", "1",
+                  tmp_path=tmp_path)
+    silent = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    silent.sendall(pgwire.ssl_request())
+    assert silent.recv(1) == b"S"
+    partial = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    partial.sendall(b"\x16\x03\x01\x02\x00\x01")          # the start of a ClientHello
+    assert_serves(p, certs)
+    t0 = time.monotonic()
+    for s in (silent, partial):
+        s.settimeout(10)
+        try:
+            while s.recv(4096):
+                pass
+        except ConnectionResetError:
+            pass
+        s.close()
+    assert time.monotonic() - t0 < 5
+    wait_until(lambda: p.log_tail().count("did not complete within 1 s") >= 2, 5, what="two timeouts logged")
+    assert_serves(p, certs)
+    finish(p)
