@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "conn_limits.h"
 #include "log.h"
 #include <stdlib.h>
 #include <uv.h>
@@ -274,7 +275,7 @@ void pgw_audit_init(pgw_audit_t *a, pgw_worker_t *w, const struct sockaddr *peer
     pgw_jbuf_init(&a->ident_json, 64 * 1024);
     a->ident_cached = 1;
     pgw_tracker_init(&a->tracker, on_statement, split, a);
-    a->tracker.param_max = w->cfg->log_parameters ? w->cfg->parameter_max_bytes : 0;
+    a->tracker.param_max = pgw_limits_param_max();
 }
 
 void pgw_audit_startup(pgw_audit_t *a, const pgw_startup_t *st)

@@ -7,6 +7,7 @@
 #define PGW_CONN_LIMITS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef enum pgw_admit {
     PGW_ADMIT_OK = 0,
@@ -14,8 +15,19 @@ typedef enum pgw_admit {
     PGW_ADMIT_ADDRESS,              /* max-connections-per-address reached */
 } pgw_admit_t;
 
-/* max_total, max_per_address: 0 is no limit. Call once before any thread. */
-void pgw_limits_init(unsigned max_total, unsigned max_per_address);
+struct pgw_config;
+
+/* Takes the limits and timeouts from cfg: at start, and again on SIGHUP (a
+ * reload applies to the next connections and the next sweep; slots already
+ * held stay). */
+void pgw_limits_configure(const struct pgw_config *cfg);
+
+/* The settings a reload may change, read by the loop threads (relaxed
+ * atomic loads: plain loads on the platforms we run on). 0: off. */
+uint64_t pgw_limits_startup_timeout_ms(void);
+uint64_t pgw_limits_idle_timeout_ms(void);
+size_t pgw_limits_max_pending(void);
+uint32_t pgw_limits_param_max(void);       /* Bind values logged up to this; 0: not logged */
 /* addr: the client's IP as text; NULL or "" for unix-socket clients, which
  * count towards the total only. On PGW_ADMIT_OK the caller holds a slot. */
 pgw_admit_t pgw_limits_admit(const char *addr);

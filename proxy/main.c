@@ -28,7 +28,7 @@ typedef struct proxy {
     pgw_worker_t *workers;
     int nworkers;
     uv_loop_t loop;
-    uv_signal_t sigint, sigterm, sighup;
+    uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
     uv_async_t done;
     int stopping;
@@ -36,7 +36,110 @@ typedef struct proxy {
     pgw_observer_info_t observer;
     pgw_tls_t tls;
     pgw_metrics_server_t *metrics;  /* NULL without --metrics-listen */
+    int argc;                       /* the command line, read again on SIGHUP */
+    char **argv;
+    uv_signal_t sighup_reload;
 } proxy_t;
+
+/* SIGHUP: the configuration file and the command line are read again. What
+ * can change at run time is applied (the log level); what needs a restart is
+ * named in a warning and left as it was. A configuration with an error
+ * changes nothing. */
+static int same_str(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* The TLS options compared by value (the strings live in each parse's own
+ * storage). */
+static int same_tls(const pgw_tls_config_t *a, const pgw_tls_config_t *b)
+{
+    return same_str(a->cert, b->cert) && same_str(a->key, b->key) &&
+           same_str(a->client_ca, b->client_ca) && a->client_cert == b->client_cert &&
+           a->min_version == b->min_version && same_str(a->ciphers, b->ciphers) &&
+           same_str(a->groups, b->groups) && same_str(a->ident_map, b->ident_map) &&
+           a->user_must_match_cn == b->user_must_match_cn && a->upstream_sslmode == b->upstream_sslmode &&
+           same_str(a->upstream_ca, b->upstream_ca) && same_str(a->upstream_cert, b->upstream_cert) &&
+           same_str(a->upstream_key, b->upstream_key);
+}
+
+static void reload_config(proxy_t *p)
+{
+    pgw_config_t next;
+    int rc = pgw_config_from_args(&next, p->argc, p->argv);
+    if (rc != 0) {
+        pgw_error("SIGHUP: the configuration has errors (see above): nothing changed");
+        pgw_config_free(&next);
+        return;
+    }
+    const pgw_config_t *cur = &p->cfg;
+    if (next.log_level != cur->log_level) {
+        pgw_info("SIGHUP: log level %s -> %s", pgw_log_level_name(cur->log_level),
+                 pgw_log_level_name(next.log_level));
+        pgw_log_level = next.log_level;
+        p->cfg.log_level = next.log_level;
+    }
+    /* Limits, timeouts and audit options: for the next sessions and sweeps. */
+    struct { const char *name; int changed; } now[] = {
+        { "startup-timeout", next.startup_timeout != cur->startup_timeout },
+        { "idle-timeout", next.idle_timeout != cur->idle_timeout },
+        { "max-client-connections", next.max_clients != cur->max_clients },
+        { "max-connections-per-address", next.max_per_address != cur->max_per_address },
+        { "max-pending-bytes", next.max_pending_bytes != cur->max_pending_bytes },
+        { "log-parameters", next.log_parameters != cur->log_parameters },
+        { "parameter-max-bytes", next.parameter_max_bytes != cur->parameter_max_bytes },
+    };
+    for (size_t i = 0; i < sizeof now / sizeof now[0]; i++)
+        if (now[i].changed)
+            pgw_info("SIGHUP: %s changed (applies to new sessions)", now[i].name);
+    pgw_limits_configure(&next);
+    p->cfg.startup_timeout = next.startup_timeout;
+    p->cfg.idle_timeout = next.idle_timeout;
+    p->cfg.max_clients = next.max_clients;
+    p->cfg.max_per_address = next.max_per_address;
+    p->cfg.max_pending_bytes = next.max_pending_bytes;
+    p->cfg.log_parameters = next.log_parameters;
+    p->cfg.parameter_max_bytes = next.parameter_max_bytes;
+    struct { const char *name; int changed; } fixed[] = {
+        { "listen", next.nlisten != cur->nlisten ||
+                    memcmp(next.listen, cur->listen, sizeof next.listen[0] * (size_t)next.nlisten) != 0 },
+        { "upstream", strcmp(next.upstream.text, cur->upstream.text) != 0 },
+        { "threads", next.threads != cur->threads },
+        { "audit-file", (next.audit_file == NULL) != (cur->audit_file == NULL) ||
+                        (next.audit_file && strcmp(next.audit_file, cur->audit_file) != 0) },
+        { "metrics-listen", next.has_metrics != cur->has_metrics ||
+                            strcmp(next.metrics_listen.text, cur->metrics_listen.text) != 0 },
+        { "log-format", next.log_format != cur->log_format },
+        { "max-message-size", next.max_message_size != cur->max_message_size },
+        { "drain-timeout", next.drain_timeout != cur->drain_timeout },
+        { "a TLS option (file contents are reloaded; paths and modes are not)",
+          !same_tls(&next.tls, &cur->tls) },
+    };
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        if (fixed[i].changed)
+            pgw_warn("SIGHUP: %s changed: it takes effect at the next restart", fixed[i].name);
+    pgw_config_free(&next);
+}
+
+/* SIGHUP, the certificates: keys, certificates, CAs and the identity map
+ * are read again from the paths the process started with; new handshakes
+ * use them, established sessions keep theirs; a file that fails to load
+ * leaves the current ones in service. */
+static void reload_tls(proxy_t *p)
+{
+    char err[512];
+    if (pgw_tls_reload(&p->tls, err, sizeof err))
+        pgw_error("SIGHUP: keeping the current certificates: %s", err);
+    else if (p->tls.cur)
+        pgw_info("SIGHUP: certificates reloaded");
+}
+
+static void on_sighup_reload(uv_signal_t *sig, int signum)
+{
+    (void)signum;
+    reload_config(sig->data);
+    reload_tls(sig->data);
+}
 
 static void observer_init(pgw_observer_info_t *o, const pgw_config_t *cfg)
 {
@@ -197,18 +300,6 @@ static void on_signal(uv_signal_t *sig, int signum)
     uv_timer_start(&p->drain_timer, on_drain_timeout, (uint64_t)(p->cfg.drain_timeout * 1000), 0);
 }
 
-/* SIGHUP: certificates, keys, CAs and the identity map are read again;
- * new handshakes use them, established sessions keep theirs. */
-static void on_sighup(uv_signal_t *sig, int signum)
-{
-    proxy_t *p = sig->data;
-    char err[512];
-    if (pgw_tls_reload(&p->tls, err, sizeof err))
-        pgw_error("SIGHUP: keeping the current certificates: %s", err);
-    else if (p->tls.cur)
-        pgw_info("SIGHUP: certificates reloaded");
-}
-
 static void on_worker_done(uv_async_t *a)
 {
     proxy_t *p = a->data;
@@ -220,7 +311,7 @@ static void on_worker_done(uv_async_t *a)
         return;
     uv_close((uv_handle_t *)&p->sigint, NULL);
     uv_close((uv_handle_t *)&p->sigterm, NULL);
-    uv_close((uv_handle_t *)&p->sighup, NULL);
+    uv_close((uv_handle_t *)&p->sighup_reload, NULL);
     uv_close((uv_handle_t *)&p->drain_timer, NULL);
     uv_close((uv_handle_t *)&p->done, NULL);
     if (p->metrics)
@@ -237,7 +328,9 @@ int main(int argc, char **argv)
     }
     pgw_log_level = p.cfg.log_level;
     pgw_log_format = p.cfg.log_format;
-    pgw_limits_init(p.cfg.max_clients, p.cfg.max_per_address);
+    p.argc = argc;
+    p.argv = argv;
+    pgw_limits_configure(&p.cfg);
     signal(SIGPIPE, SIG_IGN);
 
     p.nworkers = p.cfg.threads;
@@ -266,15 +359,16 @@ int main(int argc, char **argv)
     }
 
     uv_loop_init(&p.loop);
-    p.done.data = p.sigint.data = p.sigterm.data = p.sighup.data = p.drain_timer.data = &p;
+    p.done.data = p.sigint.data = p.sigterm.data = p.drain_timer.data = &p;
     uv_async_init(&p.loop, &p.done, on_worker_done);
     uv_signal_init(&p.loop, &p.sigint);
     uv_signal_init(&p.loop, &p.sigterm);
     uv_timer_init(&p.loop, &p.drain_timer);
     uv_signal_start(&p.sigint, on_signal, SIGINT);
     uv_signal_start(&p.sigterm, on_signal, SIGTERM);
-    uv_signal_init(&p.loop, &p.sighup);
-    uv_signal_start(&p.sighup, on_sighup, SIGHUP);
+    p.sighup_reload.data = &p;
+    uv_signal_init(&p.loop, &p.sighup_reload);
+    uv_signal_start(&p.sighup_reload, on_sighup_reload, SIGHUP);
 
     /* Before the loop threads: the endpoint is up once the listeners are.
      * Nothing is scraped before uv_run, when the workers are ready. */

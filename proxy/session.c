@@ -20,8 +20,8 @@
  * KiB whatever the result size or the client's speed. */
 /* Backpressure: --max-pending-bytes (256 KiB by default) stops reading
  * the other side; a quarter of it resumes. */
-#define PGW_WATER_HIGH(s) ((size_t)(s)->w->cfg->max_pending_bytes)
-#define PGW_WATER_LOW(s) ((size_t)(s)->w->cfg->max_pending_bytes / 4)
+#define PGW_WATER_HIGH(s) pgw_limits_max_pending()
+#define PGW_WATER_LOW(s) (pgw_limits_max_pending() / 4)
 
 enum session_state { S_STARTUP, S_CONNECTING, S_UPSTREAM_TLS, S_FORWARDING, S_FINISHING, S_CLOSED };
 static const char *const state_names[] = { "startup", "connecting", "upstream tls", "forwarding",
@@ -715,23 +715,21 @@ static void session_finish(pgw_session_t *s, const char *reason)
 void pgw_session_tick(pgw_link_t *link, uint64_t now_ms)
 {
     pgw_session_t *s = pgw_container_of(link, pgw_session_t, link);
-    const pgw_config_t *cfg = s->w->cfg;
+    uint64_t startup_ms = pgw_limits_startup_timeout_ms(), idle_ms = pgw_limits_idle_timeout_ms();
     if (s->state >= S_FINISHING)
         return;
-    if (!s->ready && cfg->startup_timeout > 0 &&
-        now_ms - s->accepted_ms >= (uint64_t)(cfg->startup_timeout * 1000)) {
+    if (!s->ready && startup_ms > 0 && now_ms - s->accepted_ms >= startup_ms) {
         s->refusal = PGW_REFUSED_TIMEOUT;
         if (!s->end_reason)
             s->end_reason = PGW_END_TIMEOUT;
         fatal_to_client(s, "08006", "the connection startup did not complete within %g s",
-                        cfg->startup_timeout);
-    } else if (s->ready && !s->waiting && cfg->idle_timeout > 0 &&
-               now_ms - s->idle_since_ms >= (uint64_t)(cfg->idle_timeout * 1000)) {
+                        (double)startup_ms / 1000);
+    } else if (s->ready && !s->waiting && idle_ms > 0 && now_ms - s->idle_since_ms >= idle_ms) {
         pgw_ctr_add(&s->w->metrics.idle_timeouts, 1);
         s->end_reason = PGW_END_TIMEOUT;
         (void)send_copy(&s->server, "X\0\0\0\4", 5);   /* Terminate: a clean end for the server */
         fatal_to_client(s, "57P05", "terminating connection due to idle-session timeout (%g s)",
-                        cfg->idle_timeout);
+                        (double)idle_ms / 1000);
     }
 }
 

@@ -146,8 +146,7 @@ int pgw_worker_init(pgw_worker_t *w, int index, const pgw_config_t *cfg,
     w->wakeup_ready = 1;
     w->sweep.data = w;
     uv_timer_init(&w->loop, &w->sweep);
-    if (cfg->startup_timeout > 0 || cfg->idle_timeout > 0)
-        uv_timer_start(&w->sweep, on_sweep, 1000, 1000);
+    uv_timer_start(&w->sweep, on_sweep, 1000, 1000);   /* a reload may turn timeouts on */
     uv_unref((uv_handle_t *)&w->sweep);   /* never what keeps the loop alive */
     if (sink) {
         if ((rc = pgw_uuid7_init(&w->uuid)))

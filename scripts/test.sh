@@ -29,7 +29,7 @@ cmake -B build-asan -DPGW_ASAN=ON -DPGW_WERROR=ON > /dev/null &&
     { tail -50 build-asan.log; echo "test.sh: sanitizer build failed" >&2; exit 1; }
 ctest --test-dir build-asan --output-on-failure
 asan_ctest_rc=$?
-PGW_BINARY="$PWD/build-asan/pgwarden" .venv/bin/python -m pytest tests/integration "$@"
+PGW_BINARY="$PWD/build-asan/pgwarden" PGW_SANITIZED=1 .venv/bin/python -m pytest tests/integration "$@"
 asan_pytest_rc=$?
 
 for rc in "$ctest_rc" "$pytest_rc" "$asan_ctest_rc" "$asan_pytest_rc"; do

@@ -63,6 +63,8 @@ def _module_proxy(request, run_dir, listen, upstream):
     # Every session of the module is closed by now, so SIGTERM ends it cleanly.
     assert rc == 0, "pgwarden exited with %s on SIGTERM after %s\n%s" % (
         rc, request.module.__name__, p.log_tail())
+    report = p.sanitizer_report()
+    assert not report, "sanitizer report:\n" + report
     n = assert_valid_audit_file(audit)
     assert n > 0, "no audit events from %s" % request.module.__name__
 
@@ -99,6 +101,10 @@ def start_proxy(request, run_dir):
     yield factory
     for p in started:
         p.stop(timeout=5)
+    # A sanitizer build (scripts/test.sh runs the suite on one) reports
+    # memory errors and leaks on stderr, at the latest when the process exits.
+    reports = [r for r in (p.sanitizer_report() for p in started) if r]
+    assert not reports, "sanitizer report:\n" + reports[0]
 
 
 @pytest.fixture(autouse=True)

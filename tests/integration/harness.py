@@ -335,6 +335,21 @@ class Proxy(Endpoint):
         self._close_files()
         return self.proc.returncode
 
+    def sanitizer_report(self):
+        """What AddressSanitizer, LeakSanitizer or UBSan said on stderr (a
+        build with -DPGW_ASAN=ON), or "" when they said nothing."""
+        try:
+            text = self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        hits = [i for i, line in enumerate(text.splitlines())
+                if "ERROR: AddressSanitizer" in line or "ERROR: LeakSanitizer" in line
+                or "runtime error:" in line]
+        if not hits:
+            return ""
+        lines = text.splitlines()
+        return "\n".join(lines[hits[0]:hits[0] + 40])
+
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()

@@ -155,3 +155,93 @@ def test_json_log_lines(tmp_path, pg):
                               for o in conn_lines)
     assert any(o.get("user") == "postgres" for o in conn_lines)
     assert any(o["msg"] == "stopped" for o in objs)
+
+
+def test_packaged_example_config_is_valid(tmp_path):
+    """packaging/pgwarden.ini passes --check-config (with its unix listener
+    directory and audit file moved to a temp dir, which need not exist here)."""
+    text = (REPO / "packaging" / "pgwarden.ini").read_text()
+    assert "listen = /run/pgwarden" in text and "/var/log/pgwarden/audit.jsonl" in text
+    text = text.replace("/run/pgwarden", str(tmp_path)).replace(
+        "/var/log/pgwarden/audit.jsonl", str(tmp_path / "audit.jsonl"))
+    ini = tmp_path / "pgwarden.ini"
+    ini.write_text(text)
+    r = run_pgw("--config", ini, "--check-config")
+    assert r.returncode == 0, r.stderr
+
+
+def test_sighup_reloads_the_log_level_and_names_what_needs_a_restart(tmp_path, pg):
+    import signal
+    import time
+    from harness import wait_until
+    port = free_port()
+    ini = tmp_path / "reload.ini"
+    base = "listen = 127.0.0.1:%d\nupstream = 127.0.0.1:%d\nthreads = 1\n" % (port, pg.port)
+    ini.write_text(base + "log-level = info\n")
+    p = Proxy([], None, tmp_path / "r")
+    p.args = [str(PGW_BINARY), "--config", str(ini)]
+    p.listen = ["127.0.0.1:%d" % port]
+    p.start()
+    try:
+        held = p.connect()                      # an open session across the reloads
+        held.execute("SELECT 1")
+        with p.connect() as c:
+            c.execute("SELECT 1")
+        assert "accepted on" not in p.log_tail()      # no debug lines at info
+
+        ini.write_text(base.replace("threads = 1", "threads = 2") + "log-level = debug\n")
+        p.signal(signal.SIGHUP)
+        wait_until(lambda: "log level info -> debug" in p.log_tail(), 5, what="the reload")
+        assert "threads changed: it takes effect at the next restart" in p.log_tail()
+        with p.connect() as c:
+            c.execute("SELECT 1")
+        wait_until(lambda: "accepted on" in p.log_tail(), 5, what="debug lines")
+
+        ini.write_text(base + "log-level = shouting\n")   # a bad file changes nothing
+        p.signal(signal.SIGHUP)
+        wait_until(lambda: "nothing changed" in p.log_tail(), 5, what="the refused reload")
+        assert held.execute("SELECT 'still open'").fetchone() == ("still open",)
+        held.close()
+        assert p.alive()
+    finally:
+        assert p.stop(timeout=10) == 0
+
+
+def test_sighup_applies_limits_and_timeouts(tmp_path, pg):
+    import signal
+    import psycopg
+    import pytest
+    from harness import wait_until
+    port = free_port()
+    ini = tmp_path / "limits.ini"
+    base = "listen = 127.0.0.1:%d\nupstream = 127.0.0.1:%d\nthreads = 1\n" % (port, pg.port)
+    ini.write_text(base)
+    p = Proxy([], None, tmp_path / "l")
+    p.args = [str(PGW_BINARY), "--config", str(ini)]
+    p.listen = ["127.0.0.1:%d" % port]
+    p.start()
+    try:
+        a = p.connect()
+        ini.write_text(base + "idle-timeout = 1\nmax-connections-per-address = 1\n")
+        p.signal(signal.SIGHUP)
+        wait_until(lambda: "idle-timeout changed" in p.log_tail(), 5, what="the reload")
+        b = p.connect()
+        with pytest.raises(psycopg.OperationalError) as e:
+            p.connect()       # b holds the one slot (a came before the limit and is not counted)
+        assert "too many connections" in str(e.value) or "53300" in str(e.value)
+        # The idle timeout now applies, to the old session as well (probing it
+        # would make it busy: wait, then look once).
+        import time
+        time.sleep(3)
+        assert _dead(a)
+        b.close()
+    finally:
+        assert p.stop(timeout=10) == 0
+
+
+def _dead(conn):
+    try:
+        conn.execute("SELECT 1")
+        return False
+    except Exception:
+        return True

@@ -4,6 +4,7 @@ connection flood after which memory comes back. Each ends with the proxy
 serving a normal session."""
 
 import json
+import os
 import socket
 import struct
 import time
@@ -13,6 +14,12 @@ import pytest
 
 import pgwire
 from harness import client_env, free_port, wait_until
+
+
+# AddressSanitizer keeps freed memory in quarantine (up to 256 MiB): under
+# scripts/test.sh's sanitizer run, memory bounds are looser.
+SANITIZED = bool(os.environ.get("PGW_SANITIZED"))
+RSS_SLACK_KIB = (256 if SANITIZED else 8) * 1024
 
 
 def rss_kib(proc):
@@ -133,7 +140,7 @@ def test_startup_timeout_drops_slowloris_and_serves_others(pg, start_proxy):
     assert m['pgwarden_client_connections_refused_total{reason="startup_timeout"}'] >= 1000
     wait_until(lambda: samples(http_get(port, "/metrics")[2])["pgwarden_client_connections"] == 0, 5,
                what="every connection to be gone")
-    assert rss_kib(p.proc) < rss0 + 16 * 1024, (rss0, rss_kib(p.proc))
+    assert rss_kib(p.proc) < rss0 + 2 * RSS_SLACK_KIB, (rss0, rss_kib(p.proc))
 
 
 def test_startup_timeout_fatal_to_a_silent_client(pg, start_proxy):
@@ -195,4 +202,4 @@ def test_connection_flood_leaves_memory_where_it_was(pg, start_proxy):
     time.sleep(1)
     rss1 = rss_kib(p.proc)
     print("flood RSS KiB: start %d, peak %d, end %d" % (rss0, peak, rss1))
-    assert rss1 < rss0 + 8 * 1024, (rss0, peak, rss1)
+    assert rss1 < rss0 + RSS_SLACK_KIB, (rss0, peak, rss1)
