@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "limits.h"
+#include "conn_limits.h"
 #include "log.h"
 #include <stdlib.h>
 #include <uv.h>
@@ -41,6 +41,12 @@ static void fill_common(pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t kind,
     if (a->user[0]) {
         ev->user.name = pgw_cstr(a->user);
         ev->user.database = pgw_cstr(a->database);
+        if (a->tls && a->tls->has_cert)
+            ev->user.cert = &a->cert;
+    }
+    if (a->tls) {
+        ev->tls.version = pgw_cstr(a->tls->version);
+        ev->tls.cipher = pgw_cstr(a->tls->cipher);
     }
     if (!a->ident_cached)
         return;
@@ -55,6 +61,7 @@ static void fill_common(pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t kind,
 static void audit_free(pgw_audit_t *a)
 {
     pgw_jbuf_free(&a->ident_json);
+    free(a->tls);
     free(a);
 }
 
@@ -320,6 +327,25 @@ void pgw_audit_startup(pgw_audit_t *a, const pgw_startup_t *st)
     snprintf(a->database, sizeof a->database, "%s", st->database ? st->database : st->user);
     if (st->application_name)
         snprintf(a->application, sizeof a->application, "%s", st->application_name);
+}
+
+void pgw_audit_tls(pgw_audit_t *a, const pgw_tls_info_t *info)
+{
+    if (!a->tls && !(a->tls = malloc(sizeof *a->tls)))
+        return;                     /* events then lack the TLS part */
+    *a->tls = *info;
+    const pgw_tls_info_t *t = a->tls;
+    for (unsigned i = 0; i < t->nsan; i++)
+        a->san[i] = pgw_cstr(t->san[i]);
+    a->cert = (pgw_event_cert_t){
+        .subject = pgw_cstr(t->subject), .issuer = pgw_cstr(t->issuer),
+        .serial = pgw_cstr(t->serial), .sha256 = pgw_cstr(t->sha256),
+        .san = t->nsan ? a->san : NULL, .nsan = t->nsan,
+        .not_before = PGW_INT(t->not_before), .not_after = PGW_INT(t->not_after),
+    };
+    if (t->cn[0])
+        a->cert.cn = pgw_cstr(t->cn);
+    a->ident_valid = 0;
 }
 
 void pgw_audit_frontend(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us)

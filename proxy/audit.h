@@ -13,6 +13,7 @@
 #include "pgwarden/event.h"
 #include "pgwarden/json.h"
 #include "pgwarden/protocol.h"
+#include "tls.h"
 #include "tracker.h"
 #include "worker.h"
 
@@ -42,12 +43,20 @@ typedef struct pgw_audit {
     pgw_jbuf_t ident_json;
     int ident_valid;
     int ident_cached;               /* 0 for a copy that must not keep one */
+    /* The client leg's TLS (malloc'd, owned), and its certificate as events
+     * carry it (pointing into tls). */
+    pgw_tls_info_t *tls;
+    pgw_event_cert_t cert;
+    pgw_str_t san[PGW_TLS_MAX_SAN];
 } pgw_audit_t;
 
 /* After accept: the client's address and the listener. */
 void pgw_audit_init(pgw_audit_t *a, pgw_worker_t *w, const struct sockaddr *peer,
                     const pgw_endpoint_t *listener);
 void pgw_audit_startup(pgw_audit_t *a, const pgw_startup_t *st);
+/* The client leg's handshake completed: every later event carries it
+ * (copied). */
+void pgw_audit_tls(pgw_audit_t *a, const pgw_tls_info_t *info);
 /* Every message, in each direction, before it is forwarded. */
 void pgw_audit_frontend(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us);
 void pgw_audit_backend(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us);

@@ -1,5 +1,6 @@
 #include "config.h"
 #include "log.h"
+#include "tls.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <openssl/ssl.h>
 
 static const char usage[] =
 "Usage: pgwarden --listen HOST:PORT|/unix/dir [--listen ...] --upstream HOST:PORT|/unix/dir [options]\n"
@@ -54,8 +56,96 @@ static const char usage[] =
 "                           these flags without the dashes); flags override it\n"
 "  --check-config           validate the configuration and exit\n"
 "  --list-options           the names of every option (docs/configuration.md)\n"
+"\n"
+"TLS (certificates and keys are PEM files, re-read on SIGHUP):\n"
+"  --tls-cert FILE          pgwarden's certificate (chain) for clients: SSLRequest is answered 'S'\n"
+"  --tls-key FILE           its private key\n"
+"  --tls-client-ca FILE     CA certificates that client certificates must chain to\n"
+"  --tls-client-cert MODE   none, optional (default with --tls-client-ca) or require\n"
+"  --tls-min-version V      TLSv1.2 (default) or TLSv1.3\n"
+"  --tls-ciphers LIST       OpenSSL cipher list for TLS 1.2\n"
+"  --tls-groups LIST        OpenSSL key-exchange group list, e.g. X25519:P-256\n"
+"  --tls-require            refuse sessions without TLS on every TCP listener\n"
+"  --tls-require-on LISTEN  ... on this --listen only (spelled as there; repeatable)\n"
+"  --tls-user-must-match-cn the startup user must be the client certificate's CN (or be\n"
+"                           mapped to it by --tls-ident-map); sessions without a verified\n"
+"                           certificate (plaintext, unix socket) are refused\n"
+"  --tls-ident-map FILE     pg_ident.conf-format map of certificate CNs to users (implies\n"
+"                           --tls-user-must-match-cn)\n"
+"  --upstream-sslmode MODE  disable (default), require, verify-ca or verify-full\n"
+"  --upstream-ca FILE       CA certificates for the server's certificate\n"
+"  --upstream-cert FILE     pgwarden's client certificate for the server (with --upstream-key)\n"
+"  --upstream-key FILE      its private key\n"
 "  --help                   this text\n"
 "  --version                the version\n";
+
+static const char *const client_cert_modes[] = { "none", "optional", "require", NULL };
+static const char *const sslmodes[] = { "disable", "require", "verify-ca", "verify-full", NULL };
+static const char *const tls_versions[] = { "TLSv1.2", "TLSv1.3", NULL };
+
+static int parse_choice(const char *opt, const char *arg, const char *const *names, int *out)
+{
+    for (int i = 0; names[i]; i++) {
+        if (strcmp(arg, names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    }
+    fprintf(stderr, "pgwarden: %s: \"%s\" is not one of", opt, arg);
+    for (int i = 0; names[i]; i++)
+        fprintf(stderr, " %s", names[i]);
+    fputc('\n', stderr);
+    return -1;
+}
+
+/* What the TLS flags require of each other, checked once all are read. */
+static int check_tls(pgw_config_t *cfg, int client_cert_given, int require_all,
+                     const char **require_args, int nrequire)
+{
+    pgw_tls_config_t *t = &cfg->tls;
+    const char *err = NULL;
+    if (!t->cert != !t->key)
+        err = "--tls-cert and --tls-key go together";
+    else if (!t->cert && (t->client_ca || client_cert_given || t->ident_map || t->user_must_match_cn ||
+                          require_all || nrequire || t->ciphers || t->groups))
+        err = "the --tls-* options need --tls-cert and --tls-key";
+    else if (t->client_cert != PGW_CLIENT_CERT_NONE && !t->client_ca)
+        err = "--tls-client-cert optional|require needs --tls-client-ca";
+    else if (t->user_must_match_cn && t->client_cert == PGW_CLIENT_CERT_NONE)
+        err = "--tls-user-must-match-cn and --tls-ident-map need client certificates (--tls-client-ca)";
+    else if (t->upstream_sslmode >= PGW_SSLMODE_VERIFY_CA && !t->upstream_ca)
+        err = "--upstream-sslmode verify-ca|verify-full needs --upstream-ca";
+    else if (!t->upstream_cert != !t->upstream_key)
+        err = "--upstream-cert and --upstream-key go together";
+    else if (t->upstream_sslmode != PGW_SSLMODE_DISABLE && cfg->upstream.is_unix)
+        err = "--upstream-sslmode needs a TCP --upstream (PostgreSQL has no TLS on unix sockets)";
+    else if ((t->upstream_ca || t->upstream_cert) && t->upstream_sslmode == PGW_SSLMODE_DISABLE)
+        err = "--upstream-ca and --upstream-cert need --upstream-sslmode";
+    if (err) {
+        fprintf(stderr, "pgwarden: %s\n", err);
+        return -1;
+    }
+    for (int i = 0; i < cfg->nlisten; i++)
+        if (require_all && !cfg->listen[i].is_unix)
+            cfg->listen[i].tls_required = 1;
+    for (int k = 0; k < nrequire; k++) {
+        int found = 0;
+        for (int i = 0; i < cfg->nlisten; i++) {
+            if (strcmp(cfg->listen[i].text, require_args[k]) != 0)
+                continue;
+            if (cfg->listen[i].is_unix) {
+                fprintf(stderr, "pgwarden: --tls-require-on %s: no TLS on unix sockets\n", require_args[k]);
+                return -1;
+            }
+            cfg->listen[i].tls_required = found = 1;
+        }
+        if (!found) {
+            fprintf(stderr, "pgwarden: --tls-require-on %s: no such --listen\n", require_args[k]);
+            return -1;
+        }
+    }
+    return 0;
+}
 
 /* HOST:PORT, [V6]:PORT. */
 static int parse_tcp(pgw_endpoint_t *ep, const char *arg, int passive)
@@ -79,6 +169,7 @@ static int parse_tcp(pgw_endpoint_t *ep, const char *arg, int passive)
         return -1;
     memcpy(host, hstart, hlen);
     host[hlen] = '\0';
+    memcpy(ep->host, host, hlen + 1);
     char *end;
     long port = strtol(colon + 1, &end, 10);
     if (*end || port <= 0 || port > 65535)
@@ -173,7 +264,10 @@ static int parse_number(const char *opt, const char *arg, double lo, double hi, 
 enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_HELP, O_VERSION,
        O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX, O_METRICS, O_LOGFORMAT, O_STARTUP_TIMEOUT, O_IDLE_TIMEOUT,
        O_MAX_CLIENTS, O_MAX_PER_ADDR, O_MAX_PENDING, O_CONFIG, O_CHECK, O_LIST,
-       O_KAFKA_BROKERS, O_KAFKA_TOPIC, O_KAFKA_PROP, O_SPOOL_DIR, O_SPOOL_MAX, O_SPOOL_POLICY, O_LAST };
+       O_KAFKA_BROKERS, O_KAFKA_TOPIC, O_KAFKA_PROP, O_SPOOL_DIR, O_SPOOL_MAX, O_SPOOL_POLICY,
+       O_TLS_CERT, O_TLS_KEY, O_TLS_CLIENT_CA, O_TLS_CLIENT_CERT, O_TLS_MIN, O_TLS_CIPHERS,
+       O_TLS_GROUPS, O_TLS_REQUIRE, O_TLS_REQUIRE_ON, O_TLS_IDENT_MAP, O_TLS_MATCH_CN, O_UP_SSLMODE,
+       O_UP_CA, O_UP_CERT, O_UP_KEY, O_LAST };
 static const struct option opts[] = {
     { "listen", required_argument, NULL, O_LISTEN },
     { "upstream", required_argument, NULL, O_UPSTREAM },
@@ -191,6 +285,21 @@ static const struct option opts[] = {
     { "spool-dir", required_argument, NULL, O_SPOOL_DIR },
     { "spool-max-bytes", required_argument, NULL, O_SPOOL_MAX },
     { "spool-full-policy", required_argument, NULL, O_SPOOL_POLICY },
+    { "tls-cert", required_argument, NULL, O_TLS_CERT },
+    { "tls-key", required_argument, NULL, O_TLS_KEY },
+    { "tls-client-ca", required_argument, NULL, O_TLS_CLIENT_CA },
+    { "tls-client-cert", required_argument, NULL, O_TLS_CLIENT_CERT },
+    { "tls-min-version", required_argument, NULL, O_TLS_MIN },
+    { "tls-ciphers", required_argument, NULL, O_TLS_CIPHERS },
+    { "tls-groups", required_argument, NULL, O_TLS_GROUPS },
+    { "tls-require", no_argument, NULL, O_TLS_REQUIRE },
+    { "tls-require-on", required_argument, NULL, O_TLS_REQUIRE_ON },
+    { "tls-ident-map", required_argument, NULL, O_TLS_IDENT_MAP },
+    { "tls-user-must-match-cn", no_argument, NULL, O_TLS_MATCH_CN },
+    { "upstream-sslmode", required_argument, NULL, O_UP_SSLMODE },
+    { "upstream-ca", required_argument, NULL, O_UP_CA },
+    { "upstream-cert", required_argument, NULL, O_UP_CERT },
+    { "upstream-key", required_argument, NULL, O_UP_KEY },
     { "log-format", required_argument, NULL, O_LOGFORMAT },
     { "startup-timeout", required_argument, NULL, O_STARTUP_TIMEOUT },
     { "idle-timeout", required_argument, NULL, O_IDLE_TIMEOUT },
@@ -209,7 +318,7 @@ static const struct option opts[] = {
  * values replace the whole list from the file. */
 static int repeatable(int val)
 {
-    return val == O_LISTEN || val == O_KAFKA_PROP;
+    return val == O_LISTEN || val == O_KAFKA_PROP || val == O_TLS_REQUIRE_ON;
 }
 
 /* Options of the command line only. */
@@ -383,9 +492,19 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
             goto oom;
     rc = parse_argv(cfg, ab.argc, ab.argv, ab.origin, path);
     if (rc == 0 && cfg->check_only) {
+        /* The certificate files are part of the configuration. */
+        pgw_tls_t tls;
+        char err[512];
+        if (pgw_tls_init(&tls, &cfg->tls, err, sizeof err)) {
+            fprintf(stderr, "pgwarden: TLS: %s\n", err);
+            rc = -1;
+            goto keep;
+        }
+        pgw_tls_destroy(&tls);
         printf("pgwarden: configuration OK%s%s%s\n", path ? " (" : "", path ? path : "", path ? ")" : "");
         rc = 1;
     }
+keep:
     /* The strings stay: cfg points into them for the process's life. */
     cfg->argv_storage = ab.argv;
     free(ab.origin);
@@ -404,6 +523,8 @@ static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origi
 {
     const char *listen_args[PGW_MAX_LISTEN];
     const char *upstream_arg = NULL, *metrics_arg = NULL;
+    const char *require_args[PGW_MAX_LISTEN];
+    int nrequire = 0, require_all = 0, client_cert_given = 0, choice;
     double v;
 
     memset(cfg, 0, sizeof *cfg);
@@ -413,6 +534,7 @@ static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origi
     cfg->max_message_size = 1u << 30;
     cfg->log_level = PGW_LOG_INFO;
     cfg->parameter_max_bytes = 1024;
+    cfg->tls.min_version = TLS1_2_VERSION;
     cfg->startup_timeout = 60;
     cfg->max_clients = 10000;
     cfg->max_pending_bytes = 256 * 1024;
@@ -505,6 +627,43 @@ static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origi
                 fprintf(stderr, "pgwarden: --spool-full-policy: \"%s\" is not block or drop\n", optarg);
                 goto bad;
             }
+            break;
+        case O_TLS_CERT: cfg->tls.cert = optarg; break;
+        case O_TLS_KEY: cfg->tls.key = optarg; break;
+        case O_TLS_CLIENT_CA: cfg->tls.client_ca = optarg; break;
+        case O_TLS_CIPHERS: cfg->tls.ciphers = optarg; break;
+        case O_TLS_GROUPS: cfg->tls.groups = optarg; break;
+        case O_UP_CA: cfg->tls.upstream_ca = optarg; break;
+        case O_UP_CERT: cfg->tls.upstream_cert = optarg; break;
+        case O_UP_KEY: cfg->tls.upstream_key = optarg; break;
+        case O_TLS_MATCH_CN: cfg->tls.user_must_match_cn = 1; break;
+        case O_TLS_IDENT_MAP:
+            cfg->tls.ident_map = optarg;
+            cfg->tls.user_must_match_cn = 1;
+            break;
+        case O_TLS_CLIENT_CERT:
+            if (parse_choice("--tls-client-cert", optarg, client_cert_modes, &cfg->tls.client_cert))
+                goto bad;
+            client_cert_given = 1;
+            break;
+        case O_TLS_MIN:
+            if (parse_choice("--tls-min-version", optarg, tls_versions, &choice))
+                goto bad;
+            cfg->tls.min_version = choice ? TLS1_3_VERSION : TLS1_2_VERSION;
+            break;
+        case O_UP_SSLMODE:
+            if (parse_choice("--upstream-sslmode", optarg, sslmodes, &cfg->tls.upstream_sslmode))
+                goto bad;
+            break;
+        case O_TLS_REQUIRE:
+            require_all = 1;
+            break;
+        case O_TLS_REQUIRE_ON:
+            if (nrequire == PGW_MAX_LISTEN) {
+                fprintf(stderr, "pgwarden: at most %d --tls-require-on\n", PGW_MAX_LISTEN);
+                goto bad;
+            }
+            require_args[nrequire++] = optarg;
             break;
         case O_METRICS:
             metrics_arg = optarg;
@@ -620,5 +779,7 @@ bad:
         }
         cfg->has_metrics = 1;
     }
-    return 0;
+    if (!client_cert_given && cfg->tls.client_ca)
+        cfg->tls.client_cert = PGW_CLIENT_CERT_OPTIONAL;
+    return check_tls(cfg, client_cert_given, require_all, require_args, nrequire);
 }

@@ -16,7 +16,25 @@ typedef struct pgw_endpoint {
     struct sockaddr_storage sa;     /* TCP: resolved address */
     socklen_t salen;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];  /* unix: socket file */
+    char host[256];                 /* TCP: the host as given (name checked by verify-full) */
+    int tls_required;               /* listener: plaintext sessions are refused */
 } pgw_endpoint_t;
+
+enum { PGW_CLIENT_CERT_NONE, PGW_CLIENT_CERT_OPTIONAL, PGW_CLIENT_CERT_REQUIRE };
+enum { PGW_SSLMODE_DISABLE, PGW_SSLMODE_REQUIRE, PGW_SSLMODE_VERIFY_CA, PGW_SSLMODE_VERIFY_FULL };
+
+/* TLS on both legs (see tls.h). Paths are re-read on SIGHUP. */
+typedef struct pgw_tls_config {
+    const char *cert, *key;         /* client leg: pgwarden's certificate; NULL: no TLS */
+    const char *client_ca;          /* verifies client certificates */
+    int client_cert;                /* PGW_CLIENT_CERT_* */
+    int min_version;                /* OpenSSL's TLS1_2_VERSION, TLS1_3_VERSION */
+    const char *ciphers, *groups;   /* OpenSSL lists; NULL: OpenSSL's defaults */
+    const char *ident_map;          /* pg_ident.conf-format file (ident.h) */
+    int user_must_match_cn;         /* startup user = certificate CN, or mapped */
+    int upstream_sslmode;           /* PGW_SSLMODE_* */
+    const char *upstream_ca, *upstream_cert, *upstream_key;
+} pgw_tls_config_t;
 
 typedef struct pgw_config {
     pgw_endpoint_t listen[PGW_MAX_LISTEN];
@@ -30,6 +48,7 @@ typedef struct pgw_config {
     const char *audit_file;         /* JSON lines; "-" is stdout; NULL: no audit */
     int log_parameters;             /* Bind values in statement events */
     uint32_t parameter_max_bytes;   /* each value cut at this length */
+    pgw_tls_config_t tls;
     double startup_timeout;         /* s from accept to the first ReadyForQuery; 0: none */
     double idle_timeout;            /* s a session may wait for its client; 0: none */
     unsigned max_clients;           /* sessions in total; 0: no limit */

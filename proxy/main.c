@@ -16,10 +16,11 @@
 
 #include "config.h"
 #include "log.h"
-#include "limits.h"
+#include "conn_limits.h"
 #include "metrics.h"
 #include "pgwarden/event.h"
 #include "pgwarden/sink.h"
+#include "tls.h"
 #include "worker.h"
 
 typedef struct proxy {
@@ -33,6 +34,7 @@ typedef struct proxy {
     int stopping;
     pgw_sink_t *sink;
     pgw_observer_info_t observer;
+    pgw_tls_t tls;
     pgw_metrics_server_t *metrics;  /* NULL without --metrics-listen */
     int argc;                       /* the command line, read again on SIGHUP */
     char **argv;
@@ -45,7 +47,20 @@ typedef struct proxy {
  * changes nothing. */
 static int same_str(const char *a, const char *b)
 {
-    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* The TLS options compared by value (the strings live in each parse's own
+ * storage). */
+static int same_tls(const pgw_tls_config_t *a, const pgw_tls_config_t *b)
+{
+    return same_str(a->cert, b->cert) && same_str(a->key, b->key) &&
+           same_str(a->client_ca, b->client_ca) && a->client_cert == b->client_cert &&
+           a->min_version == b->min_version && same_str(a->ciphers, b->ciphers) &&
+           same_str(a->groups, b->groups) && same_str(a->ident_map, b->ident_map) &&
+           a->user_must_match_cn == b->user_must_match_cn && a->upstream_sslmode == b->upstream_sslmode &&
+           same_str(a->upstream_ca, b->upstream_ca) && same_str(a->upstream_cert, b->upstream_cert) &&
+           same_str(a->upstream_key, b->upstream_key);
 }
 
 static void reload_config(proxy_t *p)
@@ -103,6 +118,8 @@ static void reload_config(proxy_t *p)
         { "spool-full-policy", next.spool_drop != cur->spool_drop },
         { "max-message-size", next.max_message_size != cur->max_message_size },
         { "drain-timeout", next.drain_timeout != cur->drain_timeout },
+        { "a TLS option (file contents are reloaded; paths and modes are not)",
+          !same_tls(&next.tls, &cur->tls) },
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
         if (fixed[i].changed)
@@ -110,10 +127,24 @@ static void reload_config(proxy_t *p)
     pgw_config_free(&next);
 }
 
+/* SIGHUP, the certificates: keys, certificates, CAs and the identity map
+ * are read again from the paths the process started with; new handshakes
+ * use them, established sessions keep theirs; a file that fails to load
+ * leaves the current ones in service. */
+static void reload_tls(proxy_t *p)
+{
+    char err[512];
+    if (pgw_tls_reload(&p->tls, err, sizeof err))
+        pgw_error("SIGHUP: keeping the current certificates: %s", err);
+    else if (p->tls.cur)
+        pgw_info("SIGHUP: certificates reloaded");
+}
+
 static void on_sighup_reload(uv_signal_t *sig, int signum)
 {
     (void)signum;
     reload_config(sig->data);
+    reload_tls(sig->data);
 }
 
 static void observer_init(pgw_observer_info_t *o, const pgw_config_t *cfg)
@@ -315,6 +346,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "pgwarden: out of memory\n");
         return 1;
     }
+    /* Certificates first: a bad file stops the start before any socket opens. */
+    char tls_err[512];
+    if (pgw_tls_init(&p.tls, &p.cfg.tls, tls_err, sizeof tls_err)) {
+        fprintf(stderr, "pgwarden: TLS: %s\n", tls_err);
+        return 1;
+    }
     if (open_listeners(&p.cfg, p.nworkers, fds))
         return 1;
     observer_init(&p.observer, &p.cfg);
@@ -361,8 +398,12 @@ int main(int argc, char **argv)
         pgw_metrics_start(&p.loop, &p.cfg, p.workers, p.nworkers, p.sink, &p.metrics))
         return 1;
     for (int i = 0; i < p.nworkers; i++) {
-        if (pgw_worker_init(&p.workers[i], i, &p.cfg, fds[i], &p.done, p.sink, &p.observer) ||
-            pgw_worker_start(&p.workers[i])) {
+        if (pgw_worker_init(&p.workers[i], i, &p.cfg, fds[i], &p.done, p.sink, &p.observer)) {
+            fprintf(stderr, "pgwarden: cannot start loop thread %d\n", i);
+            return 1;
+        }
+        p.workers[i].tls = &p.tls;
+        if (pgw_worker_start(&p.workers[i])) {
             fprintf(stderr, "pgwarden: cannot start loop thread %d\n", i);
             return 1;
         }
@@ -384,6 +425,7 @@ int main(int argc, char **argv)
     if (p.sink)
         pgw_sink_close(p.sink);   /* writes what the threads handed over */
     uv_loop_close(&p.loop);
+    pgw_tls_destroy(&p.tls);
     if (p.metrics)
         pgw_metrics_free(p.metrics);
     free(p.workers);

@@ -8,11 +8,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "list.h"
 #include "log.h"
 #include "pgwarden/sink.h"
+#include "tls.h"
 #include "worker.h"
 
 const uint64_t pgw_duration_bounds_us[PGW_DURATION_BUCKETS] = {
@@ -275,6 +277,20 @@ int pgw_metrics_render(pgw_worker_t *w, int n, pgw_sink_t *sink, char **buf, siz
     put(&o, "pgwarden_analysis_cache_entries %llu\n", (unsigned long long)SUM(cache_entries));
     head(&o, "pgwarden_analysis_parse_seconds_total", "counter", "Time spent in the SQL parser.");
     put(&o, "pgwarden_analysis_parse_seconds_total %.6f\n", (double)(SUM(parse_ns) + SUM(parse_pool_ns)) / 1e9);
+
+    head(&o, "pgwarden_tls_handshakes_total", "counter", "TLS handshakes with clients, by result.");
+    put(&o, "pgwarden_tls_handshakes_total{result=\"ok\"} %llu\n", (unsigned long long)SUM(tls_handshakes[0]));
+    put(&o, "pgwarden_tls_handshakes_total{result=\"failed\"} %llu\n", (unsigned long long)SUM(tls_handshakes[1]));
+    int64_t left[2];
+    pgw_tls_seconds_left(n > 0 ? w[0].tls : NULL, (int64_t)time(NULL), left);
+    if (left[0] != INT64_MIN || left[1] != INT64_MIN)
+        head(&o, "pgwarden_tls_certificate_expiry_seconds", "gauge",
+             "Seconds until a configured certificate expires (negative: expired), as loaded now.");
+    if (left[0] != INT64_MIN)
+        put(&o, "pgwarden_tls_certificate_expiry_seconds{certificate=\"tls-cert\"} %lld\n", (long long)left[0]);
+    if (left[1] != INT64_MIN)
+        put(&o, "pgwarden_tls_certificate_expiry_seconds{certificate=\"upstream-cert\"} %lld\n",
+            (long long)left[1]);
     return o.failed ? -ENOMEM : 0;
 }
 

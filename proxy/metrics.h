@@ -77,6 +77,7 @@ typedef struct pgw_metrics {
     pgw_ctr_t denied;
     pgw_ctr_t cache_hits, cache_misses, cache_entries, parse_ns;
     pgw_ctr_t parse_pool_ns;        /* big statements parsed in the thread pool */
+    pgw_ctr_t tls_handshakes[2];    /* client leg: [0] completed, [1] failed */
 } pgw_metrics_t;
 
 /* Counts one finished statement (its class, status, duration and error). */

@@ -5,11 +5,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/ssl.h>
 
 #include "audit.h"
-#include "limits.h"
+#include "conn_limits.h"
 #include "log.h"
 #include "pgwarden/protocol.h"
+#include "tls.h"
 #include "transport.h"
 
 /* Backpressure: once this many bytes wait to be written to one side, stop
@@ -21,8 +23,12 @@
 #define PGW_WATER_HIGH(s) pgw_limits_max_pending()
 #define PGW_WATER_LOW(s) (pgw_limits_max_pending() / 4)
 
-enum session_state { S_STARTUP, S_CONNECTING, S_FORWARDING, S_FINISHING, S_CLOSED };
-static const char *const state_names[] = { "startup", "connecting", "forwarding", "finishing", "closed" };
+enum session_state { S_STARTUP, S_CONNECTING, S_UPSTREAM_TLS, S_FORWARDING, S_FINISHING, S_CLOSED };
+static const char *const state_names[] = { "startup", "connecting", "upstream tls", "forwarding",
+                                           "finishing", "closed" };
+static const char *const sslmode_names[] = { "disable", "require", "verify-ca", "verify-full" };
+
+#define PGW_TLS_HANDSHAKE_BYTE 0x16  /* a TLS record of type handshake: direct TLS */
 
 typedef struct pgw_session pgw_session_t;
 
@@ -48,6 +54,20 @@ typedef struct pgw_session {
     int startup_bad;                /* pgw_parse_startup's error, if any */
     unsigned ssl_done : 1;          /* an SSLRequest was answered */
     unsigned gss_done : 1;          /* a GSSENCRequest was answered */
+    unsigned direct_tls : 1;        /* TLS from the first byte, without SSLRequest */
+    unsigned sasl_stripped : 1;     /* SCRAM-SHA-256-PLUS removed from the server's offer */
+
+    const pgw_endpoint_t *listen_ep;
+    pgw_tls_ctx_t *tls;             /* a reference, or NULL: TLS configured on neither leg */
+    pgw_tls_info_t *tls_info;       /* the client leg's handshake, or NULL */
+
+    /* An AuthenticationSASL message rewritten without SCRAM-SHA-256-PLUS,
+     * sent in place of the original bytes at sasl_off in the read being
+     * framed (cur_buf). */
+    const pgw_buf_t *cur_buf;
+    size_t cur_len;
+    uint8_t *sasl_msg;
+    size_t sasl_msg_len, sasl_off, sasl_len;
     unsigned server_up : 1;         /* the upstream connection was made (metrics) */
     unsigned admitted : 1;          /* holds a slot of the connection limits */
     unsigned ready : 1;             /* the server sent its first ReadyForQuery */
@@ -229,11 +249,30 @@ void pgw_session_run_deferred(pgw_worker_t *w)
 
 /* ---- frontend ------------------------------------------------------------ */
 
+/* The client's SASLInitialResponse after an offer without
+ * SCRAM-SHA-256-PLUS. A client that supports channel binding says so in
+ * its GS2 flag ('y'): a server that offered channel binding takes that for
+ * a downgrade attack and refuses. Nothing pgwarden could rewrite helps (the
+ * flag is covered by the client's proof), so the client hears why at once.
+ * Only the mechanism name and the flag are read, never the secret parts. */
+static void check_gs2_flag(pgw_session_t *s, const pgw_msg_t *m)
+{
+    s->sasl_stripped = 0;
+    const uint8_t *nul = m->body ? memchr(m->body, 0, m->body_len) : NULL;
+    if (!nul || (size_t)(nul - m->body) + 6 > m->body_len || nul[5] != 'y')
+        return;
+    fatal_to_client(s, "28000", "SCRAM channel binding cannot pass through pgwarden, which terminates "
+                    "the client's TLS, and the server refuses a client that supports it without "
+                    "using it: connect with channel_binding=disable");
+}
+
 static int fe_message(void *ud, const pgw_msg_t *m)
 {
     pgw_session_t *s = ud;
     pgw_ctr_add(&s->w->metrics.messages[PGW_DIR_FRONTEND], 1);
     if (s->state != S_STARTUP) {
+        if (m->type == 'p' && s->sasl_stripped)
+            check_gs2_flag(s, m);
         if (m->type == 'X' && !s->end_reason)
             s->end_reason = PGW_END_CLIENT_CLOSED;   /* whichever socket closes first */
         if (s->audit)
@@ -268,6 +307,62 @@ static int fe_message(void *ud, const pgw_msg_t *m)
     return 1;   /* stop: the caller acts on each startup packet in turn */
 }
 
+/* Like PostgreSQL's hostssl lines and its cert method: the listener may
+ * demand TLS, and the startup user may have to be the client certificate's
+ * CN (or be mapped to it). Refuses before any byte reaches the server.
+ * Returns 0 to go on. */
+static int check_identity(pgw_session_t *s)
+{
+    const pgw_tls_config_t *tc = &s->w->cfg->tls;
+    if (s->listen_ep->tls_required && !s->client.ssl) {
+        fatal_to_client(s, "28000", "pgwarden requires TLS on %s: connection for user \"%s\", "
+                        "database \"%s\" without TLS refused", s->listen_ep->text, s->user, s->database);
+        return -1;
+    }
+    const pgw_tls_info_t *ti = s->tls_info;
+    if (tc->client_cert != PGW_CLIENT_CERT_REQUIRE && !tc->user_must_match_cn)
+        return 0;
+    if (!ti || !ti->has_cert) {
+        fatal_to_client(s, "28000", "connection requires a valid client certificate");
+        return -1;
+    }
+    if (!tc->user_must_match_cn)
+        return 0;
+    if (!ti->cn[0]) {
+        fatal_to_client(s, "28000", "certificate authentication failed for user \"%s\": the client "
+                        "certificate has no usable common name", s->user);
+        return -1;
+    }
+    /* As PostgreSQL's cert method: with a map, the map alone decides. */
+    if (s->tls && s->tls->map) {
+        if (pgw_ident_map_allows(s->tls->map, ti->cn, s->user))
+            return 0;
+        fatal_to_client(s, "28000", "certificate authentication failed for user \"%s\": no line of "
+                        "the identity map maps certificate CN \"%s\" to it", s->user, ti->cn);
+        return -1;
+    }
+    if (ti->cn[0] && strcmp(ti->cn, s->user) == 0)
+        return 0;
+    fatal_to_client(s, "28000", "certificate authentication failed for user \"%s\": the client "
+                    "certificate's CN is \"%s\"", s->user, ti->cn);
+    return -1;
+}
+
+/* A ClientHello as the very first bytes: PostgreSQL 17's direct TLS
+ * negotiation. The bytes are the start of the handshake. */
+static void direct_tls(pgw_session_t *s, const uint8_t *p, size_t n)
+{
+    if (!s->tls || !s->tls->accept || s->client.is_unix) {
+        slog(PGW_LOG_INFO, s, "refused: direct TLS connection, but no TLS on this listener");
+        session_close(s, "direct TLS without TLS configured");
+        return;
+    }
+    s->direct_tls = 1;
+    s->ssl_done = 1;
+    if (pgw_leg_start_tls(&s->client, s->tls->accept, 1, NULL, p, n))
+        session_close(s, "TLS setup failed");
+}
+
 /* Acts on the startup packet just framed; rest is how many bytes of the
  * same read follow it. Returns 0 to keep going in the startup phase. */
 static int handle_startup(pgw_session_t *s, size_t rest)
@@ -294,8 +389,13 @@ static int handle_startup(pgw_session_t *s, size_t rest)
             s->ssl_done = 1;
         else
             s->gss_done = 1;
-        if (send_copy(&s->client, "N", 1)) {
+        int tls = ssl && s->tls && s->tls->accept && !s->client.is_unix;
+        if (send_copy(&s->client, tls ? "S" : "N", 1)) {
             session_close(s, "write failed");
+            return -1;
+        }
+        if (tls && pgw_leg_start_tls(&s->client, s->tls->accept, 1, NULL, NULL, 0)) {
+            session_close(s, "TLS setup failed");
             return -1;
         }
         return 0;
@@ -319,6 +419,8 @@ static int handle_startup(pgw_session_t *s, size_t rest)
         fatal_to_client(s, "08P01", "invalid startup packet layout: expected terminator as last byte");
         return -1;
     }
+    if (check_identity(s))
+        return -1;
     pgw_admit_t adm = pgw_limits_admit(s->addr);
     if (adm != PGW_ADMIT_OK) {
         s->refusal = PGW_REFUSED_LIMIT;
@@ -338,6 +440,11 @@ static int handle_startup(pgw_session_t *s, size_t rest)
 static void client_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
 {
     size_t off = 0;
+    if (s->state == S_STARTUP && !s->client.ssl && !s->early && b->data[0] == PGW_TLS_HANDSHAKE_BYTE &&
+        pgw_framer_at_boundary(&s->fe)) {
+        direct_tls(s, b->data, n);
+        return;
+    }
     while (s->state == S_STARTUP && off < n) {
         ssize_t r = pgw_framer_feed(&s->fe, b->data + off, n - off);
         if (r < 0) {
@@ -381,6 +488,8 @@ static void client_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
         fatal_to_client(s, "08P01", "invalid message from client: %s", pgw_framer_strerror((int)r));
         return;
     }
+    if (s->state != S_FORWARDING)
+        return;                     /* refused while framing */
     if (s->dq || s->w->admitted != admitted) {
         if (defer(s, b, n))
             session_close(s, "out of memory");
@@ -390,6 +499,52 @@ static void client_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
 }
 
 /* ---- backend ------------------------------------------------------------- */
+
+/* Channel binding ties SCRAM to the TLS connection it runs over: the
+ * server's (pgwarden's upstream leg) is not the client's, so a client that
+ * chose SCRAM-SHA-256-PLUS would always fail. The server's offer goes to
+ * the client without it: channel_binding=prefer then uses plain SCRAM, and
+ * channel_binding=require fails at once in the client. */
+static void strip_channel_binding(pgw_session_t *s, const pgw_msg_t *m)
+{
+    static const char plus[] = "SCRAM-SHA-256-PLUS";
+    const uint8_t *base = s->cur_buf ? s->cur_buf->data : NULL;
+    if (!m->body || m->body_len < 5 || m->body[m->body_len - 1] != 0)
+        return;
+    /* body: int32 10, then NUL-terminated names, then an empty name. */
+    const char *names = (const char *)m->body + 4, *end = (const char *)m->body + m->body_len;
+    int found = 0;
+    for (const char *nm = names; nm < end && *nm; nm += strlen(nm) + 1)
+        found |= strcmp(nm, plus) == 0;
+    if (!found)
+        return;
+    if (!base || m->body < base + 5 || m->body + m->body_len > base + s->cur_len) {
+        slog(PGW_LOG_WARN, s, "cannot remove %s from a SASL offer split over reads", plus);
+        return;
+    }
+    uint8_t *out = malloc(1 + (size_t)m->len);
+    if (!out)
+        return;
+    size_t k = 9;
+    memcpy(out + 5, m->body, 4);
+    for (const char *nm = names; nm < end && *nm; nm += strlen(nm) + 1) {
+        if (strcmp(nm, plus) == 0)
+            continue;
+        size_t l = strlen(nm) + 1;
+        memcpy(out + k, nm, l);
+        k += l;
+    }
+    out[k++] = 0;
+    out[0] = 'R';
+    uint32_t be_len = htonl((uint32_t)(k - 1));
+    memcpy(out + 1, &be_len, 4);
+    free(s->sasl_msg);
+    s->sasl_msg = out;
+    s->sasl_msg_len = k;
+    s->sasl_off = (size_t)(m->body - 5 - base);
+    s->sasl_len = 1 + (size_t)m->len;
+    s->sasl_stripped = 1;
+}
 
 static int be_message(void *ud, const pgw_msg_t *m)
 {
@@ -402,6 +557,9 @@ static int be_message(void *ud, const pgw_msg_t *m)
     }
     if (s->audit)
         pgw_audit_backend(s->audit, m, s->now_us);
+    if (m->type == 'R' && m->body_len > 4 && m->body && m->body[3] == 10 &&
+        m->body[0] == 0 && m->body[1] == 0 && m->body[2] == 0)
+        strip_channel_binding(s, m);
     if (m->type == 'K') {
         pgw_keydata_t kd;
         if (pgw_parse_keydata(m, &kd) == 0)
@@ -415,12 +573,57 @@ static int be_message(void *ud, const pgw_msg_t *m)
     return 0;
 }
 
+/* The upstream's one-byte answer to our SSLRequest. */
+static void upstream_tls_answer(pgw_session_t *s, const uint8_t *p, size_t n)
+{
+    const pgw_config_t *cfg = s->w->cfg;
+    const char *mode = sslmode_names[cfg->tls.upstream_sslmode];
+    if (p[0] == 'N') {
+        fatal_to_client(s, "08006", "the upstream server %s does not support TLS (--upstream-sslmode %s)",
+                        cfg->upstream.text, mode);
+    } else if (p[0] != 'S') {
+        fatal_to_client(s, "08006", "the upstream server %s refused the TLS request", cfg->upstream.text);
+    } else if (n > 1) {
+        fatal_to_client(s, "08006", "the upstream server %s sent unencrypted data after its TLS answer",
+                        cfg->upstream.text);
+    } else {
+        const char *host = cfg->tls.upstream_sslmode == PGW_SSLMODE_VERIFY_FULL ? cfg->upstream.host : NULL;
+        if (pgw_leg_start_tls(&s->server, s->tls->connect, 0, host, NULL, 0))
+            fatal_to_client(s, "08006", "pgwarden could not set up TLS to the upstream server %s",
+                            cfg->upstream.text);
+    }
+}
+
+/* Sends the bytes of b with the rewritten SASL offer in place of the
+ * original. */
+static void forward_rewritten(pgw_session_t *s, pgw_buf_t *b, size_t n)
+{
+    size_t off = s->sasl_off, end = s->sasl_off + s->sasl_len;
+    uint8_t *msg = s->sasl_msg;
+    s->sasl_msg = NULL;
+    if (end > n || (off && pgw_leg_write(&s->client, b, b->data, off))) {
+        free(msg);
+        session_close(s, "write failed");
+        return;
+    }
+    if (pgw_leg_write_owned(&s->client, msg, s->sasl_msg_len) ||
+        (end < n && pgw_leg_write(&s->client, b, b->data + end, n - end)))
+        session_close(s, "write failed");
+}
+
 static void server_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
 {
+    if (s->state == S_UPSTREAM_TLS && !s->server.ssl) {
+        upstream_tls_answer(s, b->data, n);
+        return;
+    }
     if (s->state != S_FORWARDING)
         return;
     int at_boundary = pgw_framer_at_boundary(&s->be);
+    s->cur_buf = b;
+    s->cur_len = n;
     ssize_t r = pgw_framer_feed(&s->be, b->data, n);
+    s->cur_buf = NULL;
     if (r < 0) {
         /* An error can only be injected between two messages of the
          * client's stream; mid-message the client just sees the close. */
@@ -431,6 +634,10 @@ static void server_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
             slog(PGW_LOG_WARN, s, "invalid message from server: %s", pgw_framer_strerror((int)r));
             session_close(s, "invalid message from server");
         }
+        return;
+    }
+    if (s->sasl_msg) {
+        forward_rewritten(s, b, n);
         return;
     }
     forward(s, &s->server, b, n);
@@ -454,6 +661,28 @@ static void on_eof(pgw_leg_t *leg, int status)
 {
     pgw_session_t *s = leg->owner;
     int client = leg == &s->client;
+    if (status == UV_EPROTO && leg->ssl && !leg->tls_ready && s->state < S_FINISHING) {
+        char why[256];
+        pgw_leg_tls_error(leg, why, sizeof why);
+        if (!client) {
+            fatal_to_client(s, "08006", "pgwarden could not establish TLS with the upstream server %s "
+                            "(--upstream-sslmode %s): %s", s->w->cfg->upstream.text,
+                            sslmode_names[s->w->cfg->tls.upstream_sslmode], why);
+            return;
+        }
+        /* The client has its alert; the audit records the refusal. */
+        int cert = SSL_get_verify_result(leg->ssl) != X509_V_OK;
+        pgw_ctr_add(&s->w->metrics.tls_handshakes[1], 1);
+        pgw_ctr_add(&s->w->metrics.refused[cert ? PGW_REFUSED_AUTHENTICATION : PGW_REFUSED_PROTOCOL], 1);
+        char msg[320];
+        snprintf(msg, sizeof msg, "TLS handshake failed: %s", why);
+        slog(PGW_LOG_INFO, s, "refused: %s", msg);
+        if (s->audit)
+            pgw_audit_refused(s->audit, cert ? "28000" : "08P01", msg);
+        s->end_reason = PGW_END_ERROR;
+        session_finish(s, "TLS handshake failed");   /* the alert drains first */
+        return;
+    }
     if (!s->end_reason)
         s->end_reason = status != UV_EOF ? PGW_END_ERROR
                         : client ? PGW_END_CLIENT_CLOSED : PGW_END_SERVER_CLOSED;
@@ -484,11 +713,45 @@ static void on_closed(pgw_leg_t *leg)
     pgw_framer_free(&s->fe);
     pgw_framer_free(&s->be);
     free(s->early);
+    free(s->sasl_msg);
+    free(s->tls_info);
+    pgw_tls_release(s->tls);
     free(s);
     pgw_worker_maybe_finish(w);
 }
 
-static const pgw_leg_ops_t session_ops = { on_data, on_eof, on_drained, on_closed };
+static void upstream_ready(pgw_session_t *s);
+
+static void on_secure(pgw_leg_t *leg)
+{
+    pgw_session_t *s = leg->owner;
+    SSL *ssl = leg->ssl;
+    if (leg == &s->server) {
+        slog(PGW_LOG_DEBUG, s, "upstream TLS: %s %s", SSL_get_version(ssl), SSL_get_cipher_name(ssl));
+        upstream_ready(s);
+        return;
+    }
+    pgw_ctr_add(&s->w->metrics.tls_handshakes[0], 1);
+    if (!s->tls_info && !(s->tls_info = malloc(sizeof *s->tls_info))) {
+        session_close(s, "out of memory");
+        return;
+    }
+    pgw_tls_get_info(ssl, s->tls_info);
+    if (s->audit)
+        pgw_audit_tls(s->audit, s->tls_info);
+    slog(PGW_LOG_DEBUG, s, "TLS: %s %s%s%s", s->tls_info->version, s->tls_info->cipher,
+         s->tls_info->has_cert ? ", certificate " : "", s->tls_info->subject);
+    if (s->direct_tls) {
+        const unsigned char *alpn;
+        unsigned alpn_len;
+        SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+        if (alpn_len == 0)
+            fatal_to_client(s, "08P01", "received direct TLS connection request without ALPN "
+                            "protocol negotiation extension");
+    }
+}
+
+static const pgw_leg_ops_t session_ops = { on_data, on_eof, on_drained, on_closed, on_secure };
 
 /* ---- lifecycle ----------------------------------------------------------- */
 
@@ -560,6 +823,23 @@ static void on_upstream_connected(uv_connect_t *req, int status)
     pgw_ctr_add(&s->w->metrics.servers_total, 1);
     pgw_ctr_add(&s->w->metrics.servers_active, 1);
     pgw_leg_connected(&s->server);
+    if (s->tls && s->tls->connect) {
+        /* SSLRequest first; the startup packet goes once TLS is up. */
+        static const uint8_t ssl_request[8] = { 0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f };
+        set_state(s, S_UPSTREAM_TLS);
+        if (send_copy(&s->server, ssl_request, sizeof ssl_request)) {
+            session_close(s, "write to upstream failed");
+            return;
+        }
+        pgw_leg_read_start(&s->server);
+        return;
+    }
+    upstream_ready(s);
+}
+
+/* The upstream connection is ready for the startup packet. */
+static void upstream_ready(pgw_session_t *s)
+{
     set_state(s, S_FORWARDING);
     /* Statements pipelined behind the startup packet were admitted: their
      * begin records reach the spool before the bytes leave. */
@@ -598,6 +878,8 @@ void pgw_session_accept(pgw_listener_t *l)
     }
     s->w = w;
     s->id = ++w->next_session;
+    s->listen_ep = l->ep;
+    s->tls = pgw_tls_acquire(w->tls);
     s->state = S_STARTUP;
     s->refusal = -1;
     s->accepted_ms = uv_now(&w->loop);
@@ -671,7 +953,7 @@ static void cancel_eof(pgw_leg_t *leg, int status)
     pgw_leg_close(leg);
 }
 
-static const pgw_leg_ops_t cancel_ops = { NULL, cancel_eof, cancel_drained, cancel_closed };
+static const pgw_leg_ops_t cancel_ops = { NULL, cancel_eof, cancel_drained, cancel_closed, NULL };
 
 static void cancel_connected(uv_connect_t *req, int status)
 {

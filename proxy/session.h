@@ -1,10 +1,13 @@
 /* A client session: the client connection, its upstream connection, and the
  * two framers that watch the bytes as they pass.
  *
- * States move only through session_set_state():
+ * States move only through set_state():
  *   STARTUP     reading the client's startup packets (SSLRequest answered
- *               'N', CancelRequest forwarded, StartupMessage kept)
+ *               'S' and TLS started when configured, else 'N'; CancelRequest
+ *               forwarded; StartupMessage checked against the TLS identity
+ *               rules and kept)
  *   CONNECTING  upstream connect in flight; client reads paused
+ *   UPSTREAM_TLS  SSLRequest sent upstream, then the server leg's handshake
  *   FORWARDING  bytes flow both ways from the buffers they were read into
  *   FINISHING   no more reads; queued writes drain, then CLOSED
  *   CLOSED      handles closing; memory freed in the last close callback

@@ -81,7 +81,10 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *ub)
     pgw_leg_t *leg = st->data;
     pgw_buf_t *b = ub->base ? pgw_buf_of(ub->base) : NULL;
     if (n > 0) {
-        leg->ops->on_data(leg, b, (size_t)n);
+        if (leg->ssl)
+            pgw_leg__tls_input(leg, b->data, (size_t)n);
+        else
+            leg->ops->on_data(leg, b, (size_t)n);
     } else if (n < 0) {
         pgw_leg_read_stop(leg);
         leg->ops->on_eof(leg, (int)n);
@@ -96,6 +99,8 @@ void pgw_leg_read_start(pgw_leg_t *leg)
         return;
     if (uv_read_start(&leg->u.stream, on_alloc, on_read) == 0)
         leg->reading = 1;
+    if (leg->ssl)
+        pgw_leg__tls_pump(leg);     /* what arrived while paused */
 }
 
 void pgw_leg_read_stop(pgw_leg_t *leg)
@@ -200,12 +205,24 @@ static int leg_write(pgw_leg_t *leg, pgw_buf_t *b, void *owned, const void *p, s
 
 int pgw_leg_write(pgw_leg_t *leg, pgw_buf_t *b, const uint8_t *p, size_t n)
 {
+    if (leg->ssl)
+        return pgw_leg__tls_write(leg, p, n);
     return leg_write(leg, b, NULL, p, n);
 }
 
 int pgw_leg_write_owned(pgw_leg_t *leg, void *p, size_t n)
 {
+    if (leg->ssl) {
+        int rc = pgw_leg__tls_write(leg, p, n);
+        free(p);
+        return rc;
+    }
     return leg_write(leg, NULL, p, p, n);
+}
+
+int pgw_leg__write_raw(pgw_leg_t *leg, pgw_buf_t *b, const uint8_t *p, size_t n)
+{
+    return leg_write(leg, b, NULL, p, n);
 }
 
 size_t pgw_leg_backlog(const pgw_leg_t *leg)
@@ -223,6 +240,8 @@ static void on_close(uv_handle_t *h)
     pgw_leg_t *leg = h->data;
     leg->open = 0;
     leg->reading = 0;
+    if (leg->ssl)
+        pgw_leg__tls_free(leg);
     leg->ops->on_closed(leg);
 }
 
@@ -230,6 +249,8 @@ void pgw_leg_close(pgw_leg_t *leg)
 {
     if (!leg->open || uv_is_closing(&leg->u.handle))
         return;
+    if (leg->ssl)
+        pgw_leg__tls_shutdown(leg);
     uv_close(&leg->u.handle, on_close);
 }
 

@@ -35,6 +35,7 @@ typedef struct pgw_observer_info {
 } pgw_observer_info_t;
 
 struct pgw_analysis_cache;
+struct pgw_tls;
 
 /* Commands from the main thread, delivered through wakeup. */
 enum { PGW_CMD_DRAIN = 1, PGW_CMD_FORCE = 2 };
@@ -75,6 +76,7 @@ typedef struct pgw_worker {
     const pgw_observer_info_t *observer;
     struct pgw_analysis_cache *analysis;
 
+    struct pgw_tls *tls;            /* certificates (main's, set before start); NULL: no TLS */
     pgw_metrics_t metrics;          /* this thread's counters, summed at scrape time */
 
     pgw_buf_pool_t pool;

@@ -11,7 +11,7 @@ export DEBIAN_FRONTEND=noninteractive
 # Recommends of clang), for -DPGW_FUZZ=ON and CC=clang sanitizer builds.
 PACKAGES=(
     build-essential cmake pkg-config clang libclang-rt-14-dev
-    libuv1-dev libssl-dev libpg-query-dev libprotobuf-c-dev librdkafka-dev zlib1g-dev
+    libuv1-dev libssl-dev openssl libpg-query-dev libprotobuf-c-dev librdkafka-dev zlib1g-dev
     libinih-dev libhttp-parser-dev
     postgresql-15 postgresql-client-15 postgresql-contrib postgresql-15-pgaudit pgbouncer
     python3-pip python3-venv

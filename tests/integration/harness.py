@@ -134,9 +134,12 @@ class PgCluster(Endpoint):
     """A PostgreSQL 15 cluster in a temp dir. As root, postgres runs as an
     unprivileged OS user (it refuses to run as root)."""
 
-    def __init__(self):
+    def __init__(self, extra_conf="", extra_hba=""):
+        """extra_conf is appended to postgresql.conf; extra_hba lines come
+        before the default pg_hba.conf lines (the first match wins)."""
         self.port = free_port()
         self.host = "127.0.0.1"
+        self.extra_conf, self.extra_hba = extra_conf, extra_hba
         self.os_user = None
         if os.geteuid() == 0:
             self.os_user = os.environ.get("PGW_PG_USER", "postgres")
@@ -161,6 +164,13 @@ class PgCluster(Endpoint):
     def socket_path(self):
         return str(self.sockdir / (".s.PGSQL.%d" % self.port))
 
+    def give(self, path):
+        """Makes a file postgres reads (e.g. a key) belong to its OS user."""
+        os.chmod(path, 0o600)
+        if self.os_user:
+            pw = pwd.getpwnam(self.os_user)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+
     def _as_pg_user(self, cmd):
         if self.os_user:
             return ["runuser", "-u", self.os_user, "--"] + cmd
@@ -183,10 +193,10 @@ password_encryption = 'scram-sha-256'
 timezone = 'UTC'
 log_min_messages = warning
 log_connections = off
-"""
+""" + self.extra_conf
         with open(self.datadir / "postgresql.conf", "a") as f:
             f.write(conf)
-        hba = f"""
+        hba = self.extra_hba + f"""
 local all all                      trust
 host  all {SCRAM_USER} 127.0.0.1/32 scram-sha-256
 host  all {MD5_USER}   127.0.0.1/32 md5

@@ -48,6 +48,22 @@ def test_every_documented_option_passes_check_config(tmp_path, pg):
         "kafka-property": "security.protocol=plaintext", "spool-dir": str(tmp_path / "spool"),
         "spool-max-bytes": "1048576", "spool-full-policy": "drop",
     }
+    # TLS: certificates made with the openssl CLI; --check-config loads them.
+    for name, cn in (("ca", "check CA"), ("server", "localhost"), ("client", "pgwarden")):
+        sign = [] if name == "ca" else ["-CA", "ca.crt", "-CAkey", "ca.key"]
+        subprocess.run(["openssl", "req", "-x509", "-sha256", "-days", "30", "-nodes", "-subj", "/CN=" + cn,
+                        "-newkey", "rsa:2048", "-keyout", name + ".key", "-out", name + ".crt"] + sign,
+                       cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "ident.conf").write_text("certs /^(.*)$ \\1\n")
+    values.update({
+        "tls-cert": str(tmp_path / "server.crt"), "tls-key": str(tmp_path / "server.key"),
+        "tls-client-ca": str(tmp_path / "ca.crt"), "tls-client-cert": "require",
+        "tls-min-version": "TLSv1.3", "tls-ciphers": "ECDHE-RSA-AES256-GCM-SHA384",
+        "tls-groups": "X25519:P-256", "tls-require": "true", "tls-require-on": values["listen"],
+        "tls-user-must-match-cn": "true", "tls-ident-map": str(tmp_path / "ident.conf"),
+        "upstream-sslmode": "verify-full", "upstream-ca": str(tmp_path / "ca.crt"),
+        "upstream-cert": str(tmp_path / "client.crt"), "upstream-key": str(tmp_path / "client.key"),
+    })
     file_only = [n for n in documented_options() if n not in ("config", "check-config")]
     missing = [n for n in file_only if n not in values]
     assert not missing, "add a valid sample value for %s to this test" % missing

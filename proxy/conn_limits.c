@@ -1,6 +1,6 @@
 /* Connection limits: a count in total and a count per client address. See
- * limits.h. */
-#include "limits.h"
+ * conn_limits.h. */
+#include "conn_limits.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

@@ -3,8 +3,8 @@
  * refusal can be a proper FATAL ErrorResponse, as PostgreSQL's "too many
  * clients"), released when the session is freed. One mutex, held for a
  * hash look-up, on session start and end only: never on the forwarding path. */
-#ifndef PGW_LIMITS_H
-#define PGW_LIMITS_H
+#ifndef PGW_CONN_LIMITS_H
+#define PGW_CONN_LIMITS_H
 
 #include <stddef.h>
 #include <stdint.h>
