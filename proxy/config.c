@@ -452,6 +452,7 @@ void pgw_config_free(pgw_config_t *cfg)
 int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
 {
     argv_build_t ab = { 0 };
+    memset(cfg, 0, sizeof *cfg);    /* pgw_config_free is safe whatever happens below */
     const char *path = config_path_arg(argc, argv);
     int rc = -1;
 
