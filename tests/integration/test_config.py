@@ -208,6 +208,10 @@ def test_sighup_reloads_the_log_level_and_names_what_needs_a_restart(tmp_path, p
         ini.write_text(base + "log-level = shouting\n")   # a bad file changes nothing
         p.signal(signal.SIGHUP)
         wait_until(lambda: "nothing changed" in p.log_tail(), 5, what="the refused reload")
+        ini.unlink()                                       # nor does a missing one
+        p.signal(signal.SIGHUP)
+        wait_until(lambda: "cannot read" in p.log_tail(), 5, what="the second refused reload")
+        assert p.alive(), p.log_tail()
         assert held.execute("SELECT 'still open'").fetchone() == ("still open",)
         held.close()
         assert p.alive()
