@@ -76,20 +76,6 @@ typedef struct file_sink {
     _Atomic bool ok;
 } file_sink_t;
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static struct timespec abs_ms(int64_t ms)
 {
     return (struct timespec){ .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
@@ -111,7 +97,7 @@ static const char *shown_path(const file_sink_t *fs)
  * while failures repeat. */
 static void failed(file_sink_t *fs, const char *what, int err)
 {
-    int64_t now = now_ms();
+    int64_t now = pgw_mono_ms();
 
     add(&fs->errors, 1);
     atomic_store(&fs->last_errno, err);
@@ -139,11 +125,11 @@ static bool wait_retry(file_sink_t *fs)
     bool go_on;
 
     pthread_mutex_lock(&fs->mu);
-    if (!fs->stop || now_ms() < fs->stop_deadline_ms) {
-        struct timespec ts = abs_ms(now_ms() + fs->retry_ms);
+    if (!fs->stop || pgw_mono_ms() < fs->stop_deadline_ms) {
+        struct timespec ts = abs_ms(pgw_mono_ms() + fs->retry_ms);
         pthread_cond_timedwait(&fs->work, &fs->mu, &ts);
     }
-    go_on = !fs->stop || now_ms() < fs->stop_deadline_ms;
+    go_on = !fs->stop || pgw_mono_ms() < fs->stop_deadline_ms;
     pthread_mutex_unlock(&fs->mu);
     if (fs->retry_ms < RETRY_MAX_MS)
         fs->retry_ms *= 2;
@@ -202,7 +188,7 @@ static void do_sync(file_sink_t *fs)
     else
         add(&fs->fsyncs, 1);
     fs->dirty = false;
-    fs->last_sync_ms = now_ms();
+    fs->last_sync_ms = pgw_mono_ms();
 }
 
 static void reopen(file_sink_t *fs)
@@ -234,7 +220,7 @@ static void rotate(file_sink_t *fs)
         snprintf(fs->name_b, strlen(fs->path) + 16, "%s.%u", fs->path, i);
         if (rename(src, fs->name_b) != 0 && errno != ENOENT) {
             failed(fs, "rotation (rename)", errno);
-            fs->no_rotate_until_ms = now_ms() + ROTATE_RETRY_MS;
+            fs->no_rotate_until_ms = pgw_mono_ms() + ROTATE_RETRY_MS;
             return;
         }
     }
@@ -395,7 +381,7 @@ static void write_list(file_sink_t *fs, pgw_batch_t *list)
         }
 
         uint64_t room = UINT64_MAX;
-        if (fs->max_bytes && fs->path && now_ms() >= fs->no_rotate_until_ms) {
+        if (fs->max_bytes && fs->path && pgw_mono_ms() >= fs->no_rotate_until_ms) {
             if (fs->fd < 0 && open_file(fs, !fs->mid_line) != 0)
                 fs->size = 0;             /* write_iov will retry and report */
             room = fs->size < fs->max_bytes ? fs->max_bytes - fs->size : 0;
@@ -454,7 +440,7 @@ static void *writer_main(void *arg)
             fs->writer_idle = true;
             if (fs->dirty && fs->fsync_interval_ms) {
                 int64_t due = fs->last_sync_ms + fs->fsync_interval_ms;
-                if (now_ms() >= due) {
+                if (pgw_mono_ms() >= due) {
                     fs->writer_idle = false;
                     break;
                 }
@@ -477,7 +463,7 @@ static void *writer_main(void *arg)
         if (list)
             write_list(fs, list);
         if (fs->fsync_interval_ms &&
-            (want_sync || now_ms() - fs->last_sync_ms >= (int64_t)fs->fsync_interval_ms))
+            (want_sync || pgw_mono_ms() - fs->last_sync_ms >= (int64_t)fs->fsync_interval_ms))
             do_sync(fs);
 
         pthread_mutex_lock(&fs->mu);
@@ -516,14 +502,14 @@ static int fs_submit_batch(pgw_sink_t *s, pgw_batch_t *b)
     /* Block policy. An empty queue takes any batch, so one bigger than the
      * cap cannot wait forever. */
     if (fs->queued_bytes > 0 && fs->queued_bytes + len > fs->max_queued && !fs->unblocked) {
-        int64_t t0 = now_us();
+        int64_t t0 = pgw_mono_us();
         add(&fs->waits, 1);
         fs->room_waiters++;
         while (fs->queued_bytes > 0 && fs->queued_bytes + len > fs->max_queued &&
                !fs->writer_exited && !fs->unblocked)
             pthread_cond_wait(&fs->room, &fs->mu);
         fs->room_waiters--;
-        add(&fs->wait_us, (uint64_t)(now_us() - t0));
+        add(&fs->wait_us, (uint64_t)(pgw_mono_us() - t0));
         if (fs->writer_exited) {
             pthread_mutex_unlock(&fs->mu);
             add(&fs->lost, b->nrecs);
@@ -552,7 +538,7 @@ static int fs_flush(pgw_sink_t *s, int timeout_ms)
 {
     file_sink_t *fs = (file_sink_t *)s;
     int rc = 0;
-    struct timespec deadline = abs_ms(now_ms() + (timeout_ms > 0 ? timeout_ms : 0));
+    struct timespec deadline = abs_ms(pgw_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0));
 
     pthread_mutex_lock(&fs->mu);
     uint64_t target = fs->submitted;
@@ -636,7 +622,7 @@ static void fs_close(pgw_sink_t *s)
 
     pthread_mutex_lock(&fs->mu);
     fs->stop = true;
-    fs->stop_deadline_ms = now_ms() + fs->close_timeout_ms;
+    fs->stop_deadline_ms = pgw_mono_ms() + fs->close_timeout_ms;
     pthread_cond_signal(&fs->work);
     pthread_mutex_unlock(&fs->mu);
     pthread_join(fs->thread, NULL);
@@ -685,13 +671,13 @@ int pgw_file_sink_open(const pgw_file_sink_config_t *cfg, pgw_sink_t **out)
     fs->max_queued = cfg->max_queued_bytes ? cfg->max_queued_bytes : FILE_MAX_QUEUED_DEFAULT;
     fs->retry_ms = RETRY_MIN_MS;
     fs->fd = -1;
-    fs->last_sync_ms = now_ms();
+    fs->last_sync_ms = pgw_mono_ms();
     atomic_init(&fs->ok, true);
     pgw_sink_base_init(&fs->base, &file_sink_ops, &cfg->limits);
 
     pthread_mutex_init(&fs->mu, NULL);
     pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);   /* deadlines use now_ms() */
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);   /* deadlines use pgw_mono_ms() */
     pthread_cond_init(&fs->work, &ca);
     pthread_cond_init(&fs->room, &ca);
     pthread_cond_init(&fs->done, &ca);

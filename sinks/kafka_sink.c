@@ -90,20 +90,6 @@ typedef struct kafka_sink {
     _Atomic bool ok;
 } kafka_sink_t;
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static struct timespec abs_real_ms(int ms)
 {
     struct timespec ts;
@@ -185,7 +171,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     }
     add(&ks->delivery_errors, 1);
     atomic_store(&ks->ok, false);
-    int64_t now = mono_ms();
+    int64_t now = pgw_mono_ms();
     if (m->err != RD_KAFKA_RESP_ERR__PURGE_QUEUE && m->err != RD_KAFKA_RESP_ERR__PURGE_INFLIGHT &&
         now - ks->last_err_log_ms >= ERROR_LOG_EVERY_MS) {
         ks->last_err_log_ms = now;
@@ -209,7 +195,7 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         return;
     }
     atomic_store(&ks->ok, false);
-    int64_t now = mono_ms();
+    int64_t now = pgw_mono_ms();
     if (now - ks->last_err_log_ms >= ERROR_LOG_EVERY_MS ||
         err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
         ks->last_err_log_ms = now;
@@ -269,8 +255,8 @@ static void restart_producer(kafka_sink_t *ks)
     pthread_mutex_unlock(&ks->mu);
 
     rd_kafka_purge(old, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-    int64_t until = mono_ms() + RESTART_DRAIN_MS;
-    while (rd_kafka_outq_len(old) > 0 && mono_ms() < until)
+    int64_t until = pgw_mono_ms() + RESTART_DRAIN_MS;
+    while (rd_kafka_outq_len(old) > 0 && pgw_mono_ms() < until)
         rd_kafka_poll(old, 50);
     int left = rd_kafka_outq_len(old);
     if (left > 0)
@@ -348,7 +334,7 @@ static void make_room(kafka_sink_t *ks, size_t len)
 {
     if (atomic_load(&ks->spool.bytes) + len <= ks->spool_max)
         return;
-    int64_t t0 = mono_us();
+    int64_t t0 = pgw_mono_us();
     bool logged = false;
     pthread_mutex_lock(&ks->mu);
     while (!ks->unblocked && atomic_load(&ks->spool.bytes) + len > ks->spool_max) {
@@ -362,7 +348,7 @@ static void make_room(kafka_sink_t *ks, size_t len)
     }
     pthread_mutex_unlock(&ks->mu);
     add(&ks->waits, 1);
-    add(&ks->wait_us, (uint64_t)(mono_us() - t0));
+    add(&ks->wait_us, (uint64_t)(pgw_mono_us() - t0));
 }
 
 static void drop_batch(kafka_sink_t *ks, lane_t *l, pgw_batch_t *b)
@@ -585,9 +571,9 @@ static int k_submit_batch(pgw_sink_t *s, pgw_batch_t *b)
 static int k_flush(pgw_sink_t *s, int timeout_ms)
 {
     kafka_sink_t *ks = (kafka_sink_t *)s;
-    int64_t until = timeout_ms < 0 ? INT64_MAX : mono_ms() + timeout_ms;
+    int64_t until = timeout_ms < 0 ? INT64_MAX : pgw_mono_ms() + timeout_ms;
     pthread_mutex_lock(&ks->mu);
-    while (atomic_load(&ks->outstanding) > 0 && mono_ms() < until) {
+    while (atomic_load(&ks->outstanding) > 0 && pgw_mono_ms() < until) {
         struct timespec ts = abs_real_ms(50);
         pthread_cond_timedwait(&ks->acked, &ks->mu, &ts);
     }

@@ -168,16 +168,9 @@ int pgw_sink_submit_as_batch(pgw_sink_t *s, const void *line, size_t len, pgw_st
 
 /* ------------------------------------------------------------ producers */
 
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static inline int64_t producer_now(const pgw_sink_producer_t *p)
 {
-    return p->now_us ? p->now_us : mono_us();
+    return p->now_us ? p->now_us : pgw_mono_us();
 }
 
 /* Single writer: a relaxed load and store, no locked instruction. */

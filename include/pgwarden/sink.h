@@ -27,9 +27,19 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "pgwarden/event.h"
 #include "pgwarden/json.h"
+
+/* CLOCK_MONOTONIC, for the sinks' delays and timeouts. */
+static inline int64_t pgw_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+static inline int64_t pgw_mono_ms(void) { return pgw_mono_us() / 1000; }
 
 /* ------------------------------------------------------------ batches */
 
