@@ -128,6 +128,89 @@ static const char *const dir_label[PGW_DIR_N] = {
     [PGW_DIR_FRONTEND] = "client_to_server", [PGW_DIR_BACKEND] = "server_to_client",
 };
 
+/* A label value as the text format wants it: \\, \" and \n escaped. */
+static const char *label_value(const char *in, char *buf, size_t size)
+{
+    size_t o = 0;
+    for (; *in && o + 3 < size; in++) {
+        if (*in == '\\' || *in == '"' || *in == '\n') {
+            buf[o++] = '\\';
+            buf[o++] = *in == '\n' ? 'n' : *in;
+        } else {
+            buf[o++] = *in;
+        }
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+static void put_quantile(out_t *o, const char *broker, const char *q, int64_t us)
+{
+    if (us < 0)
+        put(o, "pgwarden_kafka_broker_rtt_seconds{broker=\"%s\",quantile=\"%s\"} NaN\n", broker, q);
+    else
+        put(o, "pgwarden_kafka_broker_rtt_seconds{broker=\"%s\",quantile=\"%s\"} %.6f\n", broker, q,
+            (double)us / 1e6);
+}
+
+/* What librdkafka's statistics tell: the producer queue and each broker. */
+static void render_kafka_client(out_t *o, pgw_sink_t *sink)
+{
+    pgw_kafka_client_stats_t *st = malloc(sizeof *st);
+    if (!st) {
+        o->failed = 1;
+        return;
+    }
+    pgw_kafka_sink_client_stats(sink, st);
+    if (st->documents == 0)
+        goto out;                   /* statistics.interval.ms=0, or none yet */
+    head(o, "pgwarden_kafka_producer_queue_messages", "gauge",
+         "Events in the Kafka producer's queues, waiting to be sent or acknowledged (librdkafka msg_cnt).");
+    put(o, "pgwarden_kafka_producer_queue_messages %llu\n", (unsigned long long)st->queue_messages);
+    head(o, "pgwarden_kafka_producer_queue_bytes", "gauge",
+         "Bytes of those events (librdkafka msg_size).");
+    put(o, "pgwarden_kafka_producer_queue_bytes %llu\n", (unsigned long long)st->queue_bytes);
+    char names[PGW_KAFKA_BROKERS_MAX][2 * PGW_KAFKA_BROKER_NAME_MAX];
+    for (size_t i = 0; i < st->nbrokers; i++)
+        label_value(st->brokers[i].name, names[i], sizeof names[i]);
+    head(o, "pgwarden_kafka_broker_up", "gauge",
+         "1 when the connection to the broker is up (librdkafka state UP), per the latest statistics.");
+    for (size_t i = 0; i < st->nbrokers; i++)
+        if (st->brokers[i].present)
+            put(o, "pgwarden_kafka_broker_up{broker=\"%s\"} %d\n", names[i], st->brokers[i].up ? 1 : 0);
+    head(o, "pgwarden_kafka_broker_rtt_seconds", "summary",
+         "Round-trip time of requests to the broker: quantiles over the latest statistics interval "
+         "(NaN: no answer in it), sum and count over all.");
+    for (size_t i = 0; i < st->nbrokers; i++) {
+        const pgw_kafka_broker_stats_t *b = &st->brokers[i];
+        put_quantile(o, names[i], "0.5", b->rtt_p50_us);
+        put_quantile(o, names[i], "0.99", b->rtt_p99_us);
+        put(o, "pgwarden_kafka_broker_rtt_seconds_sum{broker=\"%s\"} %.6f\n", names[i],
+            (double)b->rtt_sum_us / 1e6);
+        put(o, "pgwarden_kafka_broker_rtt_seconds_count{broker=\"%s\"} %llu\n", names[i],
+            (unsigned long long)b->rtt_count);
+    }
+    head(o, "pgwarden_kafka_broker_errors_total", "counter",
+         "Errors talking to the broker: send and receive errors, request timeouts, lost connections.");
+    for (size_t i = 0; i < st->nbrokers; i++) {
+        const pgw_kafka_broker_stats_t *b = &st->brokers[i];
+        const struct { const char *kind; uint64_t v; } kinds[] = {
+            { "tx", b->tx_errors }, { "rx", b->rx_errors }, { "timeout", b->timeouts },
+            { "disconnect", b->disconnects },
+        };
+        for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
+            put(o, "pgwarden_kafka_broker_errors_total{broker=\"%s\",kind=\"%s\"} %llu\n", names[i],
+                kinds[k].kind, (unsigned long long)kinds[k].v);
+    }
+    head(o, "pgwarden_kafka_broker_connects_total", "counter",
+         "Connection attempts to the broker, failed ones included.");
+    for (size_t i = 0; i < st->nbrokers; i++)
+        put(o, "pgwarden_kafka_broker_connects_total{broker=\"%s\"} %llu\n", names[i],
+            (unsigned long long)st->brokers[i].connects);
+out:
+    free(st);
+}
+
 static uint64_t resident_bytes(void)
 {
     FILE *f = fopen("/proc/self/statm", "r");
@@ -267,6 +350,13 @@ int pgw_metrics_render(pgw_worker_t *w, int n, pgw_sink_t *sink, char **buf, siz
         put(&o, "pgwarden_kafka_spool_written_bytes_total %llu\n", (unsigned long long)k.spool_bytes_written);
         head(&o, "pgwarden_kafka_unacknowledged_events", "gauge", "Events produced, not yet acknowledged.");
         put(&o, "pgwarden_kafka_unacknowledged_events %llu\n", (unsigned long long)k.outstanding);
+        if (sink->durable) {
+            head(&o, "pgwarden_spool_oldest_unacknowledged_age_seconds", "gauge",
+                 "Age of the oldest event in the spool that Kafka has not acknowledged; 0 when none.");
+            put(&o, "pgwarden_spool_oldest_unacknowledged_age_seconds %.3f\n",
+                (double)k.oldest_unacked_us / 1e6);
+        }
+        render_kafka_client(&o, sink);
     }
 
     head(&o, "pgwarden_analysis_cache_hits_total", "counter", "SQL strings found in the analysis cache.");

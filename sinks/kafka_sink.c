@@ -14,7 +14,15 @@
  * in flight when the producer had to be replaced are kept in memory
  * (resend list) and produced again. Only an acknowledged event releases
  * its segment, so whatever was not acknowledged when pgwarden stops, or
- * crashes, is sent again by the next start (at-least-once). */
+ * crashes, is sent again by the next start (at-least-once).
+ *
+ * Observing. Each event's message points to its span: the events one lane
+ * appended to one segment within one second. Spans are listed oldest
+ * first, so the age of the oldest unacknowledged event is the age of the
+ * first span that still has one: O(lanes) at scrape time, one atomic add
+ * per batch when producing. librdkafka's statistics documents are read on
+ * the poll thread (rd_kafka_poll serves the callback) into a small struct
+ * under stats_mu, which the metrics scrape copies. */
 #include "pgwarden/sink.h"
 
 #include <errno.h>
@@ -23,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "log.h"
@@ -35,10 +44,22 @@
 #define POLL_MS 50
 #define RESTART_DRAIN_MS 5000       /* waiting for a failed producer's reports */
 #define ERROR_LOG_EVERY_MS 10000
+#define STATS_INTERVAL_MS_DEFAULT "5000"
+#define SPAN_US 1000000             /* a span takes a lane's appends for this long */
+#define SPAN_OPEN (1ull << 40)      /* a span's reference while its lane appends to it */
+
+/* The events one lane appended to one segment within SPAN_US: what ages
+ * are measured on. */
+typedef struct span {
+    struct span *next, *prev;       /* in kafka_sink_t.spans, oldest first (spans_mu) */
+    pgw_spool_seg_t *seg;           /* held by each of its events, not by the span */
+    int64_t first_us;               /* wall clock of its first append */
+    _Atomic uint64_t refs;          /* SPAN_OPEN while open, + 1 per unacknowledged event */
+} span_t;
 
 typedef struct resend {
     struct resend *next;
-    pgw_spool_seg_t *seg;
+    span_t *span;
     size_t key_len, value_len;
     uint8_t data[];                 /* key, then value */
 } resend_t;
@@ -48,6 +69,7 @@ typedef struct lane {
     pgw_spool_writer_t writer;
     pgw_jbuf_t out;                 /* records of one append */
     pgw_spool_seg_t **holders;      /* scratch: segment per event */
+    span_t *span;                   /* open, or NULL; its owner thread only */
 } lane_t;
 
 typedef struct kafka_sink {
@@ -82,6 +104,15 @@ typedef struct kafka_sink {
     char host[256], instance[40];
     pgw_uuid7_t uuid;               /* poll thread only */
 
+    pthread_mutex_t spans_mu;       /* the list, and a span's freeing */
+    span_t *spans, *spans_tail;
+    span_t *replay_span;            /* open only while the spool is replayed */
+
+    pthread_mutex_t stats_mu;
+    pgw_kafka_client_stats_t rdstats; /* totals of every document (stats_mu) */
+    pgw_kafka_client_stats_t rdlast;  /* the latest document (poll thread) */
+    char rdclient[128];               /* whose it was (poll thread) */
+
     _Atomic uint64_t produced, delivered, delivery_errors, resent, replayed, restarts;
     _Atomic uint64_t dropped, gaps, outstanding, bytes, batches, waits, wait_us, lost;
     _Atomic uint64_t write_errors;
@@ -108,10 +139,86 @@ static inline void add(_Atomic uint64_t *c, uint64_t n)
     atomic_fetch_add_explicit(c, n, memory_order_relaxed);
 }
 
+/* ------------------------------------------------------------ spans */
+
+/* A new open span of seg, last in the list. NULL when out of memory. */
+static span_t *span_open(kafka_sink_t *ks, pgw_spool_seg_t *seg, int64_t first_us)
+{
+    span_t *sp = malloc(sizeof *sp);
+    if (!sp)
+        return NULL;
+    sp->seg = seg;
+    sp->first_us = first_us;
+    atomic_init(&sp->refs, SPAN_OPEN);
+    sp->next = NULL;
+    pthread_mutex_lock(&ks->spans_mu);
+    sp->prev = ks->spans_tail;
+    if (ks->spans_tail)
+        ks->spans_tail->next = sp;
+    else
+        ks->spans = sp;
+    ks->spans_tail = sp;
+    pthread_mutex_unlock(&ks->spans_mu);
+    return sp;
+}
+
+static void span_release(kafka_sink_t *ks, span_t *sp, uint64_t n)
+{
+    if (atomic_fetch_sub(&sp->refs, n) != n)
+        return;
+    pthread_mutex_lock(&ks->spans_mu);
+    if (sp->prev)
+        sp->prev->next = sp->next;
+    else
+        ks->spans = sp->next;
+    if (sp->next)
+        sp->next->prev = sp->prev;
+    else
+        ks->spans_tail = sp->prev;
+    pthread_mutex_unlock(&ks->spans_mu);
+    free(sp);
+}
+
+/* The span for n events just appended to seg by lane l (its own thread),
+ * holding them; a new one when the segment changed or the open one is
+ * SPAN_US old. NULL when out of memory: the events then keep their
+ * segment until the next start sends them again. */
+static span_t *lane_span(kafka_sink_t *ks, lane_t *l, pgw_spool_seg_t *seg, uint64_t n)
+{
+    int64_t now = pgw_event_now_us();
+    span_t *sp = l->span;
+    if (!sp || sp->seg != seg || now - sp->first_us >= SPAN_US || now < sp->first_us) {
+        if (sp)
+            span_release(ks, sp, SPAN_OPEN);
+        sp = l->span = span_open(ks, seg, now);
+        if (!sp) {
+            pgw_error("kafka: out of memory tracking %" PRIu64 " event(s); they stay in the spool "
+                      "for the next start", n);
+            return NULL;
+        }
+    }
+    atomic_fetch_add_explicit(&sp->refs, n, memory_order_relaxed);
+    return sp;
+}
+
+/* Age of the oldest event not yet acknowledged, 0 when none. */
+static int64_t oldest_unacked_us(kafka_sink_t *ks)
+{
+    int64_t age = 0, now = pgw_event_now_us();
+    pthread_mutex_lock(&ks->spans_mu);
+    for (span_t *sp = ks->spans; sp; sp = sp->next)
+        if (atomic_load_explicit(&sp->refs, memory_order_relaxed) & (SPAN_OPEN - 1)) {
+            age = now - sp->first_us;
+            break;
+        }
+    pthread_mutex_unlock(&ks->spans_mu);
+    return age > 0 ? age : 0;
+}
+
 /* ------------------------------------------------------------ producing */
 
 static void to_resend(kafka_sink_t *ks, const void *key, size_t klen, const void *val, size_t vlen,
-                      pgw_spool_seg_t *seg)
+                      span_t *span)
 {
     resend_t *r = malloc(sizeof *r + klen + vlen);
     if (!r) {
@@ -123,7 +230,7 @@ static void to_resend(kafka_sink_t *ks, const void *key, size_t klen, const void
         return;
     }
     r->next = NULL;
-    r->seg = seg;
+    r->span = span;
     r->key_len = klen;
     r->value_len = vlen;
     if (klen)
@@ -136,32 +243,34 @@ static void to_resend(kafka_sink_t *ks, const void *key, size_t klen, const void
 }
 
 /* One event to librdkafka; on failure it goes to the resend list. Each call
- * is one outstanding event until its delivery report. Caller holds rk_lock
- * (read). */
+ * is one outstanding event until its delivery report; span (NULL without a
+ * spool) holds it. Caller holds rk_lock (read). */
 static void produce_locked(kafka_sink_t *ks, const void *key, size_t klen, const void *val,
-                           size_t vlen, pgw_spool_seg_t *seg)
+                           size_t vlen, span_t *span)
 {
     rd_kafka_resp_err_t err = rd_kafka_producev(
         ks->rk, RD_KAFKA_V_RKT(ks->rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_VALUE((void *)(uintptr_t)val, vlen),
-        RD_KAFKA_V_KEY(klen ? key : NULL, klen), RD_KAFKA_V_OPAQUE(seg), RD_KAFKA_V_END);
+        RD_KAFKA_V_KEY(klen ? key : NULL, klen), RD_KAFKA_V_OPAQUE(span), RD_KAFKA_V_END);
     add(&ks->produced, 1);
     if (err)
-        to_resend(ks, key, klen, val, vlen, seg);
+        to_resend(ks, key, klen, val, vlen, span);
 }
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     kafka_sink_t *ks = opaque;
-    pgw_spool_seg_t *seg = m->_private;
+    span_t *span = m->_private;
     if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         add(&ks->delivered, 1);
         add(&ks->bytes, m->len);
         atomic_store(&ks->last_delivery_us, pgw_event_now_us());
         if (!atomic_exchange(&ks->ok, true))
             pgw_info("kafka: delivering to %s again", ks->topic);
-        if (seg)
-            pgw_spool_seg_release(seg, 1);
+        if (span) {
+            pgw_spool_seg_release(span->seg, 1);
+            span_release(ks, span, 1);
+        }
         if (atomic_fetch_sub(&ks->outstanding, 1) == 1) {
             pthread_mutex_lock(&ks->mu);
             pthread_cond_broadcast(&ks->acked);
@@ -178,7 +287,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         pgw_error("kafka: delivery to %s failed: %s; sending again", ks->topic,
                   rd_kafka_err2str(m->err));
     }
-    to_resend(ks, m->key, m->key_len, m->payload, m->len, seg);
+    to_resend(ks, m->key, m->key_len, m->payload, m->len, span);
 }
 
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -201,6 +310,34 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         ks->last_err_log_ms = now;
         pgw_error("kafka: %s: %s (events wait in the spool)", rd_kafka_err2name(err), reason);
     }
+}
+
+/* Served by rd_kafka_poll: the poll thread (or the sink's opening and
+ * closing thread, which poll only when it is not running). */
+static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    kafka_sink_t *ks = opaque;
+    pgw_kafka_client_stats_t *doc = malloc(sizeof *doc);
+    char client[sizeof ks->rdclient];
+    if (!doc)
+        return 0;
+    if (pgw_kafka_rdstats_read(json, len, doc, client, sizeof client) != 0) {
+        pthread_mutex_lock(&ks->stats_mu);
+        ks->rdstats.unreadable++;
+        pthread_mutex_unlock(&ks->stats_mu);
+        pgw_debug("kafka: a statistics document was not the expected JSON");
+        free(doc);
+        return 0;
+    }
+    /* A replaced producer's counters start again from zero. */
+    bool same = strcmp(client, ks->rdclient) == 0;
+    pthread_mutex_lock(&ks->stats_mu);
+    pgw_kafka_rdstats_merge(&ks->rdstats, same ? &ks->rdlast : NULL, doc);
+    pthread_mutex_unlock(&ks->stats_mu);
+    ks->rdlast = *doc;
+    memcpy(ks->rdclient, client, sizeof ks->rdclient);
+    free(doc);
+    return 0;                       /* librdkafka frees json */
 }
 
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
@@ -281,7 +418,7 @@ static void send_resends(kafka_sink_t *ks)
     while (list) {
         resend_t *r = list;
         list = r->next;
-        produce_locked(ks, r->data, r->key_len, r->data + r->key_len, r->value_len, r->seg);
+        produce_locked(ks, r->data, r->key_len, r->data + r->key_len, r->value_len, r->span);
         add(&ks->resent, 1);
         free(r);
     }
@@ -478,6 +615,7 @@ static void spool_and_produce(kafka_sink_t *ks, lane_t *l, pgw_batch_t *b)
 
     if (!nsend)
         return;
+    span_t *span = seg ? lane_span(ks, l, seg, nsend) : NULL;
     add(&ks->outstanding, nsend);
     pthread_rwlock_rdlock(&ks->rk_lock);
     for (size_t i = 0; i < b->nrecs; i++) {
@@ -486,7 +624,7 @@ static void spool_and_produce(kafka_sink_t *ks, lane_t *l, pgw_batch_t *b)
             continue;
         size_t s = pgw_batch_start(b, i), k0 = i ? b->recs[i - 1].key_end : 0;
         produce_locked(ks, b->keys.data + k0, r->key_end - k0, b->data.data + s, r->end - s - 1,
-                       seg);
+                       span);
     }
     pthread_rwlock_unlock(&ks->rk_lock);
 }
@@ -617,6 +755,7 @@ void pgw_kafka_sink_stats(pgw_sink_t *s, pgw_kafka_stats_t *st)
     st->gap_events = atomic_load(&ks->gaps);
     st->spool_bytes = ks->spooled ? atomic_load(&ks->spool.bytes) : 0;
     st->outstanding = atomic_load(&ks->outstanding);
+    st->oldest_unacked_us = ks->spooled ? oldest_unacked_us(ks) : 0;
     pthread_mutex_lock(&ks->mu);
     for (lane_t *l = ks->lanes; l; l = l->next) {
         st->spool_writes += l->writer.writes;
@@ -624,6 +763,14 @@ void pgw_kafka_sink_stats(pgw_sink_t *s, pgw_kafka_stats_t *st)
         st->spool_write_errors += l->writer.write_errors;
     }
     pthread_mutex_unlock(&ks->mu);
+}
+
+void pgw_kafka_sink_client_stats(pgw_sink_t *s, pgw_kafka_client_stats_t *out)
+{
+    kafka_sink_t *ks = (kafka_sink_t *)s;
+    pthread_mutex_lock(&ks->stats_mu);
+    *out = ks->rdstats;
+    pthread_mutex_unlock(&ks->stats_mu);
 }
 
 int pgw_kafka_sink_inject_fatal(pgw_sink_t *s)
@@ -664,7 +811,12 @@ static void free_sink(kafka_sink_t *ks)
         rd_kafka_destroy(ks->rk);
     if (ks->conf)
         rd_kafka_conf_destroy(ks->conf);
-    /* After the producer: its messages point into segments. */
+    /* After the producer: its messages point to spans and segments. */
+    while (ks->spans) {
+        span_t *sp = ks->spans;
+        ks->spans = sp->next;
+        free(sp);
+    }
     while (ks->lanes) {
         lane_t *l = ks->lanes;
         ks->lanes = l->next;
@@ -675,6 +827,8 @@ static void free_sink(kafka_sink_t *ks)
     pthread_key_delete(ks->lane_key);
     pthread_rwlock_destroy(&ks->rk_lock);
     pthread_mutex_destroy(&ks->mu);
+    pthread_mutex_destroy(&ks->spans_mu);
+    pthread_mutex_destroy(&ks->stats_mu);
     pthread_cond_destroy(&ks->room);
     pthread_cond_destroy(&ks->acked);
     free(ks->topic);
@@ -731,12 +885,29 @@ static int set_prop(rd_kafka_conf_t *conf, const char *name, const char *value)
     return 0;
 }
 
+/* A segment of an earlier run is one span, as old as its file's last
+ * change (its events are at least that old). */
 static void replay_one(void *ud, pgw_spool_seg_t *seg, const pgw_spool_rec_t *r)
 {
     kafka_sink_t *ks = ud;
+    span_t *sp = ks->replay_span;
+    if (!sp || sp->seg != seg) {
+        if (sp)
+            span_release(ks, sp, SPAN_OPEN);
+        struct stat st;
+        int64_t t = stat(seg->path, &st) == 0
+                  ? (int64_t)st.st_mtim.tv_sec * 1000000 + st.st_mtim.tv_nsec / 1000
+                  : pgw_event_now_us();
+        sp = ks->replay_span = span_open(ks, seg, t);
+        if (!sp)
+            pgw_error("kafka: out of memory tracking replayed events; they stay in the spool "
+                      "for the next start");
+    }
+    if (sp)
+        atomic_fetch_add_explicit(&sp->refs, 1, memory_order_relaxed);
     add(&ks->outstanding, 1);
     add(&ks->replayed, 1);
-    produce_locked(ks, r->key, r->key_len, r->value, r->value_len, seg);
+    produce_locked(ks, r->key, r->key_len, r->value, r->value_len, sp);
 }
 
 int pgw_kafka_sink_open(const pgw_kafka_sink_config_t *cfg, pgw_sink_t **out)
@@ -748,6 +919,8 @@ int pgw_kafka_sink_open(const pgw_kafka_sink_config_t *cfg, pgw_sink_t **out)
     pgw_sink_base_init(&ks->base, &kafka_ops, &cfg->limits);
     pthread_rwlock_init(&ks->rk_lock, NULL);
     pthread_mutex_init(&ks->mu, NULL);
+    pthread_mutex_init(&ks->spans_mu, NULL);
+    pthread_mutex_init(&ks->stats_mu, NULL);
     pthread_cond_init(&ks->room, NULL);
     pthread_cond_init(&ks->acked, NULL);
     pthread_key_create(&ks->lane_key, NULL);
@@ -786,6 +959,7 @@ int pgw_kafka_sink_open(const pgw_kafka_sink_config_t *cfg, pgw_sink_t **out)
         { "queue.buffering.max.messages", "10000000" },
         { "queue.buffering.max.kbytes", qkb },
         { "client.id", "pgwarden" },
+        { "statistics.interval.ms", STATS_INTERVAL_MS_DEFAULT }, /* the broker metrics; 0: none */
     };
     rc = -EINVAL;
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
@@ -806,6 +980,7 @@ int pgw_kafka_sink_open(const pgw_kafka_sink_config_t *cfg, pgw_sink_t **out)
     rd_kafka_conf_set_dr_msg_cb(ks->conf, on_delivery);
     rd_kafka_conf_set_error_cb(ks->conf, on_error);
     rd_kafka_conf_set_log_cb(ks->conf, on_log);
+    rd_kafka_conf_set_stats_cb(ks->conf, on_stats);
     if ((rc = create_producer(ks, &ks->rk, &ks->rkt)) != 0)
         goto fail;
 
@@ -819,6 +994,9 @@ int pgw_kafka_sink_open(const pgw_kafka_sink_config_t *cfg, pgw_sink_t **out)
         pthread_rwlock_rdlock(&ks->rk_lock);
         ssize_t n = pgw_spool_replay(&ks->spool, replay_one, ks, &ks->replayed_segs);
         pthread_rwlock_unlock(&ks->rk_lock);
+        if (ks->replay_span)
+            span_release(ks, ks->replay_span, SPAN_OPEN);
+        ks->replay_span = NULL;
         if (n < 0) {
             rc = (int)n;
             goto fail;

@@ -265,7 +265,50 @@ typedef struct pgw_kafka_stats {
     uint64_t spool_bytes_written; /* records appended, all time (bytes per event: / produced) */
     uint64_t spool_write_errors;
     uint64_t outstanding;        /* produced, not yet acknowledged */
+    /* Age of the oldest event in the spool not yet acknowledged (0: none),
+     * to within the second of its append. */
+    int64_t oldest_unacked_us;
 } pgw_kafka_stats_t;
+
+/* What librdkafka's statistics (statistics.interval.ms) said about a
+ * broker, as read by pgw_kafka_rdstats_read; counters are made monotonic
+ * across producer replacements by pgw_kafka_rdstats_merge. */
+#define PGW_KAFKA_BROKER_NAME_MAX 128
+#define PGW_KAFKA_BROKERS_MAX 32
+typedef struct pgw_kafka_broker_stats {
+    char name[PGW_KAFKA_BROKER_NAME_MAX]; /* librdkafka's "host:port/id" */
+    bool present;                /* in the latest document */
+    bool up;                     /* state UP in the latest document */
+    int64_t rtt_p50_us, rtt_p99_us; /* over the latest interval; -1: no request answered */
+    uint64_t rtt_sum_us, rtt_count; /* of every interval */
+    uint64_t tx_errors, rx_errors, timeouts, disconnects, connects;
+} pgw_kafka_broker_stats_t;
+
+typedef struct pgw_kafka_client_stats {
+    uint64_t documents;          /* statistics documents read; 0: nothing known yet */
+    uint64_t unreadable;         /* documents that were not the expected JSON */
+    uint64_t queue_messages, queue_bytes; /* producer queues (msg_cnt, msg_size) */
+    size_t nbrokers;
+    pgw_kafka_broker_stats_t brokers[PGW_KAFKA_BROKERS_MAX];
+} pgw_kafka_client_stats_t;
+
+/* Reads one statistics document (JSON, len bytes, need not end in NUL)
+ * into *out: the producer queue and the cluster's brokers (the bootstrap
+ * and internal pseudo-brokers are left out), counters as librdkafka has
+ * them. *client (may be NULL) gets the document's client instance name.
+ * Returns 0, or -EINVAL when it is not a producer statistics object. */
+int pgw_kafka_rdstats_read(const char *json, size_t len, pgw_kafka_client_stats_t *out,
+                           char *client, size_t client_size);
+/* Folds a document read by pgw_kafka_rdstats_read into the running totals
+ * *acc: counters grow by what they grew since prev, the same client's
+ * previous document (NULL for a new client: all of it counts). A counter
+ * that went down counts from zero again, so acc's never decrease; the
+ * gauges and rtt quantiles are the document's. Brokers past
+ * PGW_KAFKA_BROKERS_MAX are left out. */
+void pgw_kafka_rdstats_merge(pgw_kafka_client_stats_t *acc, const pgw_kafka_client_stats_t *prev,
+                             const pgw_kafka_client_stats_t *doc);
+/* The sink's latest statistics (documents == 0: none yet, or disabled). */
+void pgw_kafka_sink_client_stats(pgw_sink_t *s, pgw_kafka_client_stats_t *out);
 
 /* Creates the producer (idempotent, acks=all, lz4, key = session id) and
  * its poll thread, opens the spool and sends again what an earlier run
