@@ -424,3 +424,108 @@ def test_readyz_reports_the_kafka_sink(kafka, topic, pg, start_proxy, tmp_path):
     wait_until(lambda: status_or_none(port, "/readyz") == 200, 60, what="readyz 200 again")
     with p.connect() as c:
         assert c.execute("SELECT 3").fetchone() == (3,)
+
+
+def _kafka_metrics(port):
+    from test_metrics import http_get, promtool_check, samples
+    status, _, text = http_get(port, "/metrics")
+    assert status == 200
+    promtool_check(text)
+    return text, samples(text)
+
+
+def _scraped_when(port, cond):
+    """The samples of a scrape for which cond(samples) holds, else None
+    (also while the endpoint does not answer yet)."""
+    try:
+        s = _kafka_metrics(port)[1]
+    except OSError:
+        return None
+    return s if cond(s) else None
+
+
+def test_broker_and_spool_metrics_follow_an_outage(kafka, topic, pg, start_proxy, tmp_path):
+    """librdkafka's statistics (every 500 ms here) give the broker's
+    round-trip time, state and errors and the producer queue; the spool
+    gives the age of its oldest unacknowledged event. While the broker is
+    stopped that age grows and the broker is down with errors counted; a
+    restart with the broker still down replays the spool and reports its
+    age at once; once the broker is back everything is acknowledged and the
+    age is 0 again. promtool accepts every scrape."""
+    from test_metrics import REPO
+    spool = tmp_path / "spool"
+    port = free_port()
+    args = kafka_args(kafka, topic, spool, "--metrics-listen", "127.0.0.1:%d" % port,
+                      "--kafka-property", "statistics.interval.ms=500")
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=args)
+    broker = '{broker="%s/1"' % kafka.bootstrap
+    up = "pgwarden_kafka_broker_up%s}" % broker
+    p50 = 'pgwarden_kafka_broker_rtt_seconds%s,quantile="0.5"}' % broker
+    age = "pgwarden_spool_oldest_unacknowledged_age_seconds"
+
+    def errors(s):
+        return sum(v for k, v in s.items() if k.startswith("pgwarden_kafka_broker_errors_total" + broker))
+
+    # A workload until a statistics interval saw requests answered.
+    def rtt_seen():
+        with p.connect() as c:
+            for i in range(20):
+                c.execute("SELECT %s::int" % i)
+        return _scraped_when(port, lambda s: s.get(p50, float("nan")) > 0)
+
+    s = wait_until(rtt_seen, 60, interval=0.2, what="a broker round-trip time in the metrics")
+    assert 0 < s[p50] < 1.0, s[p50]
+    assert s[p50] <= s['pgwarden_kafka_broker_rtt_seconds%s,quantile="0.99"}' % broker] < 5.0
+    assert s["pgwarden_kafka_broker_rtt_seconds_count%s}" % broker] > 0
+    assert 0 < s["pgwarden_kafka_broker_rtt_seconds_sum%s}" % broker] < \
+        s["pgwarden_kafka_broker_rtt_seconds_count%s}" % broker]
+    assert s[up] == 1
+    assert s["pgwarden_kafka_broker_connects_total%s}" % broker] >= 1
+    assert "pgwarden_kafka_producer_queue_messages" in s and "pgwarden_kafka_producer_queue_bytes" in s
+    s = wait_until(lambda: _scraped_when(port, lambda s: s[age] == 0 and
+                                         s["pgwarden_kafka_unacknowledged_events"] == 0),
+                   30, interval=0.2, what="everything acknowledged, age 0")
+    errors_before = errors(s)
+
+    # The Grafana dashboard's Kafka panels ask for metrics exported here.
+    text, s = _kafka_metrics(port)
+    exported = {re.sub(r"\{.*", "", k) for k in s} | set(re.findall(r"^# TYPE (\w+) ", text, re.M))
+    dash = json.load(open(REPO / "packaging" / "grafana-dashboard.json"))
+    used = {n for panel in dash["panels"] for t in panel["targets"]
+            for n in re.findall(r"\bpgwarden_\w+", t["expr"])}
+    assert {"pgwarden_kafka_broker_rtt_seconds", "pgwarden_spool_oldest_unacknowledged_age_seconds"} <= used
+    assert used <= exported, "dashboard uses %s, not exported" % (used - exported)
+
+    kafka.stop()
+    try:
+        with p.connect() as c:
+            for i in range(30):
+                c.execute("SELECT %s::int + 100" % i)      # events that cannot be delivered now
+        s = wait_until(lambda: _scraped_when(port, lambda s: s[up] == 0 and errors(s) > errors_before),
+                       60, interval=0.25, what="the broker reported down, with errors")
+        a1 = wait_until(lambda: _scraped_when(port, lambda s: s[age] > 0), 10,
+                        what="an unacknowledged age")[age]
+        time.sleep(3)
+        s = _kafka_metrics(port)[1]
+        assert s[age] >= a1 + 2, (a1, s[age])
+        assert s[age] < 120
+        assert s["pgwarden_kafka_unacknowledged_events"] >= 30
+        assert s["pgwarden_kafka_producer_queue_messages"] >= 1 or s["pgwarden_kafka_resent_total"] > 0
+
+        # A crash with the broker still down: the next start replays the
+        # spool, and its events are at least as old as the segment's file.
+        p.kill()
+        q = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=args)
+        s = wait_until(lambda: _scraped_when(port, lambda s: s.get(age, 0) > 0), 15,
+                       what="the replayed events' age")
+        assert s["pgwarden_kafka_replayed_total"] >= 30
+        assert s[age] < 120
+    finally:
+        kafka.start()
+    s = wait_until(lambda: _scraped_when(port, lambda s: s[age] == 0 and s.get(up) == 1 and
+                                         s["pgwarden_kafka_unacknowledged_events"] == 0),
+                   90, interval=0.25, what="the age back to 0 with the broker up")
+    assert q.stop(timeout=30) == 0, q.log_tail()
+    assert not list(spool.glob("*.seg")) or spool_bytes(spool) < 100
+    evs = unique(events_of(kafka, topic, min_count=50))
+    assert len(statements(evs, r"^SELECT \$1::int \+ \$2|^SELECT \d+::int \+ 100")) == 30
