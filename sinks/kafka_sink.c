@@ -312,8 +312,7 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     }
 }
 
-/* Served by rd_kafka_poll: the poll thread (or the sink's opening and
- * closing thread, which poll only when it is not running). */
+/* Served by rd_kafka_poll, so on the poll thread: never a loop thread. */
 static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 {
     kafka_sink_t *ks = opaque;
@@ -322,9 +321,6 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
     if (!doc)
         return 0;
     if (pgw_kafka_rdstats_read(json, len, doc, client, sizeof client) != 0) {
-        pthread_mutex_lock(&ks->stats_mu);
-        ks->rdstats.unreadable++;
-        pthread_mutex_unlock(&ks->stats_mu);
         pgw_debug("kafka: a statistics document was not the expected JSON");
         free(doc);
         return 0;

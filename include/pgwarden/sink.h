@@ -286,7 +286,6 @@ typedef struct pgw_kafka_broker_stats {
 
 typedef struct pgw_kafka_client_stats {
     uint64_t documents;          /* statistics documents read; 0: nothing known yet */
-    uint64_t unreadable;         /* documents that were not the expected JSON */
     uint64_t queue_messages, queue_bytes; /* producer queues (msg_cnt, msg_size) */
     size_t nbrokers;
     pgw_kafka_broker_stats_t brokers[PGW_KAFKA_BROKERS_MAX];

@@ -102,9 +102,9 @@ int main(void)
     static unsigned char seen[N + M + K];
 
     /* 1. Delivery; then a fatal error mid-stream. */
-    const char *props[] = { "linger.ms=1" };
+    const char *props[] = { "linger.ms=1", "statistics.interval.ms=100" };
     pgw_kafka_sink_config_t cfg = {
-        .brokers = boot, .topic = "audit", .props = props, .nprops = 1, .spool_dir = g_dir,
+        .brokers = boot, .topic = "audit", .props = props, .nprops = 2, .spool_dir = g_dir,
         .observer_host = "test", .observer_instance = "00000000-0000-0000-0000-000000000000",
     };
     pgw_sink_t *s = NULL;
@@ -118,6 +118,21 @@ int main(void)
     pgw_kafka_sink_stats(s, &st);
     CHECK_EQ(st.delivered, N);
     CHECK_EQ(st.outstanding, 0);
+    CHECK_EQ(st.oldest_unacked_us, 0);
+    /* librdkafka's statistics reach the sink's totals. */
+    static pgw_kafka_client_stats_t cs;
+    for (int i = 0; i < 100; i++) {
+        pgw_kafka_sink_client_stats(s, &cs);
+        if (cs.documents >= 2 && cs.nbrokers >= 1 && cs.brokers[0].rtt_count > 0)
+            break;
+        sleep_ms(50);
+    }
+    CHECK(cs.documents >= 2);
+    CHECK_EQ(cs.nbrokers, 1);
+    CHECK(cs.brokers[0].up);
+    CHECK(cs.brokers[0].connects >= 1);
+    CHECK(cs.brokers[0].rtt_count > 0);
+    CHECK(cs.brokers[0].rtt_sum_us > 0);
 
     submit_range(s, N, N + M / 2);
     CHECK_EQ(pgw_kafka_sink_inject_fatal(s), 0);
@@ -133,20 +148,43 @@ int main(void)
     CHECK_EQ(st.producer_restarts, 1);
     CHECK(st.delivered >= N + M);
     CHECK_EQ(st.outstanding, 0);
+    CHECK_EQ(st.oldest_unacked_us, 0);   /* resent events released their spans too */
     pgw_sink_close(s);
     CHECK_EQ(count_segments(), 0);
 
     /* 2. No broker: the events wait in the spool; the next run sends them. */
     cfg.brokers = "127.0.0.1:1";
+    cfg.close_timeout_ms = 300;             /* nothing can be acknowledged */
     CHECK_EQ(pgw_kafka_sink_open(&cfg, &s), 0);
     submit_range(s, N + M, N + M + K);
     CHECK(pgw_sink_flush(s, 300) != 0);
+    sleep_ms(1000);
+    pgw_kafka_sink_stats(s, &st);
+    CHECK(st.oldest_unacked_us >= 1000000);
+    CHECK(st.oldest_unacked_us < 60000000);
+    pgw_kafka_sink_client_stats(s, &cs);
+    CHECK(cs.documents >= 1);
+    CHECK_EQ(cs.nbrokers, 1);
+    CHECK_STR(cs.brokers[0].name, "127.0.0.1:1/bootstrap");
+    CHECK(!cs.brokers[0].up);
+    CHECK(cs.brokers[0].connects >= 1);
+    CHECK(cs.queue_messages > 0);
     pgw_sink_close(s);
     CHECK(count_segments() > 0);
 
+    /* Replayed, still unreachable: the events are as old as their segments. */
+    CHECK_EQ(pgw_kafka_sink_open(&cfg, &s), 0);
+    pgw_kafka_sink_stats(s, &st);
+    CHECK_EQ(st.replayed, K);
+    CHECK(st.oldest_unacked_us >= 1000000);
+    pgw_sink_close(s);
+
     cfg.brokers = boot;
+    cfg.close_timeout_ms = 0;
     CHECK_EQ(pgw_kafka_sink_open(&cfg, &s), 0);
     CHECK_EQ(pgw_sink_flush(s, 20000), 0);
+    pgw_kafka_sink_stats(s, &st);
+    CHECK_EQ(st.oldest_unacked_us, 0);
     pgw_kafka_sink_stats(s, &st);
     CHECK_EQ(st.replayed, K);
     CHECK_EQ(st.delivered, K);
