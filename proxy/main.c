@@ -352,6 +352,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "pgwarden: TLS: %s\n", tls_err);
         return 1;
     }
+    /* Signals are caught from before the listeners open: a SIGTERM while
+     * the sink starts (a long spool replay) waits in the loop and drains
+     * once the threads run, instead of killing the process. */
+    uv_loop_init(&p.loop);
+    p.done.data = p.sigint.data = p.sigterm.data = p.drain_timer.data = &p;
+    uv_async_init(&p.loop, &p.done, on_worker_done);
+    uv_signal_init(&p.loop, &p.sigint);
+    uv_signal_init(&p.loop, &p.sigterm);
+    uv_timer_init(&p.loop, &p.drain_timer);
+    uv_signal_start(&p.sigint, on_signal, SIGINT);
+    uv_signal_start(&p.sigterm, on_signal, SIGTERM);
+    p.sighup_reload.data = &p;
+    uv_signal_init(&p.loop, &p.sighup_reload);
+    uv_signal_start(&p.sighup_reload, on_sighup_reload, SIGHUP);
     if (open_listeners(&p.cfg, p.nworkers, fds))
         return 1;
     observer_init(&p.observer, &p.cfg);
@@ -379,18 +393,6 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-
-    uv_loop_init(&p.loop);
-    p.done.data = p.sigint.data = p.sigterm.data = p.drain_timer.data = &p;
-    uv_async_init(&p.loop, &p.done, on_worker_done);
-    uv_signal_init(&p.loop, &p.sigint);
-    uv_signal_init(&p.loop, &p.sigterm);
-    uv_timer_init(&p.loop, &p.drain_timer);
-    uv_signal_start(&p.sigint, on_signal, SIGINT);
-    uv_signal_start(&p.sigterm, on_signal, SIGTERM);
-    p.sighup_reload.data = &p;
-    uv_signal_init(&p.loop, &p.sighup_reload);
-    uv_signal_start(&p.sighup_reload, on_sighup_reload, SIGHUP);
 
     /* Before the loop threads: the endpoint is up once the listeners are.
      * Nothing is scraped before uv_run, when the workers are ready. */

@@ -529,3 +529,29 @@ def test_broker_and_spool_metrics_follow_an_outage(kafka, topic, pg, start_proxy
     assert not list(spool.glob("*.seg")) or spool_bytes(spool) < 100
     evs = unique(events_of(kafka, topic, min_count=50))
     assert len(statements(evs, r"^SELECT \$1::int \+ \$2|^SELECT \d+::int \+ 100")) == 30
+
+
+def test_broker_metrics_by_default_and_off(kafka, topic, pg, start_proxy, tmp_path):
+    """The statistics are on by default (every 5 s) and off with
+    statistics.interval.ms=0: no broker or producer-queue families then,
+    while the sink's own metrics and the spool age stay."""
+    on, off = free_port(), free_port()
+    start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=kafka_args(
+        kafka, topic, tmp_path / "spool-on", "--metrics-listen", "127.0.0.1:%d" % on))
+    q = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=kafka_args(
+        kafka, topic, tmp_path / "spool-off", "--metrics-listen", "127.0.0.1:%d" % off,
+        "--kafka-property", "statistics.interval.ms=0"))
+    with q.connect() as c:
+        c.execute("SELECT 1")
+    t0 = time.monotonic()
+    s = wait_until(lambda: _scraped_when(on, lambda s: any(k.startswith("pgwarden_kafka_broker_up{")
+                                                           for k in s)), 30, interval=0.25,
+                   what="broker metrics with the default interval")
+    assert time.monotonic() - t0 < 15
+    assert "pgwarden_kafka_producer_queue_messages" in s
+    s = wait_until(lambda: _scraped_when(off, lambda s: s["pgwarden_kafka_unacknowledged_events"] == 0
+                                         and s["pgwarden_audit_events_delivered_total"] >= 2),
+                   30, interval=0.25, what="the events delivered")
+    text = _kafka_metrics(off)[0]
+    assert "pgwarden_kafka_broker" not in text and "pgwarden_kafka_producer_queue" not in text
+    assert s["pgwarden_spool_oldest_unacknowledged_age_seconds"] == 0

@@ -148,3 +148,34 @@ def test_sigterm_during_pgbench_flushes_every_event(pg, start_proxy, run_dir):
     starts = sum(e["kind"] == "session_start" for e in mine)
     assert starts >= 4
     assert sum(e["kind"] == "session_end" for e in mine) == starts
+
+
+def test_sigterm_while_starting_is_a_clean_stop(pg, start_proxy, tmp_path):
+    """SIGTERM the moment the listener accepts, while the Kafka sink is
+    still starting (an unreachable broker, its spool being opened): the
+    signal is kept and the stop is the usual drain, exit 0, not death by
+    the signal's default action."""
+    from harness import free_port
+    for i in range(10):
+        p = start_proxy(upstream="127.0.0.1:%d" % pg.port, wait=False, extra_args=[
+            "--kafka-brokers", "127.0.0.1:%d" % free_port(), "--kafka-topic", "t",
+            "--spool-dir", str(tmp_path / ("spool%d" % i))])
+        with open(tmp_path / ("stderr%d" % i), "wb") as err:
+            proc = subprocess.Popen(p.args, stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    try:
+                        socket.create_connection(p.tcp_addrs[0], timeout=1).close()
+                        break
+                    except OSError:
+                        time.sleep(0.001)
+                proc.send_signal(signal.SIGTERM)
+                rc = proc.wait(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        text = (tmp_path / ("stderr%d" % i)).read_text(errors="replace")
+        assert rc == 0, "run %d: exit %s\n%s" % (i, rc, text)
+        assert "Sanitizer" not in text and "runtime error:" not in text, text
