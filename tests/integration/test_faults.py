@@ -25,6 +25,7 @@ import pytest
 
 import pgwire
 from harness import PgCluster, free_port, wait_until
+from test_event_schema import assert_valid_audit_file
 from test_metrics import http_get, samples, status_or_none
 
 SANITIZED = bool(os.environ.get("PGW_SANITIZED"))
@@ -138,6 +139,7 @@ def normal_session(p, audit):
     s = wait_until(new, 15, what="the new session's events")
     assert len(s) == 1, s
     assert_session(list(s.values())[0], [("SELECT pg_backend_pid()", "ok")], "client_closed")
+    assert_valid_audit_file(audit)
 
 
 def raw_client(addr, rcvbuf=None):
@@ -315,6 +317,7 @@ def test_slow_client_reading_a_1_gb_result(pg, start_proxy, run_dir):
 
     s = wait_sessions_ended(audit, 1)
     evs = session_of(s, pid)
+    assert len(read_audit(audit)) == len(evs), "events of other sessions: %r" % read_audit(audit)
     assert_session(evs, [("SELECT repeat($1, $2) FROM generate_series($3, $4)", "ok")], "client_closed")
     res = statements(evs)[0]["result"]
     assert res["rows"] == SLOW_ROWS and res["bytes"] == SLOW_ROWS * SLOW_ROW_BYTES, res
@@ -352,6 +355,7 @@ def test_client_vanishes_mid_copy_in(pg, start_proxy, run_dir):
 
     s = wait_sessions_ended(audit, 1)
     evs = session_of(s, pid)
+    assert len(read_audit(audit)) == len(evs), "events of other sessions: %r" % read_audit(audit)
     assert_well_formed(evs)
     st = statements(evs)
     assert [e["statement"]["text"] for e in st] == ["COPY faults_copy_in FROM STDIN"]
@@ -389,6 +393,7 @@ def test_client_vanishes_mid_result(pg, start_proxy, run_dir):
 
     s = wait_sessions_ended(audit, 1)
     evs = session_of(s, pid)
+    assert len(read_audit(audit)) == len(evs), "events of other sessions: %r" % read_audit(audit)
     assert_well_formed(evs)
     st = statements(evs)
     assert [e["statement"]["text"] for e in st] == ["SELECT repeat($1, $2) FROM generate_series($3, $4)"]
@@ -441,6 +446,7 @@ def test_backend_terminated(own_pg, start_proxy, run_dir):
 
     s = wait_sessions_ended(audit, 1)
     evs = session_of(s, pid)
+    assert len(read_audit(audit)) == len(evs), "events of other sessions: %r" % read_audit(audit)
     assert_session(evs, [("SELECT pg_sleep($1)", "error")], "server_closed")
     res = statements(evs)[0]["result"]
     assert res["sqlstate"] == "57P01", res
@@ -543,7 +549,8 @@ def test_postgres_stopped_then_back(own_pg, start_proxy, run_dir):
     p = start_proxy(upstream="127.0.0.1:%d" % own_pg.port,
                     extra_args=["--audit-file", str(audit), "--metrics-listen", "127.0.0.1:%d" % mport])
     key = 'pgwarden_client_connections_refused_total{reason="upstream_unavailable"}'
-    assert http_get(mport, "/readyz")[0] == 200
+    # The metrics endpoint may start listening after the proxy's listeners.
+    wait_until(lambda: status_or_none(mport, "/readyz") == 200, 15, what="/readyz 200")
     assert samples(http_get(mport, "/metrics")[2])[key] == 0
     held = p.connect()
     held_pid = held.execute("SELECT pg_backend_pid()").fetchone()[0]
