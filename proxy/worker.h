@@ -35,6 +35,7 @@ typedef struct pgw_observer_info {
 } pgw_observer_info_t;
 
 struct pgw_analysis_cache;
+struct pgw_frag_cache;
 struct pgw_tls;
 
 /* Commands from the main thread, delivered through wakeup. */
@@ -75,6 +76,7 @@ typedef struct pgw_worker {
     pgw_link_t deferred;
     const pgw_observer_info_t *observer;
     struct pgw_analysis_cache *analysis;
+    struct pgw_frag_cache *frags;   /* encoded analysis fields (statement.c) */
 
     struct pgw_tls *tls;            /* certificates (main's, set before start); NULL: no TLS */
     pgw_metrics_t metrics;          /* this thread's counters, summed at scrape time */
