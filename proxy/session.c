@@ -354,6 +354,8 @@ static int policy_adopt(pgw_session_t *s, pgw_policy_t *pol)
     s->pol = pgw_policy_ref(pol);
     s->pol_rules = rules;
     s->pol_nrules = (unsigned)n;
+    slog(PGW_LOG_DEBUG, s, "%d statement rule(s) apply%s", n,
+         s->gate ? ": client messages pass the policy gate" : "");
     return 0;
 }
 

@@ -51,7 +51,7 @@ statement deny       name=watch_secrets    relation=public.watched dry-run
 """
 
 ROLES = ["app", "report", "boss", "loader", "mallory", "limited", "secure", "six", "four",
-         "watched_login", "nobody"]
+         "watched_login", "nobody", "alice", "carol"]
 
 
 @pytest.fixture(scope="module")
@@ -430,3 +430,69 @@ def test_long_statement_is_analysed_off_the_loop(pol, lpg):
             conn.execute("INSERT INTO ledger VALUES " + ",".join("(%d, 1)" % i for i in range(3000)))
         assert conn.execute("SELECT 7").fetchone() == (7,)
     assert count(lpg, "ledger") == 0
+
+
+# ---------------------------------------------------------------- certificates, plain path
+
+from test_tls import certs  # noqa: E402,F401  (the module's certificate fixture)
+from test_tls import dsn as tls_dsn  # noqa: E402
+from test_tls import tls_proxy  # noqa: E402
+
+TLS_RULES = """\
+connection require-cert name=cert_for_alice user=alice
+connection deny         name=no_carol_cert  cn=carol@example.com
+statement read-only     name=ro_by_cn       cn=alice
+"""
+
+
+def test_certificate_rules(lpg, certs, start_proxy, tmp_path):
+    rules = tmp_path / "tls-rules.conf"
+    rules.write_text(TLS_RULES)
+    p = tls_proxy(start_proxy, certs, "127.0.0.1:%d" % lpg.port, "--policy-file", str(rules),
+                  tmp_path=tmp_path)
+    with psycopg.connect(tls_dsn(p, certs), autocommit=True, connect_timeout=10) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("alice",)
+        with pytest.raises(errors.InsufficientPrivilege) as ei:
+            conn.execute("INSERT INTO t VALUES (701)")
+        assert "ro_by_cn" in str(ei.value)
+    for kw, rule in [({"cert": None}, "cert_for_alice"),
+                     ({"sslmode": "disable"}, "cert_for_alice"),
+                     ({"user": "carol", "cert": "carol"}, "no_carol_cert")]:
+        with pytest.raises(psycopg.OperationalError) as ei:
+            psycopg.connect(tls_dsn(p, certs, **kw), connect_timeout=10)
+        assert rule in str(ei.value), (kw, str(ei.value))
+    assert lpg.sql("SELECT count(*) FROM t WHERE id = 701")[0][0] == 0
+    denied = wait_until(lambda: (lambda d: d if len(d) >= 4 else None)(events(p.audit_path, "denied")), 10,
+                        what="4 denied events")
+    by_rule = {}
+    for e in denied:
+        by_rule.setdefault(e["rule"], []).append(e)
+    assert by_rule["ro_by_cn"][0]["user"]["cert"]["cn"] == "alice"
+    assert len(by_rule["cert_for_alice"]) == 2 and by_rule["no_carol_cert"][0]["result"]["sqlstate"] == "28000"
+    p.stop()
+    assert_valid_audit_file(p.audit_path)
+
+
+def test_sessions_without_statement_rules_keep_the_plain_path(lpg, start_proxy, tmp_path):
+    rules = tmp_path / "app-only.conf"
+    rules.write_text("statement deny name=app_no_drop command=DROP user=app\n")
+    p = start_proxy(upstream="127.0.0.1:%d" % lpg.port, extra_args=["--policy-file", str(rules)])
+    with connect(p, "nobody") as conn:
+        conn.execute("CREATE TABLE nobody_table (x int)")
+        conn.execute("DROP TABLE nobody_table")
+    assert "policy gate" not in p.log_tail(200000)
+    with connect(p, "app") as conn:
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("DROP TABLE t")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert "client messages pass the policy gate" in p.log_tail(200000)
+    # a reload that gives "nobody" a rule reaches its open session between two messages
+    with connect(p, "nobody") as conn:
+        conn.execute("SELECT 1")
+        rules.write_text("statement deny name=nobody_no_select class=READ user=nobody\n")
+        p.signal(signal.SIGHUP)
+        wait_until(lambda: "access policy" in p.log_tail() and "loaded" in p.log_tail(), 10, what="reload")
+        with pytest.raises(errors.InsufficientPrivilege) as ei:
+            conn.execute("SELECT 2")
+        assert "nobody_no_select" in str(ei.value)
+        conn.execute("SET application_name = 'still here'")   # MISC_SET: allowed
