@@ -938,7 +938,7 @@ static int stmt_match(const pgw_policy_rule_t *r, const pgw_sql_info_t *info, ch
     if (r->nrels && !(o = any_rel(r, info)))
         return 0;
     if (o)
-        snprintf(msg, cap, "permission denied by pgwarden rule \"%s\": %s %s%s%s (%s)", r->name,
+        snprintf(msg, cap, "permission denied by pgwarden rule \"%s\": %s on %s%s%s (%s)", r->name,
                  info->command, o->schema, o->schema[0] ? "." : "", o->name, pgw_access_name(o->access));
     else
         snprintf(msg, cap, "permission denied by pgwarden rule \"%s\": %s (class %s)", r->name,

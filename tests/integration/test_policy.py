@@ -180,6 +180,9 @@ def test_psql_denied_statement_never_reaches_server(pol, lpg):
     assert e["enforced"] is True and e["result"]["sqlstate"] == "42501"
     assert e["statement"]["command"] == "DROP TABLE" and e["statement"]["protocol"] == "simple"
     assert e["user"]["name"] == "app"
+    metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % pol.metrics_port, timeout=10).read().decode()
+    m = re.search(r'^pgwarden_denied_total\{kind="statement"\} (\d+)$', metrics, re.M)
+    assert m and int(m.group(1)) == 2, metrics
 
 
 def test_psql_error_fields(pol, lpg):
