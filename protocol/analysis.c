@@ -856,12 +856,22 @@ out:
     return rc;
 }
 
+/* The server stops at the first NUL, and so do we. memchr, not strnlen:
+ * libpg_query exports a byte-at-a-time strnlen of its own that the dynamic
+ * linker binds in place of libc's. */
+static size_t sql_len(const char *sql, size_t len)
+{
+    const char *nul = memchr(sql, '\0', len);
+
+    return nul ? (size_t)(nul - sql) : len;
+}
+
 int pgw_analysis_parse(const char *sql, size_t len, pgw_analysis_t *out)
 {
     int all_hit;
 
     pgw_analysis_clear(out);
-    len = strnlen(sql, len);
+    len = sql_len(sql, len);
     if (len > UINT32_MAX - 1)
         return -E2BIG;
     return analyze_string(NULL, sql, (uint32_t)len, out, &all_hit);
@@ -872,7 +882,7 @@ int pgw_analysis_run(pgw_analysis_cache_t *c, const char *sql, size_t len, pgw_a
     int all_hit, rc, use_cache;
 
     pgw_analysis_clear(out);
-    len = strnlen(sql, len);
+    len = sql_len(sql, len);
     if (len > UINT32_MAX - 1)
         return -E2BIG;
     use_cache = sql_cache_max_lookup(c, len);
@@ -891,7 +901,7 @@ int pgw_analysis_lookup(pgw_analysis_cache_t *c, const char *sql, size_t len, pg
     uint32_t i;
 
     pgw_analysis_clear(out);
-    len = strnlen(sql, len);
+    len = sql_len(sql, len);
     if (!sql_cache_max_lookup(c, len)) {
         sql_cache_count(c, 0);
         return 0;
@@ -922,7 +932,7 @@ unsigned pgw_analysis_split(const char *sql, size_t len, uint32_t (*spans)[2], u
     sql_lex_t lx;
     unsigned n;
 
-    len = strnlen(sql, len);
+    len = sql_len(sql, len);
     if (len > UINT32_MAX - 1)
         return 0;
     sql_lex_init(&lx);

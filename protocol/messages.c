@@ -387,30 +387,35 @@ static int parse_count(const char *s, uint64_t *v)
 
 static void tag_rows(pgw_complete_t *out)
 {
-    static const char *const verbs[] = {
-        "UPDATE ", "DELETE ", "SELECT ", "MOVE ", "FETCH ", "COPY ", "MERGE ",
+    /* The verb is the tag up to its first space; only these carry a count. */
+    static const struct { const char *s; size_t n; } verbs[] = {
+        { "SELECT", 6 }, { "UPDATE", 6 }, { "DELETE", 6 }, { "MOVE", 4 },
+        { "FETCH", 5 }, { "COPY", 4 }, { "MERGE", 5 },
     };
     const char *t = out->tag;
+    const char *sp = strchr(t, ' ');
 
-    if (strncmp(t, "INSERT ", 7) == 0) {
+    if (!sp)
+        return;
+    size_t vn = (size_t)(sp - t);
+    if (vn == 6 && memcmp(t, "INSERT", 6) == 0) {
         /* "INSERT oid rows": the oid is always 0 since PostgreSQL 12. */
-        const char *sp = strchr(t + 7, ' ');
+        const char *sp2 = strchr(sp + 1, ' ');
         uint64_t oid;
         char num[24];
         size_t n;
 
-        if (!sp || (n = (size_t)(sp - (t + 7))) >= sizeof(num))
+        if (!sp2 || (n = (size_t)(sp2 - (sp + 1))) >= sizeof(num))
             return;
-        memcpy(num, t + 7, n);
+        memcpy(num, sp + 1, n);
         num[n] = '\0';
         if (parse_count(num, &oid))
-            out->has_rows = parse_count(sp + 1, &out->rows);
+            out->has_rows = parse_count(sp2 + 1, &out->rows);
         return;
     }
     for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
-        size_t n = strlen(verbs[i]);
-        if (strncmp(t, verbs[i], n) == 0) {
-            out->has_rows = parse_count(t + n, &out->rows);
+        if (vn == verbs[i].n && memcmp(t, verbs[i].s, vn) == 0) {
+            out->has_rows = parse_count(sp + 1, &out->rows);
             return;
         }
     }

@@ -92,7 +92,7 @@ static void statement_event(pgw_audit_t *ident, uint64_t seq, const pgw_stmt_don
     pgw_event_t ev;
     fill_common(ident, &ev, PGW_EVENT_STATEMENT, d->time_us, seq);
     ev.statement.truncated = PGW_BOOL(0);   /* before fill: part of the encoded analysis */
-    pgw_statement_fill(d, view, &ev.statement);
+    pgw_statement_fill(ident->w->frags, d, view, &ev.statement);
     ev.statement.protocol = d->protocol;
     if (d->protocol == PGW_PROTOCOL_EXTENDED) {
         ev.statement.statement_name = pgw_cstr(d->stmt_name ? d->stmt_name : "");
@@ -483,7 +483,7 @@ void pgw_audit_denied(pgw_audit_t *a, const char *rule, int enforced, const char
         view.src = an;
         view.idx = idx;
         ev.statement.truncated = PGW_BOOL(0);
-        pgw_statement_fill(&d, &view, &ev.statement);
+        pgw_statement_fill(NULL, &d, &view, &ev.statement);
         ev.statement.protocol = protocol;
         if (protocol == PGW_PROTOCOL_EXTENDED) {
             /* Refused at Parse: no portal exists yet. */

@@ -164,7 +164,99 @@ void pgw_statement_learn(struct pgw_analysis_cache *c, pgw_stmt_view_t *view)
         pgw_analysis_cache_add(c, &view->an);
 }
 
-void pgw_statement_fill(const pgw_stmt_done_t *d, pgw_stmt_view_t *view, pgw_event_statement_t *out)
+/* ---- encoded analysis fields ----------------------------------------------
+ * Statements that differ only in their literals share one analysis (one
+ * pgw_sql_info_t) and, most of the time, one normalized text: their
+ * events' analysis fields are the same bytes. A small direct-mapped table
+ * per thread keeps those bytes for recently reported (info, text) pairs, so
+ * that an event of a repeated query shape copies its analysis fields instead
+ * of building the objects and escaping the text again. A slot holds a
+ * reference to its info, so a pointer match cannot be a reused address. */
+#define FRAG_SLOTS 256u
+#define FRAG_MAX 4096u              /* longer fragments are not kept */
+
+typedef struct frag {
+    pgw_sql_info_t *info;
+    uint8_t redacted, truncated;
+    uint32_t text_len, frag_len;
+    char data[];                    /* the text, then the encoded fields */
+} frag_t;
+
+struct pgw_frag_cache {
+    frag_t *slot[FRAG_SLOTS];
+};
+
+struct pgw_frag_cache *pgw_frag_cache_new(void)
+{
+    return calloc(1, sizeof(struct pgw_frag_cache));
+}
+
+void pgw_frag_cache_free(struct pgw_frag_cache *fc)
+{
+    if (!fc)
+        return;
+    for (unsigned i = 0; i < FRAG_SLOTS; i++) {
+        if (fc->slot[i]) {
+            pgw_sql_info_unref(fc->slot[i]->info);
+            free(fc->slot[i]);
+        }
+    }
+    free(fc);
+}
+
+static frag_t **frag_slot(struct pgw_frag_cache *fc, const pgw_sql_info_t *info, uint32_t tlen)
+{
+    uint64_t h = ((uint64_t)(uintptr_t)info >> 4) * 0x9E3779B97F4A7C15ull ^ tlen;
+    return &fc->slot[(h >> 32) % FRAG_SLOTS];
+}
+
+static const frag_t *frag_find(struct pgw_frag_cache *fc, const pgw_sql_info_t *info,
+                               const pgw_event_statement_t *out, const char *text, uint32_t tlen)
+{
+    const frag_t *f = *frag_slot(fc, info, tlen);
+    if (f && f->info == info && f->text_len == tlen && f->redacted == out->redacted &&
+        f->truncated == out->truncated && memcmp(f->data, text, tlen) == 0)
+        return f;
+    return NULL;
+}
+
+/* Keeps the encoded fields of out (filled from info, with text). */
+static const frag_t *frag_keep(struct pgw_frag_cache *fc, pgw_sql_info_t *info,
+                               const pgw_event_statement_t *out, const char *text, uint32_t tlen)
+{
+    pgw_jbuf_t b;
+    pgw_jbuf_init(&b, FRAG_MAX);
+    if (pgw_event_encode_statement_analysis(out, &b)) {
+        pgw_jbuf_free(&b);
+        return NULL;
+    }
+    frag_t *f = malloc(sizeof *f + tlen + b.len);
+    if (!f) {
+        pgw_jbuf_free(&b);
+        return NULL;
+    }
+    f->info = pgw_sql_info_ref(info);
+    f->redacted = (uint8_t)out->redacted;
+    f->truncated = (uint8_t)out->truncated;
+    f->text_len = tlen;
+    f->frag_len = (uint32_t)b.len;
+    memcpy(f->data, text, tlen);
+    memcpy(f->data + tlen, b.data, b.len);
+    pgw_jbuf_free(&b);
+    frag_t **slot = frag_slot(fc, info, tlen);
+    if (*slot) {
+        pgw_sql_info_unref((*slot)->info);
+        free(*slot);
+    }
+    *slot = f;
+    return f;
+}
+
+static void fill_objects(const pgw_sql_info_t *info, pgw_stmt_view_t *view,
+                         pgw_event_statement_t *out);
+
+void pgw_statement_fill(struct pgw_frag_cache *fc, const pgw_stmt_done_t *d, pgw_stmt_view_t *view,
+                        pgw_event_statement_t *out)
 {
     if (d->protocol == PGW_PROTOCOL_FUNCTION_CALL) {
         out->command = PGW_STR_LIT("FUNCTION CALL");
@@ -200,6 +292,30 @@ void pgw_statement_fill(const pgw_stmt_done_t *d, pgw_stmt_view_t *view, pgw_eve
     }
     if (info->parse_error)
         out->parse_error = pgw_cstr(info->parse_error);
+    /* A prepared statement's fields are encoded once, then copied. */
+    stmt_memo_t *m = view->memo;
+    if (m && m->frag_ready) {
+        out->analysis_json = pgw_str(m->frag.data, m->frag.len);
+        return;
+    }
+    const frag_t *f = fc && !m ? frag_find(fc, info, out, text, tlen) : NULL;
+    if (f) {
+        out->analysis_json = pgw_str(f->data + f->text_len, f->frag_len);
+        return;
+    }
+    fill_objects(info, view, out);
+    if (m) {
+        m->frag_ready = pgw_event_encode_statement_analysis(out, &m->frag) == 0;
+        if (m->frag_ready)
+            out->analysis_json = pgw_str(m->frag.data, m->frag.len);
+    } else if (fc && (f = frag_keep(fc, st->info, out, text, tlen)) != NULL) {
+        out->analysis_json = pgw_str(f->data + f->text_len, f->frag_len);
+    }
+}
+
+static void fill_objects(const pgw_sql_info_t *info, pgw_stmt_view_t *view,
+                         pgw_event_statement_t *out)
+{
     size_t n = info->nobjects;
     pgw_event_object_t *objs = view->inline_objects;
     if (n > sizeof view->inline_objects / sizeof view->inline_objects[0]) {
@@ -222,12 +338,6 @@ void pgw_statement_fill(const pgw_stmt_done_t *d, pgw_stmt_view_t *view, pgw_eve
     }
     out->objects = objs;
     out->nobjects = n;
-    /* A prepared statement's fields are encoded once, then copied. */
-    stmt_memo_t *m = view->memo;
-    if (m && !m->frag_ready)
-        m->frag_ready = pgw_event_encode_statement_analysis(out, &m->frag) == 0;
-    if (m && m->frag_ready)
-        out->analysis_json = pgw_str(m->frag.data, m->frag.len);
 }
 
 void pgw_statement_view_free(pgw_stmt_view_t *view)

@@ -48,10 +48,18 @@ int pgw_statement_analyze(struct pgw_analysis_cache *c, const pgw_stmt_done_t *d
 void pgw_statement_parse(const pgw_stmt_done_t *d, pgw_stmt_view_t *view);
 /* Back on the cache's thread: remembers what pgw_statement_parse found. */
 void pgw_statement_learn(struct pgw_analysis_cache *c, pgw_stmt_view_t *view);
+/* This thread's encoded analysis fields of recently reported statements
+ * (statement.c): events of a repeated query shape copy them. */
+struct pgw_frag_cache;
+struct pgw_frag_cache *pgw_frag_cache_new(void);
+void pgw_frag_cache_free(struct pgw_frag_cache *fc);   /* NULL is fine */
+
 /* Fills out (text, redacted, fingerprint, command, class, objects,
- * parse_error) from view; out borrows from view until
- * pgw_statement_view_free(view). */
-void pgw_statement_fill(const pgw_stmt_done_t *d, pgw_stmt_view_t *view, pgw_event_statement_t *out);
+ * parse_error, or their encoded form in analysis_json) from view; out
+ * borrows from view and fc until pgw_statement_view_free(view) and the
+ * next call with fc. fc may be NULL (nothing kept). */
+void pgw_statement_fill(struct pgw_frag_cache *fc, const pgw_stmt_done_t *d, pgw_stmt_view_t *view,
+                        pgw_event_statement_t *out);
 void pgw_statement_view_free(pgw_stmt_view_t *view);
 /* *to = *from, keeping what the view reports. */
 void pgw_statement_view_move(pgw_stmt_view_t *to, const pgw_stmt_view_t *from);

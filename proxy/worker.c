@@ -176,7 +176,8 @@ int pgw_worker_init(pgw_worker_t *w, int index, const pgw_config_t *cfg,
         if ((rc = pgw_uuid7_init(&w->uuid)))
             return rc;
         w->analysis = pgw_statement_cache_new(cfg);
-        if (!w->analysis)
+        w->frags = pgw_frag_cache_new();
+        if (!w->analysis || !w->frags)
             return UV_ENOMEM;
         pgw_sink_producer_init(&w->producer, sink);
         sink_clock(w);
@@ -246,6 +247,7 @@ void pgw_worker_destroy(pgw_worker_t *w)
     if (w->sink)
         pgw_sink_producer_close(&w->producer);
     pgw_statement_cache_free(w->analysis);
+    pgw_frag_cache_free(w->frags);
     pgw_policy_unref(w->policy);
     w->policy = NULL;
     pgw_buf_pool_destroy(&w->pool);

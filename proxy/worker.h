@@ -35,6 +35,7 @@ typedef struct pgw_observer_info {
 } pgw_observer_info_t;
 
 struct pgw_analysis_cache;
+struct pgw_frag_cache;
 struct pgw_tls;
 struct pgw_policy;
 
@@ -76,6 +77,7 @@ typedef struct pgw_worker {
     pgw_link_t deferred;
     const pgw_observer_info_t *observer;
     struct pgw_analysis_cache *analysis;
+    struct pgw_frag_cache *frags;   /* encoded analysis fields (statement.c) */
 
     struct pgw_tls *tls;            /* certificates (main's, set before start); NULL: no TLS */
     /* The access policy as this thread sees it: a reference to the

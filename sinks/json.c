@@ -350,7 +350,15 @@ void pgw_json_time_us(pgw_jbuf_t *b, int64_t us)
         return;
     char *o = b->data + b->len;
     o[0] = '"';
-    put_datetime(o + 1, secs);
+    /* Events come in bursts within one second: its date and time are
+     * formatted once per thread. */
+    static _Thread_local int64_t last_secs = INT64_MIN;
+    static _Thread_local char last_text[19];
+    if (secs != last_secs) {
+        put_datetime(last_text, secs);
+        last_secs = secs;
+    }
+    memcpy(o + 1, last_text, 19);
     o[20] = '.';
     put2(o + 21, (unsigned)(frac / 10000));
     put2(o + 23, (unsigned)(frac / 100 % 100));

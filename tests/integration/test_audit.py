@@ -172,6 +172,47 @@ def test_pgbench_exactly_one_event_per_statement(pg, audited, mode):
     assert all(s["result"]["rows"] == 1 for s in ups)
 
 
+def test_repeated_shapes_report_their_own_text(pg, audited, tmp_path):
+    """Events of a repeated query shape reuse its encoded analysis fields
+    (a per-thread table of 256 slots). Hits must report exactly what a first
+    sight reports: more shapes than slots (so slots are shared and
+    replaced), each sent again with other literals, and variants that share
+    the analysis but not the text (white space, a comment) must each show
+    their own text."""
+    pg.sql("CREATE TABLE IF NOT EXISTS fragt (id int, note text)")
+    shapes = 300
+    lines, expected = [], []
+    for rnd in range(3):
+        for i in range(shapes):
+            lit = (i * 7919 + rnd * 104729) % 100000
+            if rnd == 2 and i % 2:
+                text = "SELECT id AS c%d  FROM fragt /* r%d */ WHERE id = %%s" % (i, rnd)
+            elif rnd == 1 and i % 3 == 0:    # same length, other text
+                text = "SELECT id  AS c%d FROM fragt WHERE id =%%s" % i
+            else:
+                text = "SELECT id AS c%d FROM fragt WHERE id = %%s" % i
+            lines.append((text % lit) + ";")
+            expected.append(text % "$1")
+        lines.append("SELECT note FROM fragt WHERE note = 'x%d';" % rnd)
+        expected.append("SELECT note FROM fragt WHERE note = $1")
+    script = tmp_path / "shapes.sql"
+    script.write_text("\n".join(lines) + "\n")
+    app = app_name()
+    psql(audited, "-q", "-f", str(script), env=client_env(PGAPPNAME=app))
+    st = statements(session_events(audited, app))
+    assert [s["statement"]["text"] for s in st] == expected
+    fingerprints = {}
+    for s, text in zip(st, expected):
+        stmt = s["statement"]
+        assert stmt["command"] == "SELECT" and stmt["class"] == "READ", s
+        assert stmt["objects"] == [{"name": "fragt", "type": "table", "access": "read"}], s
+        assert stmt["redacted"] is True and stmt["truncated"] is False, s
+        assert s["result"]["status"] == "ok", s
+        shape = re.sub(r"/\*.*?\*/ |  |=\$", lambda m: {"  ": " ", "=$": "= $"}.get(m.group(0), ""), text)
+        assert fingerprints.setdefault(shape, stmt["fingerprint"]) == stmt["fingerprint"], s
+    assert len(fingerprints) == shapes + 1
+
+
 def test_passwords_never_logged(audited):
     app = app_name()
     with audited.connect(application_name=app) as conn:
