@@ -376,6 +376,20 @@ int main(int argc, char **argv)
     pgw_limits_configure(&p.cfg);
     signal(SIGPIPE, SIG_IGN);
 
+    /* The access policy: a rules file with an error stops the start. */
+    if (p.cfg.policy_file) {
+        char pol_err[512];
+        pgw_policy_t *pol = pgw_policy_load(p.cfg.policy_file, pol_err, sizeof pol_err);
+        if (!pol) {
+            fprintf(stderr, "pgwarden: policy: %s\n", pol_err);
+            pgw_config_free(&p.cfg);
+            return 2;
+        }
+        p.policy_file = strdup(p.cfg.policy_file);
+        pgw_info("access policy %s: %u rules", p.cfg.policy_file, pgw_policy_nrules(pol));
+        pgw_policy_publish(pol);
+    }
+
     p.nworkers = p.cfg.threads;
     p.workers = calloc((size_t)p.nworkers, sizeof *p.workers);
     int (*fds)[PGW_MAX_LISTEN] = calloc((size_t)p.nworkers, sizeof *fds);
@@ -388,16 +402,6 @@ int main(int argc, char **argv)
     if (pgw_tls_init(&p.tls, &p.cfg.tls, tls_err, sizeof tls_err)) {
         fprintf(stderr, "pgwarden: TLS: %s\n", tls_err);
         return 1;
-    }
-    if (p.cfg.policy_file) {
-        pgw_policy_t *pol = pgw_policy_load(p.cfg.policy_file, tls_err, sizeof tls_err);
-        if (!pol) {
-            fprintf(stderr, "pgwarden: policy: %s\n", tls_err);
-            return 2;
-        }
-        p.policy_file = strdup(p.cfg.policy_file);
-        pgw_info("access policy %s: %u rules", p.cfg.policy_file, pgw_policy_nrules(pol));
-        pgw_policy_publish(pol);
     }
     if (open_listeners(&p.cfg, p.nworkers, fds))
         return 1;
