@@ -48,6 +48,7 @@ statement require-where name=where_guard
 statement read-only  name=reporting        user=report
 statement deny       name=app_no_ddl       class=DDL,ROLE user=app
 statement deny       name=watch_secrets    relation=public.watched dry-run
+statement deny       name=odd_name         relation="odd'q\\$pgw$"
 """
 
 ROLES = ["app", "report", "boss", "loader", "mallory", "limited", "secure", "six", "four",
@@ -69,6 +70,7 @@ def lpg():
     cluster.sql("CREATE SCHEMA private; CREATE TABLE private.keys (k text); "
                 "CREATE TABLE ledger (id int, amount int); CREATE TABLE t (id int); "
                 "CREATE TABLE watched (id int); INSERT INTO watched VALUES (1); "
+                "CREATE TABLE \"odd'q\\$pgw$\" (id int); "
                 "GRANT ALL ON ALL TABLES IN SCHEMA public, private TO PUBLIC; "
                 "GRANT USAGE, CREATE ON SCHEMA private, public TO PUBLIC")
     yield cluster
@@ -300,6 +302,16 @@ def test_copy_program_and_relations(pol, lpg):
             conn.execute("CREATE TABLE app_table (x int)")
         # allowed for others: the same relation read by its schema-less name is fine
         assert conn.execute("SELECT count(*) FROM ledger").fetchone() == (0,)
+
+
+def test_refusal_message_with_quotes_backslash_and_dollars(pol, lpg):
+    """The refusal names the relation; its quote, backslash and $pgw$ must
+    not break out of the statement that carries the refusal to the server."""
+    with connect(pol, "app") as conn:
+        with pytest.raises(errors.InsufficientPrivilege) as ei:
+            conn.execute("SELECT * FROM \"odd'q\\$pgw$\"")
+        assert ei.value.diag.message_primary.endswith("on odd'q\\$pgw$ (read)"), ei.value.diag.message_primary
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_read_only_identity_and_groups(pol, lpg):
