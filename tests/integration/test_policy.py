@@ -449,9 +449,20 @@ def test_long_statement_is_analysed_off_the_loop(pol, lpg):
 
 # ---------------------------------------------------------------- certificates, plain path
 
-from test_tls import certs  # noqa: E402,F401  (the module's certificate fixture)
 from test_tls import dsn as tls_dsn  # noqa: E402
-from test_tls import tls_proxy  # noqa: E402
+from test_tls import make_ca, make_cert, tls_proxy  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def certs(run_dir):
+    d = run_dir / "policy-certs"
+    d.mkdir()
+    make_ca(d, "server-ca", "pgwarden test server CA")
+    make_ca(d, "client-ca", "pgwarden test client CA")
+    make_cert(d, "server", "localhost", "server-ca")
+    make_cert(d, "client", "alice", "client-ca")
+    make_cert(d, "carol", "carol@example.com", "client-ca")
+    return d
 
 TLS_RULES = """\
 connection require-cert name=cert_for_alice user=alice
@@ -511,3 +522,35 @@ def test_sessions_without_statement_rules_keep_the_plain_path(lpg, start_proxy, 
             conn.execute("SELECT 2")
         assert "nobody_no_select" in str(ei.value)
         conn.execute("SET application_name = 'still here'")   # MISC_SET: allowed
+
+
+# ---------------------------------------------------------------- the durable sink
+
+from test_kafka import assert_sessions_complete, events_of, kafka, kafka_args, topic  # noqa: E402,F401
+
+
+def test_kafka_spool_with_the_gate(kafka, topic, lpg, rules_file, start_proxy, tmp_path):
+    """With the Kafka sink, a statement's begin record is spooled before its
+    bytes leave: the gate's output follows the same rule, and denied events
+    reach the topic in each session's seq order."""
+    rules_file.write_text(RULES)
+    p = start_proxy(upstream="127.0.0.1:%d" % lpg.port,
+                    extra_args=["--policy-file", str(rules_file)]
+                    + kafka_args(kafka, topic, tmp_path / "spool"))
+    with connect(p, "app") as conn:
+        conn.execute("INSERT INTO t VALUES (%s)", (801,))
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM t")
+        with conn.pipeline():
+            cur = conn.cursor()
+            cur.execute("SELECT count(*) FROM t WHERE id = %s", (801,))
+            assert cur.fetchone() == (1,)
+    r = psql(p, "-c", "SELECT 1; TRUNCATE t", user="app", check=False)
+    assert "no_drop" in r.stderr
+    evs = wait_until(lambda: (lambda e: e if len([x for x in e if x["kind"] == "session_end"]) >= 2 else None)(
+        events_of(kafka, topic, timeout=5)), 60, interval=1, what="both sessions in Kafka")
+    denied = [e for e in evs if e["kind"] == "denied"]
+    assert {e["rule"] for e in denied} == {"where_guard", "no_drop"}
+    assert all(e["enforced"] for e in denied)
+    assert_sessions_complete(evs)
+    assert lpg.sql("SELECT count(*) FROM t WHERE id = 801")[0][0] == 1
