@@ -46,9 +46,18 @@ REPO_DIR = os.path.dirname(BENCH_DIR)
 
 ALL_TARGETS = ["direct", "fwdlimit-tcp", "fwdlimit-unix", "pgbouncer", "pgbouncer-unix",
                "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix",
-               "pgwarden-audit-scraped-tcp", "pgwarden-kafka-tcp"]
+               "pgwarden-audit-scraped-tcp", "pgwarden-kafka-tcp", "pgwarden-policy-tcp"]
 DEFAULT_TARGETS = ["direct", "fwdlimit-tcp", "fwdlimit-unix", "pgbouncer",
                    "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix"]
+# 20 statement rules for the pgwarden-policy-tcp target, none of which
+# matches a pgbench statement (the acceptance ratio is policy / audit >= 0.95).
+POLICY_RULES = "".join(
+    [f"statement deny name=secret_{i} relation=secret_{i}.*\n" for i in range(10)]
+    + [f"statement deny name=cmd_{i} command=\"{c}\"\n" for i, c in enumerate(
+        ["DROP TABLE", "TRUNCATE", "ALTER SYSTEM", "COPY TO PROGRAM", "COPY FROM PROGRAM",
+         "CREATE ROLE", "DROP DATABASE"])]
+    + ["statement deny name=no_roles class=ROLE\n", "statement require-where name=where_guard\n",
+       "statement read-only name=reporting user=report_only\n"])
 DB = "bench"
 DBUSER = "bench"
 
@@ -598,7 +607,8 @@ def key_ratios(targets, modes, summary, results, skipped):
              ("pgwarden-tcp", "pgbouncer"), ("pgwarden-unix", "pgbouncer"),
              ("pgwarden-audit-tcp", "fwdlimit-tcp"), ("pgwarden-audit-unix", "fwdlimit-unix"),
              ("pgwarden-audit-tcp", "pgbouncer"), ("pgwarden-audit-tcp", "pgwarden-tcp"),
-             ("pgwarden-audit-scraped-tcp", "pgwarden-audit-tcp")]
+             ("pgwarden-audit-scraped-tcp", "pgwarden-audit-tcp"),
+             ("pgwarden-policy-tcp", "pgwarden-audit-tcp")]
     if "pgwarden-kafka-tcp" in targets:
         pairs += [("pgwarden-kafka-tcp", "fwdlimit-tcp"), ("pgwarden-kafka-tcp", "pgwarden-audit-tcp")]
     if "pgbouncer-unix" in targets:
@@ -731,6 +741,14 @@ def start_targets(args, tmp, runas, env, direct, sockdir, pgw_bin, fwd_bin, skip
             cmd = [pgw_bin, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{pg_port}",
                    "--kafka-brokers", broker.bootstrap, "--kafka-topic", KAFKA_TOPIC,
                    "--spool-dir", os.path.join(tmp, "spool")] + pgw_common + ["--log-level", "info"]
+        elif name == "pgwarden-policy-tcp":
+            # Full audit plus 20 statement rules that never match pgbench's
+            # statements: every statement is held for its analysis and checked.
+            rules = os.path.join(tmp, "policy-rules.conf")
+            with open(rules, "w") as f:
+                f.write(POLICY_RULES)
+            cmd = [pgw_bin, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{pg_port}",
+                   "--audit-file", os.path.join(tmp, name + ".jsonl"), "--policy-file", rules] + pgw_common
         elif name in ("pgwarden-audit-tcp", "pgwarden-audit-unix", "pgwarden-audit-scraped-tcp"):
             # Full audit: every statement analysed and written by the file sink.
             up = f"127.0.0.1:{pg_port}" if name.endswith("tcp") else sockdir
