@@ -9,7 +9,6 @@ import atexit
 import os
 import platform
 import pwd
-import re
 import shlex
 import shutil
 import signal

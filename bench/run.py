@@ -50,7 +50,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import report  # noqa: E402
-from benchlib import (BENCH_DIR, CLEANUP, DB, DBUSER, KAFKA_TOPIC, REPO_DIR, CpuWindow, build,  # noqa: E402
+from benchlib import (BENCH_DIR, CLEANUP, DB, DBUSER, KAFKA_TOPIC, CpuWindow, build,  # noqa: E402
                       build_type, check_pg_tools, client_env, common_args, createdb, free_port,
                       install_handlers,
                       log, main_wrapper, make_certs, make_tmp, pick_runas, probe, proc_cpu_ns, raise_nofile,

@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 
 from harness import PGW_BINARY, REPO
 
