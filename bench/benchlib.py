@@ -337,7 +337,7 @@ def start_proxy(name, cmd, port, tmp, env, runas=None):
     return t, None
 
 
-def write_pgbouncer_ini(tmp, name, port, upstream_host, pg_port, runas, clients=8):
+def write_pgbouncer_ini(tmp, name, port, upstream_host, pg_port, runas, clients=8, extra=""):
     """Session mode, pool sized for the most clients a run uses: every client holds a
     server connection for its whole session."""
     d = os.path.join(tmp, name)
@@ -370,7 +370,7 @@ log_pooler_errors = 1
 log_stats = 0
 stats_period = 3600
 verbose = 0
-""")
+{extra}""")
     for p in (d, users, ini):
         os.chown(p, runas.uid, runas.gid)
     return ini

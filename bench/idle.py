@@ -109,8 +109,9 @@ def start_target(args, name, tmp, env, runas, pg, sockdir, pgw_bin, serial):
     port = free_port()
     tag = f"{name}-{serial}"
     if name == "pgbouncer":
+        # client_login_timeout: PgBouncer closes connections without a startup after 60 s by default
         ini = write_pgbouncer_ini(tmp, tag, port, "127.0.0.1", pg.port, runas,
-                                  clients=max(args.connections, args.sessions))
+                                  clients=max(args.connections, args.sessions), extra="client_login_timeout = 0\n")
         cmd, ra = [args.pgbouncer, "-q", ini], runas
     else:
         cmd, ra = [pgw_bin, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{pg.port}",
@@ -216,7 +217,7 @@ def main(argv):
     tmp = make_tmp(args, runas, prefix="pgwarden-idle-")
     pg, sockdir = start_postgres(args, tmp, runas, env, max_connections=args.sessions + 30)
     createdb(args, pg.port, env)
-    rows, serial = [], 0
+    rows, serial, failed = [], 0, []
     for name in args.targets:
         if name.startswith("pgwarden") and not pgw_bin:
             log(f"skipping {name}: {notes[-1] if notes else 'no pgwarden binary'}")
@@ -226,7 +227,12 @@ def main(argv):
             continue
         for kind in ("pre-startup", "authenticated"):
             serial += 1
-            r = measure(args, name, kind, tmp, env, runas, pg, sockdir, pgw_bin, serial)
+            try:
+                r = measure(args, name, kind, tmp, env, runas, pg, sockdir, pgw_bin, serial)
+            except (RuntimeError, OSError) as e:
+                log(f"{name} {kind}: FAILED: {e}")
+                failed.append(f"{name} {kind}: {e}")
+                continue
             log(f"{name:<15} {kind:<13} {r['count']:>6} open ({r['open_after']} still open after 1 s, "
                 f"{r['open_seconds']:.1f} s to open): RSS {r['rss_before_kib']:,} → {r['rss_kib']:,} KiB, "
                 f"{r['per_conn_kib']:.1f} KiB per connection")
@@ -239,11 +245,12 @@ def main(argv):
     for r in rows:
         lines.append(f"| {r['target']} | {r['kind']} | {r['count']:,} | {r['open_after']:,} "
                      f"| {r['rss_before_kib']:,} | {r['rss_kib']:,} | {r['per_conn_kib']:.1f} |")
+    lines += [f"- FAILED {f}" for f in failed]
     print("\n" + "\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def plot(path, targets, modes, clients, summary, title):
         import matplotlib.pyplot as plt
     except ImportError as e:
         return f"no plot: matplotlib is missing ({e}); scripts/install-deps.sh puts it into .venv"
-    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 5), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes) + 2.5, 5), squeeze=False)
     styles = ["-", "--", "-.", ":"]
     for ax, m in zip(axes[0], modes):
         for i, t in enumerate(targets):
@@ -213,8 +213,8 @@ def plot(path, targets, modes, clients, summary, title):
         ax.set_title(f"pgbench -S, -M {m}")
         ax.grid(True, which="both", alpha=0.3)
         ax.set_ylim(bottom=0)
-    axes[0][0].set_ylabel("median TPS")
-    axes[0][-1].legend(fontsize="small", loc="best")
+        ax.set_ylabel("median TPS")
+    axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.suptitle(title, fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -110,6 +110,10 @@ def pgbench(args, target, mode, clients, seconds, env, latency_log=None):
         lines = [l for l in text.splitlines() if l.strip()]
         return None, None, f"pgbench rc={proc.returncode}: " + " | ".join(lines[-3:])
     note = None
+    if m_tx and int(m_tx.group(1)) == 0:
+        # pgbench's -T clock starts before its clients connect
+        return None, None, (f"no transaction in {seconds} s: connecting {clients} clients took longer "
+                            f"(a longer --seconds helps)")
     if m_failed and int(m_failed.group(1)) > 0:
         note = f"{m_failed.group(1)} failed transactions"
     target.last_txns = int(m_tx.group(1)) if m_tx else None
