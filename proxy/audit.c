@@ -18,12 +18,17 @@ static void fill_common(pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t kind,
 {
     const pgw_observer_info_t *o = a->w->observer;
     pgw_event_init(ev, kind, time_us, &a->w->uuid);
-    ev->observer.host = pgw_cstr(o->host);
-    ev->observer.instance = pgw_str(o->instance, 36);
-    ev->observer.version = PGW_STR_LIT(PGW_VERSION);
     ev->session.id = pgw_str(a->id, 36);
     ev->session.seq = seq;
     ev->session.backend_pid = a->backend_pid;
+    if (a->ident_cached && a->ident_valid) {
+        /* The identity fields are only ever encoded: their JSON is at hand. */
+        ev->identity_json = pgw_str(a->ident_json.data, a->ident_json.len);
+        return;
+    }
+    ev->observer.host = pgw_cstr(o->host);
+    ev->observer.instance = pgw_str(o->instance, 36);
+    ev->observer.version = PGW_STR_LIT(PGW_VERSION);
     if (a->client_socket) {
         ev->client.socket = pgw_cstr(a->client_socket);
     } else {
@@ -50,10 +55,8 @@ static void fill_common(pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t kind,
     }
     if (!a->ident_cached)
         return;
-    if (!a->ident_valid) {
-        pgw_jbuf_reset(&a->ident_json);
-        a->ident_valid = pgw_event_encode_identity(ev, &a->ident_json) == 0;
-    }
+    pgw_jbuf_reset(&a->ident_json);
+    a->ident_valid = pgw_event_encode_identity(ev, &a->ident_json) == 0;
     if (a->ident_valid)
         ev->identity_json = pgw_str(a->ident_json.data, a->ident_json.len);
 }

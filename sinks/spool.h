@@ -6,9 +6,10 @@
  * segment is named STREAM-NNNNNNNN.seg, where STREAM identifies the
  * process start and the writer, and NNNNNNNN counts that writer's segments.
  *
- * File layout: an 8-byte magic ("PGWSPL1\n"), then records:
+ * File layout: an 8-byte magic ("PGWSPL2\n"), then records:
  *
- *   u32 payload length (little endian)  u32 CRC-32 (zlib) of the payload
+ *   u32 payload length (little endian)  u32 checksum of the payload: the low
+ *                                       32 bits of its XXH3-64 (libxxhash)
  *   payload: u8 type, u8[3] zero, u64 token, u32 key length, key, value
  *
  * A record is either an EVENT (to be produced to Kafka; token non-zero when
@@ -33,9 +34,12 @@
 
 #include "pgwarden/json.h"
 
-#define PGW_SPOOL_MAGIC "PGWSPL1\n"
+#define PGW_SPOOL_MAGIC "PGWSPL2\n"
+/* Segments of earlier versions, read (replayed) but never written: the
+ * same layout with a CRC-32 (zlib) of the payload as its checksum. */
+#define PGW_SPOOL_MAGIC_V1 "PGWSPL1\n"
 #define PGW_SPOOL_MAGIC_LEN 8
-#define PGW_SPOOL_REC_HEAD 8        /* length + CRC */
+#define PGW_SPOOL_REC_HEAD 8        /* length + checksum */
 #define PGW_SPOOL_PAYLOAD_HEAD 16   /* type, pad, token, key length */
 #define PGW_SPOOL_MAX_RECORD (64u * 1024 * 1024)   /* larger lengths are corruption */
 

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "check.h"
 #include "spool.h"
@@ -314,6 +315,41 @@ static void test_resolve_out_of_order(void)
     pgw_jbuf_free(&b);
 }
 
+/* A segment written by an earlier version (magic PGWSPL1, zlib CRC-32 per
+ * record) is still replayed after an upgrade; a v1 segment whose records
+ * carry the new checksum is corrupt. */
+static void put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void test_v1_segment(void)
+{
+    pgw_jbuf_t b;
+    pgw_jbuf_init(&b, 0);
+    make_segment(&b, 3);
+    memcpy(b.data, PGW_SPOOL_MAGIC_V1, PGW_SPOOL_MAGIC_LEN);
+    seen_t s = { 0 };
+    const char *why;
+    CHECK(pgw_spool_scan((const uint8_t *)b.data, b.len, collect, &s, &why) == PGW_SPOOL_MAGIC_LEN);
+    CHECK(why && strstr(why, "checksum"));
+    CHECK_EQ(s.n, 0);
+    for (size_t off = PGW_SPOOL_MAGIC_LEN; off < b.len;) {
+        uint8_t *h = (uint8_t *)b.data + off;
+        uint32_t plen = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 |
+                        (uint32_t)h[3] << 24;
+        put_le32(h + 4, (uint32_t)crc32(crc32(0L, Z_NULL, 0), h + PGW_SPOOL_REC_HEAD, plen));
+        off += PGW_SPOOL_REC_HEAD + plen;
+    }
+    memset(&s, 0, sizeof s);
+    CHECK_EQ(pgw_spool_scan((const uint8_t *)b.data, b.len, collect, &s, &why), b.len);
+    CHECK(why == NULL);
+    CHECK_EQ(s.n, 3);
+    CHECK(strcmp(s.values[2], "{\"n\":2}") == 0);
+    pgw_jbuf_free(&b);
+}
+
 int main(void)
 {
     if (!mkdtemp(g_dir)) {
@@ -323,6 +359,7 @@ int main(void)
     test_roundtrip();
     test_torn_at_every_byte();
     test_bad_checksum();
+    test_v1_segment();
     test_writer_and_replay();
     test_replay_torn_tail();
     test_resolve_out_of_order();
