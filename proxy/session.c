@@ -683,8 +683,12 @@ static void on_eof(pgw_leg_t *leg, int status)
         session_finish(s, "TLS handshake failed");   /* the alert drains first */
         return;
     }
+    /* A peer that closes with unread data in its socket resets the
+     * connection, and a write racing with its close fails with EPIPE: the
+     * peer still ended the session, whichever way the proxy learned it. */
+    int peer_closed = status == UV_EOF || status == UV_ECONNRESET || status == UV_EPIPE;
     if (!s->end_reason)
-        s->end_reason = status != UV_EOF ? PGW_END_ERROR
+        s->end_reason = !peer_closed ? PGW_END_ERROR
                         : client ? PGW_END_CLIENT_CLOSED : PGW_END_SERVER_CLOSED;
     if (status == UV_EOF)
         session_finish(s, client ? "client closed the connection" : "server closed the connection");

@@ -40,10 +40,22 @@ typedef struct stmt_memo {
     int frag_ready;
 } stmt_memo_t;
 
+/* Freed memos are kept for the next ones (a one-statement Query makes one
+ * per execution): per thread, since memos are made and freed on the loop
+ * thread of their session. pgw_statement_thread_done() frees them. */
+#define MEMO_SPARES 16
+static _Thread_local stmt_memo_t *memo_spares[MEMO_SPARES];
+static _Thread_local unsigned memo_nspares;
+
 static void stmt_memo_free(pgw_memo_t *m)
 {
     stmt_memo_t *sm = (stmt_memo_t *)(void *)m;
     pgw_analysis_clear(&sm->an);
+    if (memo_nspares < MEMO_SPARES) {
+        pgw_jbuf_reset(&sm->frag);
+        memo_spares[memo_nspares++] = sm;
+        return;
+    }
     pgw_jbuf_free(&sm->frag);
     free(sm);
 }
@@ -52,12 +64,16 @@ static void stmt_memo_free(pgw_memo_t *m)
  * empty. NULL when out of memory (an unchanged). */
 static stmt_memo_t *memo_of(pgw_analysis_t *an)
 {
-    stmt_memo_t *m = malloc(sizeof *m);
-    if (!m)
-        return NULL;
+    stmt_memo_t *m;
+    if (memo_nspares) {
+        m = memo_spares[--memo_nspares];
+    } else {
+        if (!(m = malloc(sizeof *m)))
+            return NULL;
+        pgw_jbuf_init(&m->frag, 1u << 20);
+    }
     m->base.free = stmt_memo_free;
     m->an = *an;                    /* an analysis may be moved as a whole */
-    pgw_jbuf_init(&m->frag, 1u << 20);
     m->frag_ready = 0;
     pgw_analysis_init(an);
     return m;
@@ -189,6 +205,15 @@ struct pgw_frag_cache {
 struct pgw_frag_cache *pgw_frag_cache_new(void)
 {
     return calloc(1, sizeof(struct pgw_frag_cache));
+}
+
+void pgw_statement_thread_done(void)
+{
+    while (memo_nspares) {
+        stmt_memo_t *m = memo_spares[--memo_nspares];
+        pgw_jbuf_free(&m->frag);
+        free(m);
+    }
 }
 
 void pgw_frag_cache_free(struct pgw_frag_cache *fc)

@@ -53,6 +53,9 @@ void pgw_statement_learn(struct pgw_analysis_cache *c, pgw_stmt_view_t *view);
 struct pgw_frag_cache;
 struct pgw_frag_cache *pgw_frag_cache_new(void);
 void pgw_frag_cache_free(struct pgw_frag_cache *fc);   /* NULL is fine */
+/* Frees the calling thread's spare memos (kept for reuse): at the end of a
+ * thread that made them. */
+void pgw_statement_thread_done(void);
 
 /* Fills out (text, redacted, fingerprint, command, class, objects,
  * parse_error, or their encoded form in analysis_json) from view; out

@@ -27,7 +27,8 @@ struct pgw_portal {
     pgw_portal_t *next;
     unsigned refs;
     int in_map;
-    char *name;
+    char *name;                     /* name_buf, or the heap for a long name */
+    char name_buf[24];
     pgw_prepared_t *stmt;           /* NULL when Bind named an unknown statement */
     int nparams;
     pgw_event_param_t *params;      /* values, when logged: one block with their bytes */
@@ -47,7 +48,7 @@ struct pgw_tracker_item {
     acc_t acc;                      /* IT_QUERY (current statement), IT_EXECUTE, IT_FCALL */
     /* IT_QUERY */
     char *text;                     /* the whole Query text, then the spans */
-    size_t text_len;
+    size_t text_len, block_cap;
     uint32_t (*spans)[2];
     pgw_memo_t *memo;
     unsigned nstmts, cur;
@@ -84,14 +85,40 @@ static void prepared_unref(pgw_prepared_t *p)
     }
 }
 
-static void portal_unref(pgw_portal_t *p)
+/* The last reference gone: a portal is kept as the tracker's spare, since
+ * the next Bind (one per execution in the extended protocol) needs one. */
+static void portal_unref(pgw_tracker_t *t, pgw_portal_t *p)
 {
     if (p && --p->refs == 0) {
         prepared_unref(p->stmt);
         free(p->params);
-        free(p->name);
-        free(p);
+        if (p->name != p->name_buf)
+            free(p->name);
+        if (!t->spare_portal)
+            t->spare_portal = p;
+        else
+            free(p);
     }
+}
+
+static pgw_portal_t *portal_new(pgw_tracker_t *t, const char *name)
+{
+    pgw_portal_t *p = t->spare_portal;
+    if (p) {
+        t->spare_portal = NULL;
+        memset(p, 0, sizeof *p);
+    } else if (!(p = calloc(1, sizeof *p))) {
+        return NULL;
+    }
+    size_t n = strlen(name);
+    if (n < sizeof p->name_buf) {
+        memcpy(p->name_buf, name, n + 1);
+        p->name = p->name_buf;
+    } else if (!(p->name = dup_n(name, n))) {
+        free(p);
+        return NULL;
+    }
+    return p;
 }
 
 static void fill(pgw_stmt_done_t *dp, pgw_tracker_item_t *it, pgw_portal_t *portal,
@@ -229,7 +256,7 @@ static void unmap_portal(pgw_tracker_t *t, pgw_portal_t *p, int64_t now_us)
         p->suspended = 0;
         emit(t, NULL, p, NULL, &p->acc, PGW_STATUS_OK, NULL, NULL, now_us);
     }
-    portal_unref(p);
+    portal_unref(t, p);
 }
 
 /* ---- the FIFO ------------------------------------------------------------ */
@@ -264,11 +291,20 @@ static pgw_tracker_item_t *head(pgw_tracker_t *t)
     return t->count ? &t->items[t->head] : NULL;
 }
 
-static void item_release(pgw_tracker_item_t *it)
+#define SPARE_BLOCK_MAX 4096        /* a Query block up to this size is reused */
+
+static void item_release(pgw_tracker_t *t, pgw_tracker_item_t *it)
 {
     prepared_unref(it->stmt);
-    portal_unref(it->portal);
-    free(it->text);
+    portal_unref(t, it->portal);
+    if (it->text && it->block_cap <= SPARE_BLOCK_MAX &&
+        (!t->spare_block || t->spare_block_cap < it->block_cap)) {
+        free(t->spare_block);       /* the larger one is kept, for the next Query */
+        t->spare_block = it->text;
+        t->spare_block_cap = it->block_cap;
+    } else {
+        free(it->text);
+    }
     memo_free(it->memo);
     it->stmt = NULL;
     it->portal = NULL;
@@ -278,7 +314,7 @@ static void item_release(pgw_tracker_item_t *it)
 
 static void pop(pgw_tracker_t *t)
 {
-    item_release(&t->items[t->head]);
+    item_release(t, &t->items[t->head]);
     t->head = (t->head + 1) % t->cap;
     t->count--;
 }
@@ -382,7 +418,15 @@ static void on_query(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     size_t spans_off = (q.text_len + 1 + 7) & ~(size_t)7;
     size_t admits_off = spans_off + (size_t)(n ? n : 1) * sizeof spans[0];
     admits_off = (admits_off + 7) & ~(size_t)7;
-    char *block = malloc(admits_off + (t->admit ? (size_t)n * sizeof(pgw_stmt_admit_t) : 0));
+    size_t need = admits_off + (t->admit ? (size_t)n * sizeof(pgw_stmt_admit_t) : 0);
+    char *block;
+    if (t->spare_block && t->spare_block_cap >= need) {
+        block = t->spare_block;
+        need = t->spare_block_cap;
+        t->spare_block = NULL;
+    } else {
+        block = malloc(need);
+    }
     pgw_tracker_item_t *it = block ? push(t, IT_QUERY, now_us) : NULL;
     if (!it) {
         free(block);
@@ -393,6 +437,7 @@ static void on_query(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     it->memo = memo;
     memcpy(block, q.text, q.text_len + 1);
     it->text = block;
+    it->block_cap = need;
     it->text_len = q.text_len;
     it->spans = (uint32_t (*)[2])(void *)(block + spans_off);
     if (n > SPANS_INLINE) {
@@ -473,14 +518,12 @@ static void on_bind(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     pgw_bind_t b;
     if (pgw_parse_bind(m, &b))
         return;
-    pgw_portal_t *po = calloc(1, sizeof *po);
-    if (po)
-        po->name = dup_n(b.portal, strlen(b.portal));
-    pgw_tracker_item_t *it = po && po->name ? push(t, IT_BIND, now_us) : NULL;
+    pgw_portal_t *po = portal_new(t, b.portal);
+    pgw_tracker_item_t *it = po ? push(t, IT_BIND, now_us) : NULL;
     if (!it) {
         if (po) {
             po->refs = 1;
-            portal_unref(po);
+            portal_unref(t, po);
         }
         t->failed = 1;
         return;
@@ -653,7 +696,7 @@ static void on_error(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
         else
             unmap_portal(t, failed.portal, now_us);
         skip_to_sync(t, &e, &failed, now_us);
-        item_release(&failed);
+        item_release(t, &failed);
         return;
     }
     default:
@@ -810,4 +853,8 @@ void pgw_tracker_finish(pgw_tracker_t *t, int64_t now_us)
     free(t->items);
     t->items = NULL;
     t->cap = 0;
+    free(t->spare_portal);
+    t->spare_portal = NULL;
+    free(t->spare_block);
+    t->spare_block = NULL;
 }

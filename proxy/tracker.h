@@ -100,6 +100,9 @@ typedef struct pgw_tracker {
 
     pgw_prepared_t *prepared;       /* named and unnamed statements */
     pgw_portal_t *portals;
+    pgw_portal_t *spare_portal;     /* a freed portal, for the next Bind */
+    char *spare_block;              /* a freed Query block, for the next Query */
+    size_t spare_block_cap;
 
     /* counters for session_end */
     uint64_t statements, errors;

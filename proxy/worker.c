@@ -198,6 +198,7 @@ static void worker_main(void *arg)
 {
     pgw_worker_t *w = arg;
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    pgw_statement_thread_done();
     atomic_store(&w->finished, 1);
     uv_async_send(w->done);
 }
@@ -234,6 +235,7 @@ void pgw_worker_destroy(pgw_worker_t *w)
         pgw_sink_producer_close(&w->producer);
     pgw_statement_cache_free(w->analysis);
     pgw_frag_cache_free(w->frags);
+    pgw_statement_thread_done();    /* what the closes above freed here */
     pgw_buf_pool_destroy(&w->pool);
     pgw_worker_free_wreqs(w);
 }
