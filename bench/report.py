@@ -156,7 +156,8 @@ def key_ratios(targets, modes, clients, summary, results, skipped):
              ("pgwarden-audit-tcp", "fwdlimit-tcp"), ("pgwarden-audit-unix", "fwdlimit-unix"),
              ("pgwarden-audit-tcp", "pgbouncer"), ("pgwarden-audit-tcp", "pgwarden-tcp"),
              ("pgwarden-audit-tcp", "direct"),
-             ("pgwarden-audit-scraped-tcp", "pgwarden-audit-tcp")]
+             ("pgwarden-audit-scraped-tcp", "pgwarden-audit-tcp"),
+             ("pgwarden-policy-tcp", "pgwarden-audit-tcp")]
     if "pgwarden-kafka-tcp" in targets:
         pairs += [("pgwarden-kafka-tcp", "fwdlimit-tcp"), ("pgwarden-kafka-tcp", "pgwarden-audit-tcp")]
     if "pgbouncer-unix" in targets:

@@ -18,6 +18,8 @@ Targets (all on loopback, the clients always speak TCP to the target):
                   single KRaft broker on this machine (tests/integration/kafka_broker.py,
                   needs the JDK, Maven's cache and confluent-kafka: bench/run.sh uses
                   the repository's .venv when there is one)
+  pgwarden-policy-tcp  full audit to the file sink plus an access policy of 20
+                  statement rules that never match pgbench's statements
   pgwarden-tls    pgwarden terminates the clients' TLS, plain TCP upstream, no audit
   pgwarden-tls2   the same with TLS to the server too (--upstream-sslmode require)
   pgwarden-audit-tls  client TLS and full audit to the file sink, plain TCP upstream
@@ -59,14 +61,23 @@ from benchlib import (BENCH_DIR, CLEANUP, DB, DBUSER, KAFKA_TOPIC, CpuWindow, bu
 
 ALL_TARGETS = ["direct", "direct-tls", "fwdlimit-tcp", "fwdlimit-unix", "pgbouncer", "pgbouncer-unix",
                "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix",
-               "pgwarden-audit-scraped-tcp", "pgwarden-kafka-tcp", "pgwarden-tls", "pgwarden-tls2",
-               "pgwarden-audit-tls"]
+               "pgwarden-audit-scraped-tcp", "pgwarden-kafka-tcp", "pgwarden-policy-tcp", "pgwarden-tls",
+               "pgwarden-tls2", "pgwarden-audit-tls"]
 DEFAULT_TARGETS = ["direct", "fwdlimit-tcp", "fwdlimit-unix", "pgbouncer",
                    "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix"]
 MATRIX_TARGETS = ["direct", "direct-tls", "fwdlimit-tcp", "fwdlimit-unix", "pgbouncer",
                   "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix",
                   "pgwarden-kafka-tcp", "pgwarden-audit-tls"]
 MATRIX_CLIENTS = [1, 8, 64, 256]
+# 20 statement rules for the pgwarden-policy-tcp target, none of which
+# matches a pgbench statement (the acceptance ratio is policy / audit >= 0.95).
+POLICY_RULES = "".join(
+    [f"statement deny name=secret_{i} relation=secret_{i}.*\n" for i in range(10)]
+    + [f"statement deny name=cmd_{i} command=\"{c}\"\n" for i, c in enumerate(
+        ["DROP TABLE", "TRUNCATE", "ALTER SYSTEM", "COPY TO PROGRAM", "COPY FROM PROGRAM",
+         "CREATE ROLE", "DROP DATABASE"])]
+    + ["statement deny name=no_roles class=ROLE\n", "statement require-where name=where_guard\n",
+       "statement read-only name=reporting user=report_only\n"])
 
 
 # --------------------------------------------------------------------------- pgbench
@@ -179,6 +190,14 @@ def start_targets(args, tmp, runas, env, direct, sockdir, pgw_bin, fwd_bin, skip
                                         "--kafka-brokers", broker.bootstrap, "--kafka-topic", KAFKA_TOPIC,
                                         "--spool-dir", os.path.join(tmp, "spool")] + pgw_common + ["--log-level",
                                                                                                     "info"]
+        elif name == "pgwarden-policy-tcp":
+            # Full audit plus 20 statement rules that never match pgbench's
+            # statements: every statement is held for its analysis and checked.
+            rules = os.path.join(tmp, "policy-rules.conf")
+            with open(rules, "w") as f:
+                f.write(POLICY_RULES)
+            cmd = [pgw_bin] + listen + ["--upstream", up_tcp, "--audit-file", os.path.join(tmp, name + ".jsonl"),
+                                        "--policy-file", rules] + pgw_common
         elif name in ("pgwarden-audit-tcp", "pgwarden-audit-unix", "pgwarden-audit-scraped-tcp"):
             # Full audit: every statement analysed and written by the file sink.
             up = up_tcp if name.endswith("tcp") else sockdir

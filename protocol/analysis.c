@@ -573,7 +573,7 @@ static int analyze_piece(const piece_in_t *p, sql_entry_t **out, int *multi)
 
     ep.command = wo.command;
     ep.cls = wo.cls;
-    ep.flags = wo.no_raw ? PGW_SQL_NO_RAW : 0;
+    ep.flags = (wo.no_raw ? PGW_SQL_NO_RAW : 0) | wo.flags;
     ep.objs = wo.objs;
     ep.nobjs = wo.nobjs;
     ep.ntok = p->n;

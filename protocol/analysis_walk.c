@@ -867,6 +867,15 @@ int sql_walk(char *json, sql_walk_out_t *out, uint32_t *nstmts)
     out->command = command_of(&d, stmt, &level, &id, 0);
     walk_value(&w, stmt, PGW_ACCESS_READ);
     out->cls = class_of(id, out->command, level, w.dml_write);
+    if (id == N_UPDATE || id == N_DELETE || id == N_COPY) {
+        uint32_t body = 0;
+
+        (void)jnode(&d, stmt, &body);
+        if (id != N_COPY && !jget(&d, body, "whereClause"))
+            out->flags |= PGW_SQL_NO_WHERE;
+        if (id == N_COPY && jbool(&d, body, "is_program"))
+            out->flags |= PGW_SQL_COPY_PROGRAM | (jbool(&d, body, "is_from") ? PGW_SQL_COPY_FROM : 0);
+    }
 
     switch (id) {
     case N_CREATE_ROLE:

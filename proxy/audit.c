@@ -462,6 +462,49 @@ void pgw_audit_refused(pgw_audit_t *a, const char *sqlstate, const char *message
     a->ended = 1;
 }
 
+void pgw_audit_denied(pgw_audit_t *a, const char *rule, int enforced, const char *sqlstate,
+                      const char *message, const pgw_analysis_t *an, uint32_t idx,
+                      pgw_stmt_protocol_t protocol, const char *stmt_name)
+{
+    if (a->ended)
+        return;
+    pgw_event_t ev;
+    fill_common(a, &ev, PGW_EVENT_DENIED, pgw_event_now_us(), ++a->seq);
+    ev.rule = pgw_cstr(rule);
+    ev.enforced = PGW_BOOL(enforced != 0);
+    ev.result.status = PGW_STATUS_ERROR;
+    ev.result.sqlstate = pgw_cstr(sqlstate);
+    ev.result.message = pgw_cstr(message);
+    pgw_stmt_view_t view;
+    memset(&view, 0, sizeof view);
+    if (an) {
+        pgw_stmt_done_t d;
+        memset(&d, 0, sizeof d);
+        d.protocol = protocol;
+        d.text = "";
+        view.has_an = 1;
+        view.src = an;
+        view.idx = idx;
+        ev.statement.truncated = PGW_BOOL(0);
+        pgw_statement_fill(NULL, &d, &view, &ev.statement);
+        ev.statement.protocol = protocol;
+        if (protocol == PGW_PROTOCOL_EXTENDED) {
+            /* Refused at Parse: no portal exists yet. */
+            ev.statement.statement_name = pgw_cstr(stmt_name ? stmt_name : "");
+            ev.statement.portal_name = PGW_STR_LIT("");
+        }
+        if (protocol == PGW_PROTOCOL_SIMPLE && an->count > 1) {
+            ev.statement.index = PGW_INT(idx + 1);
+            ev.statement.count = PGW_INT(an->count);
+        }
+    }
+    emit(a->w, &ev);
+    free(view.heap_objects);
+    /* A refused connection: no session_start or auth_failure follows. */
+    if (!an && enforced)
+        a->ended = 1;
+}
+
 static void session_end_event(pgw_audit_t *a)
 {
     if (!a->started || a->ended)

@@ -1,5 +1,6 @@
 #include "config.h"
 #include "log.h"
+#include "policy.h"
 #include "tls.h"
 
 #include <dirent.h>
@@ -28,6 +29,8 @@ static const char usage[] =
 "                           .s.PGSQL.* socket in DIR (or DIR/.s.PGSQL.5432 if several),\n"
 "                           or the socket file itself\n"
 "  --audit-file PATH|-      write audit events as JSON lines to PATH, or to stdout\n"
+"  --policy-file FILE       access rules (connections and statements, docs/policy.md),\n"
+"                           re-read on SIGHUP\n"
 "  --kafka-brokers H:P[,..] with --kafka-topic: send audit events to Kafka (librdkafka)\n"
 "  --kafka-topic NAME       the topic; messages are keyed by session id\n"
 "  --kafka-property K=V     a librdkafka producer property (security.protocol, sasl.*, ssl.*,\n"
@@ -266,7 +269,7 @@ enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_H
        O_MAX_CLIENTS, O_MAX_PER_ADDR, O_MAX_PENDING, O_CONFIG, O_CHECK, O_LIST,
        O_KAFKA_BROKERS, O_KAFKA_TOPIC, O_KAFKA_PROP, O_SPOOL_DIR, O_SPOOL_MAX, O_SPOOL_POLICY,
        O_TLS_CERT, O_TLS_KEY, O_TLS_CLIENT_CA, O_TLS_CLIENT_CERT, O_TLS_MIN, O_TLS_CIPHERS,
-       O_TLS_GROUPS, O_TLS_REQUIRE, O_TLS_REQUIRE_ON, O_TLS_IDENT_MAP, O_TLS_MATCH_CN, O_UP_SSLMODE,
+       O_TLS_GROUPS, O_TLS_REQUIRE, O_TLS_REQUIRE_ON, O_TLS_IDENT_MAP, O_TLS_MATCH_CN, O_POLICY, O_UP_SSLMODE,
        O_UP_CA, O_UP_CERT, O_UP_KEY, O_LAST };
 static const struct option opts[] = {
     { "listen", required_argument, NULL, O_LISTEN },
@@ -295,6 +298,7 @@ static const struct option opts[] = {
     { "tls-require", no_argument, NULL, O_TLS_REQUIRE },
     { "tls-require-on", required_argument, NULL, O_TLS_REQUIRE_ON },
     { "tls-ident-map", required_argument, NULL, O_TLS_IDENT_MAP },
+    { "policy-file", required_argument, NULL, O_POLICY },
     { "tls-user-must-match-cn", no_argument, NULL, O_TLS_MATCH_CN },
     { "upstream-sslmode", required_argument, NULL, O_UP_SSLMODE },
     { "upstream-ca", required_argument, NULL, O_UP_CA },
@@ -502,6 +506,15 @@ int pgw_config_from_args(pgw_config_t *cfg, int argc, char **argv)
             goto keep;
         }
         pgw_tls_destroy(&tls);
+        if (cfg->policy_file) {
+            pgw_policy_t *pol = pgw_policy_load(cfg->policy_file, err, sizeof err);
+            if (!pol) {
+                fprintf(stderr, "pgwarden: policy: %s\n", err);
+                rc = -1;
+                goto keep;
+            }
+            pgw_policy_unref(pol);
+        }
         printf("pgwarden: configuration OK%s%s%s\n", path ? " (" : "", path ? path : "", path ? ")" : "");
         rc = 1;
     }
@@ -638,6 +651,7 @@ static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origi
         case O_UP_CERT: cfg->tls.upstream_cert = optarg; break;
         case O_UP_KEY: cfg->tls.upstream_key = optarg; break;
         case O_TLS_MATCH_CN: cfg->tls.user_must_match_cn = 1; break;
+        case O_POLICY: cfg->policy_file = optarg; break;
         case O_TLS_IDENT_MAP:
             cfg->tls.ident_map = optarg;
             cfg->tls.user_must_match_cn = 1;

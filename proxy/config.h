@@ -63,6 +63,7 @@ typedef struct pgw_config {
     int spool_drop;                 /* full spool: drop (and count) instead of block */
     int has_metrics;
     pgw_endpoint_t metrics_listen;  /* the HTTP endpoint, when has_metrics */
+    const char *policy_file;        /* access rules (policy.h); NULL: none */
     int check_only;                 /* --check-config */
     char **argv_storage;            /* the strings the fields above point into */
 } pgw_config_t;

@@ -10,6 +10,7 @@
 #define IDENT_FIELD_MAX 256
 
 typedef struct ident_line {
+    char map[IDENT_FIELD_MAX];
     char sys[IDENT_FIELD_MAX];
     char user[IDENT_FIELD_MAX];
     int is_regex;
@@ -101,6 +102,8 @@ int pgw_ident_map_parse(const char *name, const char *text, pgw_ident_map_t **ou
         }
         ident_line_t *l = &m->lines[m->n];
         memset(l, 0, sizeof *l);
+        if (r > 0)
+            memcpy(l->map, mapname, sizeof l->map);
         if (r < 0 || next_field(&p, l->sys, sizeof l->sys) != 1 ||
             next_field(&p, l->user, sizeof l->user) != 1 || next_field(&p, extra, sizeof extra) != 0) {
             snprintf(err, errcap, "%s:%d: expected MAPNAME SYSTEM-USERNAME DATABASE-USERNAME",
@@ -171,8 +174,15 @@ static int expand(const ident_line_t *l, const char *sys, const regmatch_t *g1, 
 
 int pgw_ident_map_allows(const pgw_ident_map_t *m, const char *sys, const char *user)
 {
+    return pgw_ident_map_allows_in(m, NULL, sys, user);
+}
+
+int pgw_ident_map_allows_in(const pgw_ident_map_t *m, const char *map, const char *sys, const char *user)
+{
     for (size_t i = 0; m && i < m->n; i++) {
         const ident_line_t *l = &m->lines[i];
+        if (map && strcmp(l->map, map) != 0)
+            continue;
         if (!l->is_regex) {
             if (strcmp(l->sys, sys) == 0 && strcmp(l->user, user) == 0)
                 return 1;

@@ -29,5 +29,8 @@ void pgw_ident_map_free(pgw_ident_map_t *m);
 
 /* 1 when a line maps system user sys to database user user, else 0. */
 int pgw_ident_map_allows(const pgw_ident_map_t *m, const char *sys, const char *user);
+/* The same with the lines of map name map only (NULL: every line): the
+ * access policy's groups (policy.h). */
+int pgw_ident_map_allows_in(const pgw_ident_map_t *m, const char *map, const char *sys, const char *user);
 
 #endif

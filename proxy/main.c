@@ -18,6 +18,7 @@
 #include "log.h"
 #include "conn_limits.h"
 #include "metrics.h"
+#include "policy.h"
 #include "pgwarden/event.h"
 #include "pgwarden/sink.h"
 #include "tls.h"
@@ -39,6 +40,7 @@ typedef struct proxy {
     int argc;                       /* the command line, read again on SIGHUP */
     char **argv;
     uv_signal_t sighup_reload;
+    char *policy_file;              /* the rules file in force (malloc'ed); NULL: none */
 } proxy_t;
 
 /* SIGHUP: the configuration file and the command line are read again. What
@@ -140,11 +142,46 @@ static void reload_tls(proxy_t *p)
         pgw_info("SIGHUP: certificates reloaded");
 }
 
+/* SIGHUP, the access policy: the rules file named by the configuration
+ * just read is compiled whole; only a file without errors replaces the
+ * rules in force (loop threads take it at their next iteration). */
+static void reload_policy(proxy_t *p)
+{
+    pgw_config_t next;
+    if (pgw_config_from_args(&next, p->argc, p->argv) != 0) {
+        pgw_config_free(&next);
+        return;                     /* reported by reload_config */
+    }
+    char err[512];
+    pgw_policy_t *pol = NULL;
+    if (next.policy_file && !(pol = pgw_policy_load(next.policy_file, err, sizeof err))) {
+        pgw_error("SIGHUP: keeping the current access policy: %s", err);
+        pgw_config_free(&next);
+        return;
+    }
+    char *path = next.policy_file ? strdup(next.policy_file) : NULL;
+    if (next.policy_file && !path) {
+        pgw_error("SIGHUP: keeping the current access policy: out of memory");
+        pgw_policy_unref(pol);
+        pgw_config_free(&next);
+        return;
+    }
+    if (pol)
+        pgw_info("SIGHUP: access policy %s loaded: %u rules", path, pgw_policy_nrules(pol));
+    else if (p->policy_file)
+        pgw_info("SIGHUP: no policy-file any more: access policy removed");
+    free(p->policy_file);
+    p->policy_file = path;
+    pgw_policy_publish(pol);
+    pgw_config_free(&next);
+}
+
 static void on_sighup_reload(uv_signal_t *sig, int signum)
 {
     (void)signum;
     reload_config(sig->data);
     reload_tls(sig->data);
+    reload_policy(sig->data);
 }
 
 static void observer_init(pgw_observer_info_t *o, const pgw_config_t *cfg)
@@ -339,6 +376,20 @@ int main(int argc, char **argv)
     pgw_limits_configure(&p.cfg);
     signal(SIGPIPE, SIG_IGN);
 
+    /* The access policy: a rules file with an error stops the start. */
+    if (p.cfg.policy_file) {
+        char pol_err[512];
+        pgw_policy_t *pol = pgw_policy_load(p.cfg.policy_file, pol_err, sizeof pol_err);
+        if (!pol) {
+            fprintf(stderr, "pgwarden: policy: %s\n", pol_err);
+            pgw_config_free(&p.cfg);
+            return 2;
+        }
+        p.policy_file = strdup(p.cfg.policy_file);
+        pgw_info("access policy %s: %u rules", p.cfg.policy_file, pgw_policy_nrules(pol));
+        pgw_policy_publish(pol);
+    }
+
     p.nworkers = p.cfg.threads;
     p.workers = calloc((size_t)p.nworkers, sizeof *p.workers);
     int (*fds)[PGW_MAX_LISTEN] = calloc((size_t)p.nworkers, sizeof *fds);
@@ -426,6 +477,8 @@ int main(int argc, char **argv)
         pgw_sink_close(p.sink);   /* writes what the threads handed over */
     uv_loop_close(&p.loop);
     pgw_tls_destroy(&p.tls);
+    pgw_policy_publish(NULL);
+    free(p.policy_file);
     if (p.metrics)
         pgw_metrics_free(p.metrics);
     free(p.workers);

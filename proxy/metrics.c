@@ -215,8 +215,15 @@ int pgw_metrics_render(pgw_worker_t *w, int n, pgw_sink_t *sink, char **buf, siz
             put(&o, "pgwarden_statement_errors_total{sqlstate_class=\"%c%c\"} %llu\n", digits[k / 36],
                 digits[k % 36], (unsigned long long)v);
     }
-    head(&o, "pgwarden_statements_denied_total", "counter", "Statements refused by a policy rule.");
-    put(&o, "pgwarden_statements_denied_total %llu\n", (unsigned long long)SUM(denied));
+    static const char *const denied_kinds[2] = { "connection", "statement" };
+    head(&o, "pgwarden_denied_total", "counter", "Connections and statements refused by an access-policy rule.");
+    for (int k = 0; k < 2; k++)
+        put(&o, "pgwarden_denied_total{kind=\"%s\"} %llu\n", denied_kinds[k], (unsigned long long)SUM(denied[k]));
+    head(&o, "pgwarden_denied_dry_run_total", "counter",
+         "Connections and statements a dry-run access-policy rule would have refused.");
+    for (int k = 0; k < 2; k++)
+        put(&o, "pgwarden_denied_dry_run_total{kind=\"%s\"} %llu\n", denied_kinds[k],
+            (unsigned long long)SUM(denied_dry_run[k]));
 
     uint64_t emitted = 0, refused = 0;
     for (int i = 0; i < n; i++) {

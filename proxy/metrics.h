@@ -74,7 +74,8 @@ typedef struct pgw_metrics {
     pgw_ctr_t duration_buckets[PGW_DURATION_BUCKETS + 1];   /* the last one is +Inf */
     pgw_ctr_t duration_sum_us, duration_count;
     pgw_ctr_t errors_by_class[PGW_SQLSTATE_CLASSES];
-    pgw_ctr_t denied;
+    pgw_ctr_t denied[2];            /* by the access policy: [0] connections, [1] statements */
+    pgw_ctr_t denied_dry_run[2];    /* dry-run rules that matched (nothing refused) */
     pgw_ctr_t cache_hits, cache_misses, cache_entries, parse_ns;
     pgw_ctr_t parse_pool_ns;        /* big statements parsed in the thread pool */
     pgw_ctr_t tls_handshakes[2];    /* client leg: [0] completed, [1] failed */

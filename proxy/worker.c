@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "policy.h"
 #include "session.h"
 #include "statement.h"
 
@@ -96,6 +97,19 @@ static void on_sink_check(uv_check_t *c)
     }
     pgw_sink_producer_tick(&w->producer);
     arm_sink_timer(w);
+}
+
+struct pgw_policy *pgw_worker_policy(pgw_worker_t *w)
+{
+    if (pgw_policy_generation() != w->policy_gen) {
+        pgw_policy_t *old = w->policy;
+        w->policy = pgw_policy_current(&w->policy_gen);
+        pgw_policy_unref(old);
+        if (w->policy && !w->analysis && !(w->analysis = pgw_statement_cache_new(w->cfg)))
+            pgw_error("thread %d: out of memory for the analysis cache: statement rules not applied",
+                      w->index);
+    }
+    return w->policy;
 }
 
 void pgw_worker_maybe_finish(pgw_worker_t *w)
@@ -236,6 +250,8 @@ void pgw_worker_destroy(pgw_worker_t *w)
     pgw_statement_cache_free(w->analysis);
     pgw_frag_cache_free(w->frags);
     pgw_statement_thread_done();    /* what the closes above freed here */
+    pgw_policy_unref(w->policy);
+    w->policy = NULL;
     pgw_buf_pool_destroy(&w->pool);
     pgw_worker_free_wreqs(w);
 }

@@ -37,6 +37,7 @@ typedef struct pgw_observer_info {
 struct pgw_analysis_cache;
 struct pgw_frag_cache;
 struct pgw_tls;
+struct pgw_policy;
 
 /* Commands from the main thread, delivered through wakeup. */
 enum { PGW_CMD_DRAIN = 1, PGW_CMD_FORCE = 2 };
@@ -79,6 +80,10 @@ typedef struct pgw_worker {
     struct pgw_frag_cache *frags;   /* encoded analysis fields (statement.c) */
 
     struct pgw_tls *tls;            /* certificates (main's, set before start); NULL: no TLS */
+    /* The access policy as this thread sees it: a reference to the
+     * published snapshot, taken again when its generation moves on. */
+    struct pgw_policy *policy;
+    unsigned policy_gen;
     pgw_metrics_t metrics;          /* this thread's counters, summed at scrape time */
 
     pgw_buf_pool_t pool;
@@ -97,6 +102,12 @@ void pgw_worker_destroy(pgw_worker_t *w);
 
 /* Frees the pooled write requests (transport.c); after the loop ended. */
 void pgw_worker_free_wreqs(pgw_worker_t *w);
+
+/* The access policy for a new decision (NULL: none): this thread's
+ * snapshot, refreshed first when SIGHUP published a new one (a relaxed
+ * load when nothing changed). The reference stays the worker's. Also makes
+ * sure the thread has an analysis cache when the policy needs one. */
+struct pgw_policy *pgw_worker_policy(pgw_worker_t *w);
 
 /* An audit event went into this thread's batch. */
 void pgw_worker_audit_emitted(pgw_worker_t *w);

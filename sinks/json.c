@@ -785,8 +785,10 @@ int pgw_event_encode(const pgw_event_t *ev, pgw_jbuf_t *b)
         f_str(b, K("server_version"), ev->server_version);
     if (groups & G_AUTH_METHOD)
         f_str(b, K("auth_method"), ev->auth_method);
-    if (groups & G_RULE)
+    if (groups & G_RULE) {
         f_str(b, K("rule"), ev->rule);
+        f_bool(b, K("enforced"), ev->enforced);
+    }
     if (groups & G_STATEMENT)
         enc_statement(b, &ev->statement);
     if (groups & G_RESULT)

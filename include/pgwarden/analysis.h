@@ -70,6 +70,9 @@ typedef struct pgw_sql_object {
 #define PGW_SQL_NO_RAW      0x2u  /* the raw text may carry a secret (a password,
                                    * a connection string): in raw mode print the
                                    * redacted text instead */
+#define PGW_SQL_NO_WHERE     0x4u  /* UPDATE or DELETE without WHERE (every row) */
+#define PGW_SQL_COPY_PROGRAM 0x8u  /* COPY ... TO/FROM PROGRAM (runs a shell command) */
+#define PGW_SQL_COPY_FROM    0x10u /* with COPY_PROGRAM: FROM PROGRAM */
 
 /* The analysis of one statement shape: shared by every statement that
  * differs from it only in literals. Immutable; read freely from any thread

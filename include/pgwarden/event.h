@@ -222,6 +222,7 @@ typedef struct pgw_event {
     pgw_str_t server_version, auth_method;
     /* denied */
     pgw_str_t rule;
+    pgw_optbool_t enforced;      /* false: a dry-run rule (recorded, not refused) */
     /* cancel: the session the CancelRequest targeted, if known */
     struct {
         pgw_str_t session_id;

@@ -64,6 +64,8 @@ def test_every_documented_option_passes_check_config(tmp_path, pg):
         "upstream-sslmode": "verify-full", "upstream-ca": str(tmp_path / "ca.crt"),
         "upstream-cert": str(tmp_path / "client.crt"), "upstream-key": str(tmp_path / "client.key"),
     })
+    (tmp_path / "rules.conf").write_text("statement deny name=no_drop command=\"DROP TABLE\"\n")
+    values["policy-file"] = str(tmp_path / "rules.conf")
     file_only = [n for n in documented_options() if n not in ("config", "check-config")]
     missing = [n for n in file_only if n not in values]
     assert not missing, "add a valid sample value for %s to this test" % missing

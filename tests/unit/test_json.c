@@ -536,6 +536,7 @@ static void samples(sample_cb cb)
     pgw_event_init(&ev, PGW_EVENT_DENIED, T0, &g_gen);
     identity(&ev, false, false);
     ev.rule = PGW_STR_LIT("no-ddl-from-app");
+    ev.enforced = PGW_BOOL_TRUE;
     ev.statement = (pgw_event_statement_t){
         .text = PGW_STR_LIT("DROP TABLE accounts"), .redacted = PGW_BOOL_TRUE,
         .truncated = PGW_BOOL_FALSE, .has_fingerprint = true, .fingerprint = 42,
@@ -549,6 +550,7 @@ static void samples(sample_cb cb)
     pgw_event_init(&ev, PGW_EVENT_DENIED, T0, &g_gen);
     identity(&ev, false, false);
     ev.rule = PGW_STR_LIT("cert-cn-must-match-user");
+    ev.enforced = PGW_BOOL_FALSE;   /* a dry-run rule */
     cb(&ev, "denied connection");
 
     pgw_event_init(&ev, PGW_EVENT_CANCEL, T0, &g_gen);
