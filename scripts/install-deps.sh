@@ -53,17 +53,19 @@ fi
 # the venv does not depend on whatever other Python happens to be on PATH.
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=$(command -v python3)
-REQ=tests/requirements.txt
+# tests/requirements.txt for the integration tests, bench/requirements.txt for
+# the benchmark's plot; the stamp covers both.
+REQS=(tests/requirements.txt bench/requirements.txt)
 stamp=.venv/.requirements.sha256
-want=$(sha256sum "$REQ" | cut -d' ' -f1)
+want=$(cat "${REQS[@]}" | sha256sum | cut -d' ' -f1)
 
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
     rm -rf .venv
     "$PY" -m venv .venv
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "install-deps: installing Python packages from $REQ into .venv"
-    .venv/bin/python -m pip install -q --disable-pip-version-check -r "$REQ"
+    echo "install-deps: installing Python packages from ${REQS[*]} into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check "${REQS[@]/#/-r}"
     echo "$want" > "$stamp"
 else
     echo "install-deps: .venv up to date"

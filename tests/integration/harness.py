@@ -280,6 +280,17 @@ class Proxy(Endpoint):
         return out
 
     @property
+    def metrics_addrs(self):
+        """The --metrics-listen endpoint, which opens after the listeners:
+        waited for too, so that a test's first request never races it."""
+        out = []
+        for i, a in enumerate(self.args[:-1]):
+            if a == "--metrics-listen":
+                host, _, port = self.args[i + 1].rpartition(":")
+                out.append((host.strip("[]"), int(port)))
+        return out
+
+    @property
     def unix_port(self):
         tcp = self.tcp_addrs
         return tcp[0][1] if tcp else 5432
@@ -309,7 +320,7 @@ class Proxy(Endpoint):
         self.proc = subprocess.Popen(self.args, stdout=self.out_f, stderr=self.err_f,
                                      stdin=subprocess.DEVNULL, cwd=self.workdir)
         try:
-            for addr in self.tcp_addrs + self.unix_paths:
+            for addr in self.tcp_addrs + self.unix_paths + self.metrics_addrs:
                 wait_for_socket(addr, timeout, self.proc)
         except Exception as e:
             self.kill()
