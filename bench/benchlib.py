@@ -199,14 +199,15 @@ def cpu_model():
 
 # --------------------------------------------------------------------------- build
 
-def build(args, want_pgwarden):
-    """Builds build/pgwarden and build/fwdlimit if missing. Returns (pgwarden path or
-    None, fwdlimit path, notes)."""
+def build(args, want_pgwarden, want_fwdlimit=True):
+    """Builds build/pgwarden and build/fwdlimit if missing (fwdlimit only when a
+    selected target needs it: its source lives outside the repository). Returns
+    (pgwarden path or None, fwdlimit path or None, notes)."""
     bdir = args.build_dir
     pgw = os.path.join(bdir, "pgwarden")
     fwd = os.path.join(bdir, "fwdlimit")
     notes = []
-    missing = [p for p in ([pgw] if want_pgwarden else []) + [fwd]
+    missing = [p for p in ([pgw] if want_pgwarden else []) + ([fwd] if want_fwdlimit else [])
                if args.rebuild or not os.access(p, os.X_OK)]
     if missing and shutil.which("cmake"):
         log(f"building in {bdir} (missing: {', '.join(os.path.basename(m) for m in missing)})")
@@ -226,7 +227,9 @@ def build(args, want_pgwarden):
                         err = [l for l in (r2.stdout + r2.stderr).splitlines() if "error" in l]
                         notes.append(f"cmake --build --target {t} failed: " + (err[0] if err else "?"))
                         log(notes[-1])
-    if not os.access(fwd, os.X_OK):
+    if not want_fwdlimit:
+        fwd = None
+    elif not os.access(fwd, os.X_OK):
         src = args.fwdlimit_src
         if not os.path.isfile(src):
             raise RuntimeError(f"fwdlimit missing and its source {src} not found")

@@ -130,7 +130,8 @@ def main(argv):
     env = client_env()
     check_pg_tools(args)
     skipped = {}
-    pgw_bin, fwd_bin, notes = build(args, any(t.startswith("pgwarden") for t in args.targets))
+    pgw_bin, fwd_bin, notes = build(args, any(t.startswith("pgwarden") for t in args.targets),
+                                     any(t.startswith("fwdlimit") for t in args.targets))
     for t in args.targets:
         if t.startswith("pgwarden") and not pgw_bin:
             skipped[t] = notes[-1] if notes else "no pgwarden binary"

@@ -213,7 +213,7 @@ def main(argv):
     if nofile < want:
         log(f"RLIMIT_NOFILE is {nofile} (< {want}): fewer connections")
         args.connections = max(1, nofile - args.sessions - 1024)
-    pgw_bin, _, notes = build(args, any(t.startswith("pgwarden") for t in args.targets))
+    pgw_bin, _, notes = build(args, any(t.startswith("pgwarden") for t in args.targets), False)
     tmp = make_tmp(args, runas, prefix="pgwarden-idle-")
     pg, sockdir = start_postgres(args, tmp, runas, env, max_connections=args.sessions + 30)
     createdb(args, pg.port, env)

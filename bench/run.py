@@ -495,7 +495,8 @@ def main(argv):
     check_pg_tools(args)
     want_pgwarden = any(t.startswith("pgwarden") for t in args.targets)
     skipped = {}
-    pgw_bin, fwd_bin, build_notes = build(args, want_pgwarden)
+    pgw_bin, fwd_bin, build_notes = build(args, want_pgwarden,
+                                           any(t.startswith("fwdlimit") for t in args.targets))
     ctx["pgw_bin"] = pgw_bin
     if pgw_bin and build_type(args.build_dir) != "Release":
         log(f"warning: {pgw_bin} is a {build_type(args.build_dir)} build; the reference is "
