@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ALL_PROXIES, PgCluster, Proxy, free_port
+from harness import ALL_PROXIES, Proxy, free_port, running_cluster
 from test_event_schema import assert_valid_audit_file
 
 
@@ -17,15 +17,8 @@ from test_event_schema import assert_valid_audit_file
 
 @pytest.fixture(scope="session")
 def pg():
-    cluster = PgCluster()
-    try:
-        cluster.start()
-    except Exception:
-        print(cluster.log_tail())
-        cluster.stop()
-        raise
-    yield cluster
-    cluster.stop()
+    with running_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

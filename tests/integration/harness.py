@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -248,6 +249,30 @@ host  all all          ::1/128      trust
 # ---------------------------------------------------------------- pgwarden
 
 ALL_PROXIES = []
+
+
+@contextmanager
+def running_cluster(extra_conf="", extra_hba="", files=(), setup_sql=None):
+    """A started PgCluster, stopped and removed on exit. files: paths copied
+    into the cluster's base dir and given to postgres (keys, certificates)
+    before it starts; setup_sql runs once it is up. On a failed start the
+    server's log is printed before the error propagates."""
+    cluster = PgCluster(extra_conf=extra_conf, extra_hba=extra_hba)
+    try:
+        for f in files:
+            dst = cluster.base / Path(f).name
+            shutil.copy(f, dst)
+            cluster.give(dst)
+        try:
+            cluster.start()
+        except Exception:
+            print(cluster.log_tail())
+            raise
+        if setup_sql:
+            cluster.sql(setup_sql)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 class Proxy(Endpoint):

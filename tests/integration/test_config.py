@@ -182,7 +182,6 @@ def test_packaged_example_config_is_valid(tmp_path):
 
 def test_sighup_reloads_the_log_level_and_names_what_needs_a_restart(tmp_path, pg):
     import signal
-    import time
     from harness import wait_until
     port = free_port()
     ini = tmp_path / "reload.ini"

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 import pgwire
-from harness import PgCluster, free_port, wait_until
+from harness import free_port, running_cluster, wait_until
 from test_event_schema import assert_valid_audit_file
 from test_metrics import http_get, samples, status_or_none
 
@@ -414,15 +414,8 @@ def test_client_vanishes_mid_result(pg, start_proxy, run_dir):
 @pytest.fixture(scope="module")
 def own_pg():
     """A cluster of this module's own, which its tests stop and restart."""
-    cluster = PgCluster()
-    try:
-        cluster.start()
-    except Exception:
-        print(cluster.log_tail())
-        cluster.stop()
-        raise
-    yield cluster
-    cluster.stop()
+    with running_cluster() as cluster:
+        yield cluster
 
 
 def test_backend_terminated(own_pg, start_proxy, run_dir):

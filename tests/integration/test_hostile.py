@@ -13,7 +13,6 @@ import time
 import pytest
 
 import pgwire
-from harness import free_port
 
 
 def refused_with(addr, payload, timeout=10):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import (PGW_BINARY, PgCluster, client_env, free_port, pg_tool, pgbench, psql, run,
+from harness import (PGW_BINARY, client_env, free_port, pg_tool, pgbench, psql, running_cluster,
                      wait_until)
 from kafka_broker import KafkaBroker
 from test_event_schema import _shape, assert_valid_events, load_validator
@@ -337,18 +337,12 @@ def test_spool_full_block_waits(kafka, topic, pg, start_proxy, tmp_path):
 @pytest.fixture(scope="module")
 def audited_pg():
     """A cluster of its own with pgAudit logging every statement it runs."""
-    c = PgCluster()
-    c.start()
-    with open(c.datadir / "postgresql.conf", "a") as f:
-        f.write("shared_preload_libraries = 'pgaudit'\npgaudit.log = 'all'\n"
-                "log_min_messages = warning\n")
-    run(c._as_pg_user([pg_tool("pg_ctl"), "-D", str(c.datadir), "-l", str(c.logfile), "-w",
-                       "-t", "60", "restart"]), cwd=c.base)
-    c.sql("CREATE EXTENSION IF NOT EXISTS pgaudit")
-    c.sql("CREATE DATABASE crashbench")
-    pgbench(c, "-i", "-q", "-s", "1", dbname="crashbench")
-    yield c
-    c.stop()
+    with running_cluster(extra_conf="shared_preload_libraries = 'pgaudit'\npgaudit.log = 'all'\n"
+                                    "log_min_messages = warning\n",
+                         setup_sql="CREATE EXTENSION IF NOT EXISTS pgaudit") as c:
+        c.sql("CREATE DATABASE crashbench")
+        pgbench(c, "-i", "-q", "-s", "1", dbname="crashbench")
+        yield c
 
 
 def pgaudit_count(cluster, pattern):

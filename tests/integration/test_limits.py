@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 import pgwire
-from harness import client_env, free_port, wait_until
+from harness import free_port, wait_until
 
 
 # AddressSanitizer keeps freed memory in quarantine (up to 256 MiB): under

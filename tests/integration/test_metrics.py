@@ -15,7 +15,7 @@ import urllib.request
 import psycopg
 import pytest
 
-from harness import REPO, PgCluster, free_port, wait_until
+from harness import REPO, free_port, running_cluster, wait_until
 
 
 def http_get(port, path, method="GET", timeout=5):
@@ -135,8 +135,7 @@ def test_healthz_readyz_and_unknown_paths(metered):
 
 
 def test_readyz_follows_the_upstream(start_proxy):
-    own = PgCluster().start()
-    try:
+    with running_cluster() as own:
         port = free_port()
         p = start_proxy(upstream="127.0.0.1:%d" % own.port,
                         extra_args=["--metrics-listen", "127.0.0.1:%d" % port])
@@ -150,8 +149,6 @@ def test_readyz_follows_the_upstream(start_proxy):
         wait_until(lambda: status_or_none(port, "/readyz") == 200, 10, what="readyz to turn 200")
         with p.connect() as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
-    finally:
-        own.stop()
 
 
 def raw_http(port, payload, read_timeout=8):

@@ -8,7 +8,6 @@ server's side."""
 import json
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -17,7 +16,7 @@ import psycopg
 import pytest
 from psycopg import errors, pq
 
-from harness import PgCluster, free_port, wait_until
+from harness import free_port, running_cluster, wait_until
 from harness import psql as _psql
 
 
@@ -58,13 +57,11 @@ ROLES = ["app", "report", "boss", "loader", "mallory", "limited", "secure", "six
 @pytest.fixture(scope="module")
 def lpg():
     """A cluster of its own that logs every statement it receives."""
-    cluster = PgCluster(extra_conf="log_statement = 'all'\nlog_min_messages = warning\n")
-    try:
-        cluster.start()
-    except Exception:
-        print(cluster.log_tail())
-        cluster.stop()
-        raise
+    with running_cluster(extra_conf="log_statement = 'all'\nlog_min_messages = warning\n") as cluster:
+        yield setup_lpg(cluster)
+
+
+def setup_lpg(cluster):
     for r in ROLES:
         cluster.sql(f"CREATE ROLE {r} LOGIN")
     cluster.sql("CREATE SCHEMA private; CREATE TABLE private.keys (k text); "
@@ -73,8 +70,7 @@ def lpg():
                 "CREATE TABLE \"odd'q\\$pgw$\" (id int); "
                 "GRANT ALL ON ALL TABLES IN SCHEMA public, private TO PUBLIC; "
                 "GRANT USAGE, CREATE ON SCHEMA private, public TO PUBLIC")
-    yield cluster
-    cluster.stop()
+    return cluster
 
 
 def server_saw(cluster, sql):

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 import pgwire
-from harness import PgCluster, client_env, free_port, pg_tool, run, wait_until
+from harness import free_port, pg_tool, run, running_cluster, wait_until
 from test_event_schema import assert_valid_audit_file
 
 BOB_PASSWORD = "bob scram secret"
@@ -81,7 +81,7 @@ def certs(run_dir):
 def tls_pg(certs):
     """A PostgreSQL 15 with ssl=on (the guidance's settings), roles alice,
     bob (SCRAM password) and carol, and every connection logged."""
-    cluster = PgCluster(extra_conf="""
+    with running_cluster(extra_conf="""
 ssl = on
 ssl_cert_file = '../server.crt'
 ssl_key_file = '../server.key'
@@ -89,20 +89,12 @@ ssl_ca_file = '../client-ca.crt'
 ssl_prefer_server_ciphers = on
 ssl_min_protocol_version = 'TLSv1.3'
 log_connections = on
-""", extra_hba="host all bob 127.0.0.1/32 scram-sha-256\n")
-    for name in ("server.crt", "server.key", "client-ca.crt"):
-        shutil.copy(certs / name, cluster.base / name)
-        cluster.give(cluster.base / name)
-    try:
-        cluster.start()
-    except Exception:
-        print(cluster.log_tail())
-        cluster.stop()
-        raise
-    cluster.sql("CREATE ROLE alice LOGIN; CREATE ROLE carol LOGIN; "
-                "CREATE ROLE bob LOGIN PASSWORD '%s'" % BOB_PASSWORD.replace("'", "''"))
-    yield cluster
-    cluster.stop()
+""", extra_hba="host all bob 127.0.0.1/32 scram-sha-256\n",
+                         files=[certs / n for n in ("server.crt", "server.key", "client-ca.crt")],
+                         setup_sql="CREATE ROLE alice LOGIN; CREATE ROLE carol LOGIN; "
+                                   "CREATE ROLE bob LOGIN PASSWORD '%s'"
+                                   % BOB_PASSWORD.replace("'", "''")) as cluster:
+        yield cluster
 
 
 # ---------------------------------------------------------------- helpers
