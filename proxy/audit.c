@@ -287,6 +287,8 @@ static unsigned split(void *ud, const char *text, size_t len, uint32_t (*spans)[
                       pgw_memo_t **memo)
 {
     pgw_audit_t *a = ud;
+    if (a->given && a->given->count)
+        return pgw_statement_split_given(a->given, spans, cap, memo);
     return pgw_statement_split(a->w->analysis, text, len, spans, cap, memo);
 }
 

@@ -49,6 +49,10 @@ typedef struct pgw_audit {
     pgw_tls_info_t *tls;
     pgw_event_cert_t cert;
     pgw_str_t san[PGW_TLS_MAX_SAN];
+    /* The analysis of the Query being fed to the tracker, made already by
+     * the access policy's gate (borrowed for that call; the split may move
+     * it into the Query's memo), or NULL. */
+    pgw_analysis_t *given;
 } pgw_audit_t;
 
 /* After accept: the client's address and the listener. */

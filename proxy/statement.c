@@ -100,20 +100,27 @@ unsigned pgw_statement_split(struct pgw_analysis_cache *c, const char *text, siz
         spans[0][1] = (uint32_t)len;
         return 1;
     }
-    unsigned n = an.count;
+    unsigned n = pgw_statement_split_given(&an, spans, cap, memo);
+    pgw_analysis_clear(&an);
+    return n;
+}
+
+unsigned pgw_statement_split_given(pgw_analysis_t *an, uint32_t (*spans)[2], unsigned cap,
+                                   pgw_memo_t **memo)
+{
+    unsigned n = an->count;
     for (unsigned i = 0; i < n && i < cap; i++) {
-        const pgw_stmt_t *st = pgw_analysis_stmt(&an, i);
+        const pgw_stmt_t *st = pgw_analysis_stmt(an, i);
         spans[i][0] = st->offset;
         spans[i][1] = st->length;
     }
     /* A statement of several in one string is described on its own when it
      * completes, as the server runs it: only a lone statement is kept. */
-    if (n == 1 && !(an.flags & PGW_ANALYSIS_PARSE_FAILED)) {
-        stmt_memo_t *m = memo_of(&an);
+    if (n == 1 && !(an->flags & PGW_ANALYSIS_PARSE_FAILED)) {
+        stmt_memo_t *m = memo_of(an);
         if (m)
             *memo = &m->base;
     }
-    pgw_analysis_clear(&an);
     return n;
 }
 

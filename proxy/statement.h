@@ -72,5 +72,10 @@ void pgw_statement_view_move(pgw_stmt_view_t *to, const pgw_stmt_view_t *from);
  * it completes costs no second look-up. */
 unsigned pgw_statement_split(struct pgw_analysis_cache *c, const char *text, size_t len,
                              uint32_t (*spans)[2], unsigned cap, pgw_memo_t **memo);
+/* The same from an analysis of the whole text made already (the access
+ * policy's): a lone statement's analysis moves into *memo (an left empty),
+ * else an is left as it was. */
+unsigned pgw_statement_split_given(pgw_analysis_t *an, uint32_t (*spans)[2], unsigned cap,
+                                   pgw_memo_t **memo);
 
 #endif

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+import uuid
 
 import psycopg
 import pytest
@@ -273,6 +274,34 @@ def test_pipeline_with_denied_execute_in_the_middle(pol, lpg):
     assert not server_saw(lpg, "TRUNCATE t")
 
 
+def test_pipeline_waiting_on_a_long_parse_keeps_its_order(pol, lpg):
+    """One write holding a short Parse/Bind/Execute, a Parse over 4 KiB that
+    misses the analysis cache (parsed off the loop while the rest waits at
+    the gate), a refused statement and more after it, then Sync: everything
+    reaches the server in order, the refused one and what follows it are
+    skipped until Sync, and the next batch works."""
+    tag = uuid.uuid4().int % 1000000
+    long_in = ",".join(str(tag * 10000 + i) for i in range(900))
+    with connect(pol, "app") as conn:
+        cur = conn.cursor()
+        with conn.pipeline() as p:
+            cur.execute("INSERT INTO t VALUES (%s)", (tag,))
+            cur.execute(f"SELECT count(*) FROM t WHERE id IN ({long_in}) OR id = %s", (tag,))
+            p.sync()
+            assert cur.fetchone() == (1,)
+        with pytest.raises(errors.InsufficientPrivilege):
+            with conn.pipeline() as p:
+                cur.execute(f"SELECT count(*) FROM t WHERE id IN ({long_in}, 1) OR id = %s", (tag,))
+                cur.execute("INSERT INTO ledger VALUES (%s, 1)", (tag,))
+                cur.execute("INSERT INTO t VALUES (%s)", (tag + 1,))
+                p.sync()
+        with conn.pipeline():
+            cur.execute("SELECT count(*) FROM t WHERE id IN (%s, %s)", (tag, tag + 1))
+            assert cur.fetchone() == (1,)
+    assert count(lpg, "ledger") == 0
+    assert wait_denied(pol, "ledger_writes")
+
+
 def test_pgbench_pipeline_stays_in_sync(pol, lpg, tmp_path):
     script = tmp_path / "denied.sql"
     script.write_text("\\startpipeline\nSELECT 1;\nDELETE FROM watched;\nSELECT 2;\n\\endpipeline\n")
@@ -518,6 +547,51 @@ def test_sessions_without_statement_rules_keep_the_plain_path(lpg, start_proxy, 
             conn.execute("SELECT 2")
         assert "nobody_no_select" in str(ei.value)
         conn.execute("SET application_name = 'still here'")   # MISC_SET: allowed
+
+
+def test_gated_session_audits_like_the_plain_path(lpg, start_proxy, tmp_path):
+    """The gate analyses each Query and hands that analysis to the audit:
+    the events of a session behind the gate (app) are those of a session
+    on the plain path (nobody) for the same Query strings, field by field:
+    one and several statements, more than 16 in one string, over 4 KiB,
+    text that does not parse, a role password."""
+    rules = tmp_path / "app-only.conf"
+    rules.write_text("statement deny name=app_no_drop command=DROP user=app\n")
+    audit = tmp_path / "audit.jsonl"
+    p = start_proxy(upstream="127.0.0.1:%d" % lpg.port,
+                    extra_args=["--policy-file", str(rules), "--audit-file", str(audit)])
+    big = "INSERT INTO t VALUES " + ",".join("(%d)" % i for i in range(1500))
+    queries = [
+        "SELECT id FROM t WHERE id = 42",
+        "SELECT 1; SELECT 'two', 2; UPDATE t SET id = id WHERE id = -1",
+        "; ".join("SELECT %d AS n%d" % (i, i) for i in range(20)),
+        big + "; DELETE FROM t WHERE id >= 0 AND id < 1500",
+        "WITH w AS (SELECT * FROM watched) SELECT * FROM w JOIN t USING (id)",
+        "SELEC broken FROM",
+        "ALTER ROLE CURRENT_USER PASSWORD 'hunter2'",
+    ]
+    by_user = {}
+    for user in ("nobody", "app"):
+        with connect(p, user) as conn:
+            for q in queries:
+                conn.pgconn.send_query(q.encode())
+                while conn.pgconn.get_result() is not None:
+                    pass
+            assert conn.execute("SELECT 'done'").fetchone() == ("done",)
+    assert "client messages pass the policy gate" in p.log_tail(200000)
+    p.stop()
+    for e in events(audit, "statement"):
+        st = e["statement"]
+        if st.get("protocol") != "simple":
+            continue
+        by_user.setdefault(e["user"]["name"], []).append(
+            {k: st.get(k) for k in ("text", "redacted", "truncated", "fingerprint", "command", "class",
+                                    "objects", "parse_error", "index", "count")}
+            | {"status": e["result"]["status"], "rows": e["result"].get("rows")})
+    assert len(by_user["app"]) >= 1 + 3 + 20 + 2 + 1 + 1 + 1
+    # (a statement over 4 KiB is parsed off the loop: its event may come later)
+    assert sorted(by_user["app"], key=json.dumps) == sorted(by_user["nobody"], key=json.dumps)
+    assert "hunter2" not in audit.read_text()
 
 
 # ---------------------------------------------------------------- the durable sink
