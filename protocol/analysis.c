@@ -77,8 +77,11 @@ void pgw_analysis_clear(pgw_analysis_t *an)
 
     for (i = 0; i < an->count; i++)
         pgw_sql_info_unref(pgw_analysis_stmt(an, i)->info);
-    free(an->heap_stmts);
-    free(an->heap_text);
+    /* most analyses never leave their inline storage */
+    if (an->heap_stmts)
+        free(an->heap_stmts);
+    if (an->heap_text)
+        free(an->heap_text);
     pgw_analysis_init(an);
 }
 
@@ -567,7 +570,7 @@ static int analyze_piece(const piece_in_t *p, sql_entry_t **out, int *multi)
 
     rg = malloc(((size_t)p->n + 1) * sizeof *rg);
     kept = malloc(((size_t)p->n + 1) * sizeof *kept);
-    key = malloc((size_t)sql_key_bound(p->t, p->n) + 1);
+    key = malloc((size_t)sql_key_bound(p->t, p->n) + SQL_KEY_SLACK);
     if (!rg || !kept || !key)
         goto out;
 

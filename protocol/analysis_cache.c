@@ -140,7 +140,7 @@ sql_entry_t *sql_cache_find(pgw_analysis_cache_t *c, const char *s, const sql_to
     if (p->end - p->start > c->lim.max_stmt_len || c->entries == 0)
         return NULL;
     /* every token adds at most its bytes and two: cheaper than sql_key_bound */
-    need = (p->end - p->start) + 2 * p->ntok + 1;
+    need = (p->end - p->start) + 2 * p->ntok + SQL_KEY_SLACK;
     if (need > c->key_cap) {
         char *k = realloc(c->key, need);
 

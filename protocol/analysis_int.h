@@ -70,7 +70,9 @@ int sql_lex_run(sql_lex_t *lx, const char *s, uint32_t len, int whole);
 
 /* Appends the cache key of tokens t[0..n) of s: token types and the bytes of
  * everything but literal values. Returns the key length; out must hold
- * sql_key_bound() bytes. */
+ * sql_key_bound() + SQL_KEY_SLACK bytes (short tokens are copied in
+ * fixed-size blocks that may write past the key's end). */
+#define SQL_KEY_SLACK 16u
 uint32_t sql_key_bound(const sql_tok_t *t, uint32_t n);
 uint32_t sql_key_build(const char *s, const sql_tok_t *t, uint32_t n, char *out);
 uint64_t sql_hash(const void *p, size_t n);

@@ -11,37 +11,41 @@
 #include "analysis_int.h"
 
 /* Character classes, one table lookup per byte on the hot path. */
-enum { C_SPACE = 1, C_IDSTART = 2, C_DIGIT = 4, C_OP = 8 };
+enum { C_SPACE = 1, C_IDSTART = 2, C_DIGIT = 4, C_OP = 8, C_IDCONT = 16, C_PREFIX = 32 };
+#define C_ID (C_IDSTART | C_IDCONT)
+#define C_IDP (C_IDSTART | C_IDCONT | C_PREFIX)     /* may open a b'' e'' u&'' x'' literal */
+#define C_DIG (C_DIGIT | C_IDCONT)
 static const uint8_t cclass[256] = {
     [' '] = C_SPACE, ['\t'] = C_SPACE, ['\n'] = C_SPACE, ['\r'] = C_SPACE,
     ['\f'] = C_SPACE,   /* not '\v': PostgreSQL 15's scan.l has space [ \t\n\r\f] (16 adds \v) */
-    ['0'] = C_DIGIT, ['1'] = C_DIGIT, ['2'] = C_DIGIT, ['3'] = C_DIGIT, ['4'] = C_DIGIT,
-    ['5'] = C_DIGIT, ['6'] = C_DIGIT, ['7'] = C_DIGIT, ['8'] = C_DIGIT, ['9'] = C_DIGIT,
-    ['_'] = C_IDSTART,
-    ['A'] = C_IDSTART, ['B'] = C_IDSTART, ['C'] = C_IDSTART, ['D'] = C_IDSTART,
-    ['E'] = C_IDSTART, ['F'] = C_IDSTART, ['G'] = C_IDSTART, ['H'] = C_IDSTART,
-    ['I'] = C_IDSTART, ['J'] = C_IDSTART, ['K'] = C_IDSTART, ['L'] = C_IDSTART,
-    ['M'] = C_IDSTART, ['N'] = C_IDSTART, ['O'] = C_IDSTART, ['P'] = C_IDSTART,
-    ['Q'] = C_IDSTART, ['R'] = C_IDSTART, ['S'] = C_IDSTART, ['T'] = C_IDSTART,
-    ['U'] = C_IDSTART, ['V'] = C_IDSTART, ['W'] = C_IDSTART, ['X'] = C_IDSTART,
-    ['Y'] = C_IDSTART, ['Z'] = C_IDSTART,
-    ['a'] = C_IDSTART, ['b'] = C_IDSTART, ['c'] = C_IDSTART, ['d'] = C_IDSTART,
-    ['e'] = C_IDSTART, ['f'] = C_IDSTART, ['g'] = C_IDSTART, ['h'] = C_IDSTART,
-    ['i'] = C_IDSTART, ['j'] = C_IDSTART, ['k'] = C_IDSTART, ['l'] = C_IDSTART,
-    ['m'] = C_IDSTART, ['n'] = C_IDSTART, ['o'] = C_IDSTART, ['p'] = C_IDSTART,
-    ['q'] = C_IDSTART, ['r'] = C_IDSTART, ['s'] = C_IDSTART, ['t'] = C_IDSTART,
-    ['u'] = C_IDSTART, ['v'] = C_IDSTART, ['w'] = C_IDSTART, ['x'] = C_IDSTART,
-    ['y'] = C_IDSTART, ['z'] = C_IDSTART,
-    [0x80 ... 0xff] = C_IDSTART,   /* the server takes any high-bit byte as a letter */
+    ['0'] = C_DIG, ['1'] = C_DIG, ['2'] = C_DIG, ['3'] = C_DIG, ['4'] = C_DIG,
+    ['5'] = C_DIG, ['6'] = C_DIG, ['7'] = C_DIG, ['8'] = C_DIG, ['9'] = C_DIG,
+    ['_'] = C_ID,
+    ['A'] = C_ID, ['B'] = C_IDP, ['C'] = C_ID, ['D'] = C_ID,
+    ['E'] = C_IDP, ['F'] = C_ID, ['G'] = C_ID, ['H'] = C_ID,
+    ['I'] = C_ID, ['J'] = C_ID, ['K'] = C_ID, ['L'] = C_ID,
+    ['M'] = C_ID, ['N'] = C_ID, ['O'] = C_ID, ['P'] = C_ID,
+    ['Q'] = C_ID, ['R'] = C_ID, ['S'] = C_ID, ['T'] = C_ID,
+    ['U'] = C_IDP, ['V'] = C_ID, ['W'] = C_ID, ['X'] = C_IDP,
+    ['Y'] = C_ID, ['Z'] = C_ID,
+    ['a'] = C_ID, ['b'] = C_IDP, ['c'] = C_ID, ['d'] = C_ID,
+    ['e'] = C_IDP, ['f'] = C_ID, ['g'] = C_ID, ['h'] = C_ID,
+    ['i'] = C_ID, ['j'] = C_ID, ['k'] = C_ID, ['l'] = C_ID,
+    ['m'] = C_ID, ['n'] = C_ID, ['o'] = C_ID, ['p'] = C_ID,
+    ['q'] = C_ID, ['r'] = C_ID, ['s'] = C_ID, ['t'] = C_ID,
+    ['u'] = C_IDP, ['v'] = C_ID, ['w'] = C_ID, ['x'] = C_IDP,
+    ['y'] = C_ID, ['z'] = C_ID,
+    [0x80 ... 0xff] = C_ID,   /* the server takes any high-bit byte as a letter */
     ['~'] = C_OP, ['!'] = C_OP, ['@'] = C_OP, ['#'] = C_OP, ['^'] = C_OP, ['&'] = C_OP,
     ['|'] = C_OP, ['`'] = C_OP, ['?'] = C_OP, ['+'] = C_OP, ['-'] = C_OP, ['*'] = C_OP,
     ['/'] = C_OP, ['%'] = C_OP, ['<'] = C_OP, ['>'] = C_OP, ['='] = C_OP,
+    ['$'] = C_IDCONT,
 };
 
 static inline int is_space(uint8_t c) { return cclass[c] & C_SPACE; }
 static inline int is_digit(uint8_t c) { return cclass[c] & C_DIGIT; }
 static inline int is_idstart(uint8_t c) { return cclass[c] & C_IDSTART; }
-static inline int is_idcont(uint8_t c) { return (cclass[c] & (C_IDSTART | C_DIGIT)) || c == '$'; }
+static inline int is_idcont(uint8_t c) { return cclass[c] & C_IDCONT; }
 static inline int is_opchar(uint8_t c) { return cclass[c] & C_OP; }
 
 void sql_lex_init(sql_lex_t *lx)
@@ -268,25 +272,34 @@ typedef struct split_state {
     uint32_t first_tok;       /* first token after it */
     uint32_t paren, block;
     uint32_t idents;          /* identifiers seen in this statement */
+    uint32_t real;            /* tokens other than TK_COMMENTQ */
+    uint32_t max_param;       /* highest $n */
+    uint8_t bad;              /* a TK_BAD was seen */
     uint8_t routine;          /* it is a CREATE FUNCTION/PROCEDURE */
     uint8_t lead[4];          /* first letters of its leading keywords */
 } split_state_t;
 
 #define IDENT_IS(s, t, w) ident_is((s), (t), (w), sizeof(w) - 1)
 
+/* The letter a leading keyword of CREATE [OR REPLACE] FUNCTION|PROCEDURE
+ * stands for, or 0. Decided on length and first letter before comparing. */
+static inline uint8_t lead_letter(const uint8_t *s, const sql_tok_t *t)
+{
+    switch (t->end - t->start) {
+    case 2: return IDENT_IS(s, t, "or") ? 'o' : 0;
+    case 6: return IDENT_IS(s, t, "create") ? 'c' : 0;
+    case 7: return IDENT_IS(s, t, "replace") ? 'r' : 0;
+    case 8: return IDENT_IS(s, t, "function") ? 'f' : 0;
+    case 9: return IDENT_IS(s, t, "procedure") ? 'f' : 0;
+    default: return 0;
+    }
+}
+
 static void split_track_ident(split_state_t *st, const uint8_t *s, const sql_tok_t *t)
 {
     if (st->idents < 4) {
-        uint8_t c = 0;
+        uint8_t c = lead_letter(s, t);
 
-        if (IDENT_IS(s, t, "create"))
-            c = 'c';
-        else if (IDENT_IS(s, t, "or"))
-            c = 'o';
-        else if (IDENT_IS(s, t, "replace"))
-            c = 'r';
-        else if (IDENT_IS(s, t, "function") || IDENT_IS(s, t, "procedure"))
-            c = 'f';
         st->lead[st->idents] = c;
         if (st->lead[0] == 'c' &&
             ((st->idents == 1 && c == 'f') ||
@@ -304,38 +317,20 @@ static void split_track_ident(split_state_t *st, const uint8_t *s, const sql_tok
         st->block--;
 }
 
-static int split_emit(sql_lex_t *lx, const uint8_t *s, split_state_t *st, uint32_t end,
+static int split_emit(sql_lex_t *lx, const uint8_t *s, const split_state_t *st, uint32_t end,
                       uint32_t end_tok)
 {
-    uint32_t start = st->seg_start, i, max_param = 0;
-    uint8_t bad = 0;
+    uint32_t start = st->seg_start;
     sql_piece_t *p;
 
+    /* a statement needs a real token: comments alone are no statement */
+    if (!st->real)
+        return 0;
     while (start < end && is_space(s[start]))
         start++;
     while (end > start && is_space(s[end - 1]))
         end--;
-    /* a statement needs a real token: comments alone are no statement */
-    for (i = st->first_tok; i < end_tok; i++)
-        if (lx->toks[i].type != TK_COMMENTQ)
-            break;
-    if (i == end_tok)
-        return 0;
-    for (i = st->first_tok; i < end_tok; i++) {
-        const sql_tok_t *t = &lx->toks[i];
-
-        if (t->type == TK_BAD)
-            bad = 1;
-        else if (t->type == TK_PARAM) {
-            uint32_t v = 0, k;
-
-            for (k = t->start + 1; k < t->end && v < 100000000u; k++)
-                v = v * 10 + (uint32_t)(s[k] - '0');
-            if (v > max_param)
-                max_param = v;
-        }
-    }
-    if (lx->npieces == lx->piece_cap) {
+    if (__builtin_expect(lx->npieces == lx->piece_cap, 0)) {
         uint32_t cap = lx->piece_cap ? lx->piece_cap * 2 : 8;
         sql_piece_t *np = realloc(lx->pieces, (size_t)cap * sizeof *np);
 
@@ -349,8 +344,32 @@ static int split_emit(sql_lex_t *lx, const uint8_t *s, split_state_t *st, uint32
     p->end = end;
     p->tok = st->first_tok;
     p->ntok = end_tok - st->first_tok;
-    p->max_param = max_param;
-    p->bad = bad;
+    p->max_param = st->max_param;
+    p->bad = st->bad;
+    return 0;
+}
+
+/* Starts the next statement's state after a top-level ';' ending at end. */
+static inline void split_reset(split_state_t *st, uint32_t end, uint32_t first_tok)
+{
+    memset(st, 0, sizeof *st);
+    st->seg_start = end;
+    st->first_tok = first_tok;
+}
+
+/* A quoted identifier's end (past the closing "), or 0 when unterminated;
+ * q is just past the opening quote. */
+static inline uint32_t scan_qident(const uint8_t *s, uint32_t n, uint32_t q)
+{
+    for (; q < n; q++) {
+        if (s[q] == '"') {
+            if (q + 1 < n && s[q + 1] == '"') {
+                q++;
+                continue;
+            }
+            return q + 1;
+        }
+    }
     return 0;
 }
 
@@ -362,27 +381,64 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
 
     lx->ntoks = 0;
     lx->npieces = 0;
-    memset(&st, 0, sizeof st);
+    split_reset(&st, 0, 0);
 
     while (i < n) {
-        uint8_t c = s[i], type;
+        uint8_t c = s[i], cl = cclass[c], type;
         uint32_t start = i, end;
 
-        if (is_space(c)) {
-            i++;
+        if (cl & C_SPACE) {
+            do
+                i++;
+            while (i < n && is_space(s[i]));
             continue;
         }
-        if (c == '-' && i + 1 < n && s[i + 1] == '-') {
-            const void *q;
+        if (cl & C_IDSTART) {
+            /* identifiers and keywords first: most tokens are */
+            uint8_t c1 = i + 1 < n ? s[i + 1] : 0;
 
+            end = 0;
+            type = TK_IDENT;
+            if (!(cl & C_PREFIX) || (c1 != '\'' && c1 != '&')) {
+                end = i + 1;
+                while (end < n && is_idcont(s[end]))
+                    end++;
+            } else if (c1 == '\'' && (c == 'e' || c == 'E')) {
+                end = scan_string(s, n, i + 1, 1, 1);
+                type = TK_L_ESTR;
+            } else if (c1 == '\'' && (c == 'b' || c == 'B')) {
+                end = scan_string(s, n, i + 1, 0, 0);
+                type = TK_L_BSTR;
+            } else if (c1 == '\'' && (c == 'x' || c == 'X')) {
+                end = scan_string(s, n, i + 1, 0, 0);
+                type = TK_L_XSTR;
+            } else if (c1 == '&' && (c == 'u' || c == 'U') && i + 2 < n &&
+                       (s[i + 2] == '\'' || s[i + 2] == '"')) {
+                if (s[i + 2] == '\'') {
+                    end = scan_string(s, n, i + 2, 0, 1);
+                    type = TK_L_USTR;
+                } else {
+                    end = scan_qident(s, n, i + 3);
+                    type = TK_QIDENT;
+                }
+            } else {
+                end = i + 1;
+                while (end < n && is_idcont(s[end]))
+                    end++;
+            }
+            if (!end) {
+                type = TK_BAD;
+                end = n;
+            }
+        } else if (c == '-' && i + 1 < n && s[i + 1] == '-') {
             while (i < n && s[i] != '\n' && s[i] != '\r')
                 i++;
-            q = memchr(s + start, '\'', i - start);
-            if (q && push_tok(lx, start, i, TK_COMMENTQ))
-                return -ENOMEM;
+            if (memchr(s + start, '\'', i - start)) {
+                if (push_tok(lx, start, i, TK_COMMENTQ))
+                    return -ENOMEM;
+            }
             continue;
-        }
-        if (c == '/' && i + 1 < n && s[i + 1] == '*') {
+        } else if (c == '/' && i + 1 < n && s[i + 1] == '*') {
             uint32_t depth = 1;
             int quote = 0;
 
@@ -402,57 +458,14 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
             if (depth) {
                 if (push_tok(lx, start, n, TK_BAD))
                     return -ENOMEM;
+                st.bad = 1;
+                st.real++;
                 break;
             }
             if (quote && push_tok(lx, start, i, TK_COMMENTQ))
                 return -ENOMEM;
             continue;
-        }
-
-        if (is_idstart(c)) {
-            uint8_t c1 = i + 1 < n ? s[i + 1] : 0;
-
-            if (c1 == '\'' && (c == 'e' || c == 'E')) {
-                end = scan_string(s, n, i + 1, 1, 1);
-                type = TK_L_ESTR;
-            } else if (c1 == '\'' && (c == 'b' || c == 'B')) {
-                end = scan_string(s, n, i + 1, 0, 0);
-                type = TK_L_BSTR;
-            } else if (c1 == '\'' && (c == 'x' || c == 'X')) {
-                end = scan_string(s, n, i + 1, 0, 0);
-                type = TK_L_XSTR;
-            } else if (c1 == '&' && (c == 'u' || c == 'U') && i + 2 < n &&
-                       (s[i + 2] == '\'' || s[i + 2] == '"')) {
-                if (s[i + 2] == '\'') {
-                    end = scan_string(s, n, i + 2, 0, 1);
-                    type = TK_L_USTR;
-                } else {
-                    const uint8_t *q = s + i + 3;
-
-                    end = 0;
-                    type = TK_QIDENT;
-                    for (; q < s + n; q++) {
-                        if (*q == '"') {
-                            if (q + 1 < s + n && q[1] == '"') {
-                                q++;
-                                continue;
-                            }
-                            end = (uint32_t)(q - s) + 1;
-                            break;
-                        }
-                    }
-                }
-            } else {
-                end = i + 1;
-                while (end < n && is_idcont(s[end]))
-                    end++;
-                type = TK_IDENT;
-            }
-            if (!end) {
-                type = TK_BAD;
-                end = n;
-            }
-        } else if (is_digit(c) || (c == '.' && i + 1 < n && is_digit(s[i + 1]))) {
+        } else if (cl & C_DIGIT || (c == '.' && i + 1 < n && is_digit(s[i + 1]))) {
             end = scan_number(s, n, i, &type);
         } else if (c == '\'') {
             end = scan_string(s, n, i, 0, 1);
@@ -462,18 +475,8 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
                 end = n;
             }
         } else if (c == '"') {
-            end = 0;
+            end = scan_qident(s, n, i + 1);
             type = TK_QIDENT;
-            for (uint32_t j = i + 1; j < n; j++) {
-                if (s[j] == '"') {
-                    if (j + 1 < n && s[j + 1] == '"') {
-                        j++;
-                        continue;
-                    }
-                    end = j + 1;
-                    break;
-                }
-            }
             if (!end) {
                 type = TK_BAD;
                 end = n;
@@ -482,12 +485,19 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
             uint32_t j = i + 1;
 
             if (j < n && is_digit(s[j])) {
-                while (j < n && is_digit(s[j]))
+                uint32_t v = 0;
+
+                while (j < n && is_digit(s[j])) {
+                    if (v < 100000000u)
+                        v = v * 10 + (uint32_t)(s[j] - '0');
                     j++;
+                }
                 type = TK_PARAM;
                 if (j < n && is_idcont(s[j])) {   /* "$1abc": junk to the server */
                     type = TK_BAD;
                     j++;
+                } else if (v > st.max_param) {
+                    st.max_param = v;
                 }
                 end = j;
             } else {
@@ -510,37 +520,39 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
                     type = TK_PUNCT;
                 }
             }
-        } else if (is_opchar(c)) {
+        } else if (cl & C_OP) {
             end = scan_operator(s, n, i);
             type = TK_OP;
         } else {
             end = i + 1;
             type = TK_PUNCT;
-            if ((c == ':' && i + 1 < n && (s[i + 1] == ':' || s[i + 1] == '=')) ||
-                (c == '.' && i + 1 < n && s[i + 1] == '.'))
+            if (c == ';' && !whole && !st.paren && !st.block) {
+                /* the ';' belongs to no statement */
+                if (split_emit(lx, s, &st, start, lx->ntoks))
+                    return -ENOMEM;
+                split_reset(&st, end, lx->ntoks);
+                i = end;
+                continue;
+            }
+            if (c == '(')
+                st.paren++;
+            else if (c == ')' && st.paren)
+                st.paren--;
+            else if ((c == ':' && i + 1 < n && (s[i + 1] == ':' || s[i + 1] == '=')) ||
+                     (c == '.' && i + 1 < n && s[i + 1] == '.'))
                 end = i + 2;
         }
 
         if (push_tok(lx, start, end, type))
             return -ENOMEM;
         i = end;
-        if (TK_IS_LIT(type) && keep_value(s, lx->toks, lx->ntoks - 1))
-            lx->toks[lx->ntoks - 1].keep = 1;
-
+        st.real++;
         if (type == TK_IDENT) {
             split_track_ident(&st, s, &lx->toks[lx->ntoks - 1]);
-        } else if (type == TK_PUNCT && c == '(') {
-            st.paren++;
-        } else if (type == TK_PUNCT && c == ')') {
-            if (st.paren)
-                st.paren--;
-        } else if (type == TK_PUNCT && c == ';' && !whole && !st.paren && !st.block) {
-            lx->ntoks--;    /* the ';' belongs to no statement */
-            if (split_emit(lx, s, &st, start, lx->ntoks))
-                return -ENOMEM;
-            memset(&st, 0, sizeof st);
-            st.seg_start = end;
-            st.first_tok = lx->ntoks;
+        } else if (type == TK_BAD) {
+            st.bad = 1;
+        } else if (TK_IS_LIT(type) && keep_value(s, lx->toks, lx->ntoks - 1)) {
+            lx->toks[lx->ntoks - 1].keep = 1;
         }
     }
     return split_emit(lx, s, &st, n, lx->ntoks);
@@ -563,14 +575,19 @@ uint32_t sql_key_bound(const sql_tok_t *t, uint32_t n)
 uint32_t sql_key_build(const char *s, const sql_tok_t *t, uint32_t n, char *out)
 {
     char *o = out;
-    uint32_t i;
+    uint32_t i, lim = n ? t[n - 1].end : 0;   /* s holds at least this much */
 
     for (i = 0; i < n; i++) {
         *o++ = (char)t[i].type;
         if (sql_tok_in_key(&t[i])) {
             uint32_t len = t[i].end - t[i].start;
 
-            memcpy(o, s + t[i].start, len);
+            /* short tokens, the common ones, as one fixed-size copy: out
+             * has SQL_KEY_SLACK bytes to spare */
+            if (len <= SQL_KEY_SLACK && t[i].start + SQL_KEY_SLACK <= lim)
+                memcpy(o, s + t[i].start, SQL_KEY_SLACK);
+            else
+                memcpy(o, s + t[i].start, len);
             o += len;
             *o++ = 0;
         }
