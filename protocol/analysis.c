@@ -342,8 +342,6 @@ typedef struct piece_in {
     uint32_t n;
     uint32_t max_param;
     int bad;
-    const char *key;            /* its cache key, from the lexer */
-    uint32_t key_len;
 } piece_in_t;
 
 static int tok_is_word(const char *s, const sql_tok_t *t, const char *w)
@@ -528,7 +526,7 @@ static sql_entry_t *error_entry(const piece_in_t *p, const char *message)
 static int analyze_piece(const piece_in_t *p, sql_entry_t **out, int *multi)
 {
     uint32_t len = p->end - p->start, nr = 0, nk = 0;
-    char *buf = NULL, *dummy = NULL, *rebuilt = NULL;
+    char *buf = NULL, *dummy = NULL, *key = NULL, *rebuilt = NULL;
     sql_region_t *rg = NULL;
     sql_kept_t *kept = NULL;
     PgQueryParseResult pr;
@@ -572,7 +570,8 @@ static int analyze_piece(const piece_in_t *p, sql_entry_t **out, int *multi)
 
     rg = malloc(((size_t)p->n + 1) * sizeof *rg);
     kept = malloc(((size_t)p->n + 1) * sizeof *kept);
-    if (!rg || !kept)
+    key = malloc((size_t)sql_key_bound(p->t, p->n) + SQL_KEY_SLACK);
+    if (!rg || !kept || !key)
         goto out;
 
     ep.command = wo.command;
@@ -582,8 +581,8 @@ static int analyze_piece(const piece_in_t *p, sql_entry_t **out, int *multi)
     ep.nobjs = wo.nobjs;
     ep.ntok = p->n;
     ep.stmt_len = len;
-    ep.key_len = p->key_len;
-    ep.hash = sql_hash(p->key, p->key_len);
+    ep.key_len = sql_key_build(p->s, p->t, p->n, key);
+    ep.hash = sql_hash(key, ep.key_len);
     ep.mode = ENTRY_SHAPE;
 
     if (!wo.own_redact) {
@@ -630,7 +629,7 @@ static int analyze_piece(const piece_in_t *p, sql_entry_t **out, int *multi)
         ep.key_len = len;
         nr = nk = 0;
     } else {
-        ep.key = p->key;
+        ep.key = key;
         ep.regions = rg;
         ep.nregions = nr;
         ep.kept = kept;
@@ -649,6 +648,7 @@ out:
     sql_walk_free(&wo);
     free(buf);
     free(dummy);
+    free(key);
     free(rebuilt);
     free(rg);
     free(kept);
@@ -666,8 +666,6 @@ static void piece_from(piece_in_t *pi, const char *s, const sql_lex_t *lx, const
     pi->n = p->ntok;
     pi->max_param = p->max_param;
     pi->bad = p->bad;
-    pi->key = sql_piece_key(lx, p);
-    pi->key_len = p->key_len;
 }
 
 static int is_sql_space(char c)
@@ -697,7 +695,7 @@ static int push_delimited(pgw_analysis_cache_t *c, pgw_analysis_t *an, const cha
         return 0;        /* comments only */
     piece_from(&pi, sql + start, sub, &sub->pieces[0]);
     if (c && !pi.bad)
-        e = sql_cache_find(c, pi.s, sub, &sub->pieces[0]);
+        e = sql_cache_find(c, pi.s, sub->toks + sub->pieces[0].tok, &sub->pieces[0]);
     if (e) {
         pgw_sql_info_ref(&e->pub);
     } else {
@@ -794,7 +792,7 @@ static int analyze_string(pgw_analysis_cache_t *c, const char *sql, uint32_t n,
         int m;
 
         if (c && !p->bad)
-            ents[i] = sql_cache_find(c, sql, lx, p);
+            ents[i] = sql_cache_find(c, sql, lx->toks + p->tok, p);
         if (ents[i]) {
             pgw_sql_info_ref(&ents[i]->pub);
             continue;
@@ -916,7 +914,7 @@ int pgw_analysis_lookup(pgw_analysis_cache_t *c, const char *sql, size_t len, pg
         return -ENOMEM;
     for (i = 0; i < lx->npieces; i++) {
         const sql_piece_t *p = &lx->pieces[i];
-        sql_entry_t *e = p->bad ? NULL : sql_cache_find(c, sql, lx, p);
+        sql_entry_t *e = p->bad ? NULL : sql_cache_find(c, sql, lx->toks + p->tok, p);
 
         if (!e) {
             pgw_analysis_clear(out);
@@ -941,7 +939,6 @@ unsigned pgw_analysis_split(const char *sql, size_t len, uint32_t (*spans)[2], u
     if (len > UINT32_MAX - 1)
         return 0;
     sql_lex_init(&lx);
-    lx.no_key = 1;
     if (sql_lex_run(&lx, sql, (uint32_t)len, 0)) {
         sql_lex_free(&lx);
         return 0;

@@ -39,6 +39,8 @@ struct pgw_analysis_cache {
     uint64_t hits, misses, inserts, evictions;
     uint64_t parse_ns;
     sql_lex_t lex;           /* scratch for lookups */
+    char *key;               /* scratch: the key being looked up */
+    uint32_t key_cap;
 };
 
 pgw_analysis_cache_t *pgw_analysis_cache_new(const pgw_analysis_cache_limits_t *lim)
@@ -89,6 +91,7 @@ void pgw_analysis_cache_free(pgw_analysis_cache_t *c)
     for (i = 0; i < c->lim.max_entries; i++)
         sql_entry_unref(c->slots[i].e);
     sql_lex_free(&c->lex);
+    free(c->key);
     free(c->slots);
     free(c->buckets);
     free(c);
@@ -128,21 +131,30 @@ void sql_cache_count(pgw_analysis_cache_t *c, int hit)
         c->misses++;
 }
 
-sql_entry_t *sql_cache_find(pgw_analysis_cache_t *c, const char *s, const sql_lex_t *lx,
+sql_entry_t *sql_cache_find(pgw_analysis_cache_t *c, const char *s, const sql_tok_t *toks,
                             const sql_piece_t *p)
 {
-    const sql_tok_t *toks = lx->toks + p->tok;
-    const char *key = sql_piece_key(lx, p);
-    uint32_t i;
+    uint32_t need, key_len, i;
     uint64_t h;
 
     if (p->end - p->start > c->lim.max_stmt_len || c->entries == 0)
         return NULL;
-    h = sql_hash(key, p->key_len);
+    /* every token adds at most its bytes and two: cheaper than sql_key_bound */
+    need = (p->end - p->start) + 2 * p->ntok + SQL_KEY_SLACK;
+    if (need > c->key_cap) {
+        char *k = realloc(c->key, need);
+
+        if (!k)
+            return NULL;      /* a miss is always a safe answer */
+        c->key = k;
+        c->key_cap = need;
+    }
+    key_len = sql_key_build(s, toks, p->ntok, c->key);
+    h = sql_hash(c->key, key_len);
     for (i = c->buckets[h & c->mask]; i != NIL; i = c->slots[i].next) {
         sql_entry_t *e = c->slots[i].e;
 
-        if (e->hash == h && sql_entry_matches(e, s, p->start, p->end, toks, p->ntok, key, p->key_len)) {
+        if (e->hash == h && sql_entry_matches(e, s, p->start, p->end, toks, p->ntok, c->key, key_len)) {
             c->slots[i].used = 1;
             return e;
         }

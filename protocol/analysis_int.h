@@ -52,7 +52,6 @@ typedef struct sql_piece {
     uint32_t tok, ntok;       /* its tokens, without the closing ';' */
     uint32_t max_param;       /* highest $n in it */
     uint8_t bad;              /* holds a TK_BAD */
-    uint32_t key_off, key_len; /* its cache key in the lexer's key buffer */
 } sql_piece_t;
 
 typedef struct sql_lex {
@@ -60,32 +59,19 @@ typedef struct sql_lex {
     uint32_t ntoks, tok_cap;
     sql_piece_t *pieces;
     uint32_t npieces, piece_cap;
-    char *key;                /* the pieces' cache keys, one after the other */
-    uint32_t key_len, key_cap;
-    uint8_t no_key;           /* set by the caller: build no keys (key_len 0) */
 } sql_lex_t;
 
 void sql_lex_init(sql_lex_t *lx);
 void sql_lex_free(sql_lex_t *lx);
 /* Tokenizes s[0..len) and splits it into statements at top-level ';' (not in
- * parentheses nor in a BEGIN ATOMIC body), building each statement's cache
- * key (what sql_key_build makes of its tokens) on the way. whole != 0: one
- * piece for all of it, as for a statement the parser already delimited.
- * Returns 0 or -ENOMEM. */
+ * parentheses nor in a BEGIN ATOMIC body). whole != 0: one piece for all of
+ * it, as for a statement the parser already delimited. Returns 0 or -ENOMEM. */
 int sql_lex_run(sql_lex_t *lx, const char *s, uint32_t len, int whole);
-
-/* The key of piece p of lexer lx. */
-static inline const char *sql_piece_key(const sql_lex_t *lx, const sql_piece_t *p)
-{
-    return lx->key + p->key_off;
-}
 
 /* Appends the cache key of tokens t[0..n) of s: token types and the bytes of
  * everything but literal values. Returns the key length; out must hold
  * sql_key_bound() + SQL_KEY_SLACK bytes (short tokens are copied in
- * fixed-size blocks that may write past the key's end). The lexer builds the
- * same key while it runs; this is its plain definition, which the tests hold
- * the lexer's to. */
+ * fixed-size blocks that may write past the key's end). */
 #define SQL_KEY_SLACK 16u
 uint32_t sql_key_bound(const sql_tok_t *t, uint32_t n);
 uint32_t sql_key_build(const char *s, const sql_tok_t *t, uint32_t n, char *out);
@@ -213,9 +199,9 @@ int sql_walk_tables_ok(void);
 /* ---- cache internals (analysis_cache.c), used by analysis.c --------------- */
 /* The cache's own lexer and buffers, reused across lookups. */
 sql_lex_t *sql_cache_lex(pgw_analysis_cache_t *c);
-/* Finds the entry for statement p of the string s lexed by lx; NULL on a miss.
+/* Finds the entry for statement p of the lexed string s; NULL on a miss.
  * Marks it recently used. The reference is the cache's: take your own. */
-sql_entry_t *sql_cache_find(pgw_analysis_cache_t *c, const char *s, const sql_lex_t *lx,
+sql_entry_t *sql_cache_find(pgw_analysis_cache_t *c, const char *s, const sql_tok_t *toks,
                             const sql_piece_t *p);
 int sql_cache_max_lookup(const pgw_analysis_cache_t *c, size_t len);
 /* Adds e (taking a reference) unless it is not cacheable, too big, already

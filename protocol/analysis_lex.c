@@ -57,7 +57,6 @@ void sql_lex_free(sql_lex_t *lx)
 {
     free(lx->toks);
     free(lx->pieces);
-    free(lx->key);
     memset(lx, 0, sizeof *lx);
 }
 
@@ -78,67 +77,6 @@ static inline int push_tok(sql_lex_t *lx, uint32_t start, uint32_t end, uint8_t 
     if (__builtin_expect(lx->ntoks == lx->tok_cap, 0) && grow_toks(lx))
         return -ENOMEM;
     lx->toks[lx->ntoks++] = (sql_tok_t){ start, end, type, 0 };
-    return 0;
-}
-
-static __attribute__((noinline)) int grow_key(sql_lex_t *lx, uint64_t need)
-{
-    uint64_t cap = lx->key_cap ? lx->key_cap : 256;
-    char *k;
-
-    while (cap < need)
-        cap *= 2;
-    if (cap > UINT32_MAX)
-        return -ENOMEM;
-    k = realloc(lx->key, cap);
-    if (!k)
-        return -ENOMEM;
-    lx->key = k;
-    lx->key_cap = (uint32_t)cap;
-    return 0;
-}
-
-/* Strings up to this long get the room for their longest possible key at
- * once: every token adds at most its bytes and two. Longer ones grow it token
- * by token. */
-#define KEY_RESERVE_MAX (64u << 10)
-
-/* Appends token t of s[0..n) to the key being built: its type and, unless it
- * is a literal whose value does not count, its bytes and a NUL (see
- * sql_key_build, which this must match byte for byte). reserved: the room
- * is there already. */
-static inline int key_add(sql_lex_t *lx, const uint8_t *s, uint32_t n, const sql_tok_t *t,
-                          int reserved)
-{
-    uint32_t len = t->end - t->start;
-    char *o;
-
-    if (!reserved) {
-        if (lx->no_key)
-            return 0;
-        if ((uint64_t)lx->key_len + len + 2 + SQL_KEY_SLACK > lx->key_cap &&
-            grow_key(lx, (uint64_t)lx->key_len + len + 2 + SQL_KEY_SLACK))
-            return -ENOMEM;
-    }
-    o = lx->key + lx->key_len;
-    *o++ = (char)t->type;
-    if (sql_tok_in_key(t)) {
-        const uint8_t *b = s + t->start;
-
-        if (__builtin_expect(len <= SQL_KEY_SLACK, 1)) {
-            if (n - t->start >= SQL_KEY_SLACK) {
-                memcpy(o, b, SQL_KEY_SLACK);
-            } else {
-                for (uint32_t k = 0; k < len; k++)
-                    o[k] = (char)b[k];
-            }
-        } else {
-            memcpy(o, b, len);
-        }
-        o += len;
-        *o++ = 0;
-    }
-    lx->key_len = (uint32_t)(o - lx->key);
     return 0;
 }
 
@@ -336,7 +274,6 @@ typedef struct split_state {
     uint32_t idents;          /* identifiers seen in this statement */
     uint32_t real;            /* tokens other than TK_COMMENTQ */
     uint32_t max_param;       /* highest $n */
-    uint32_t key_start;       /* where its key starts in the key buffer */
     uint8_t bad;              /* a TK_BAD was seen */
     uint8_t routine;          /* it is a CREATE FUNCTION/PROCEDURE */
     uint8_t lead[4];          /* first letters of its leading keywords */
@@ -409,18 +346,15 @@ static int split_emit(sql_lex_t *lx, const uint8_t *s, const split_state_t *st, 
     p->ntok = end_tok - st->first_tok;
     p->max_param = st->max_param;
     p->bad = st->bad;
-    p->key_off = st->key_start;
-    p->key_len = lx->key_len - st->key_start;
     return 0;
 }
 
 /* Starts the next statement's state after a top-level ';' ending at end. */
-static inline void split_reset(split_state_t *st, uint32_t end, const sql_lex_t *lx)
+static inline void split_reset(split_state_t *st, uint32_t end, uint32_t first_tok)
 {
     memset(st, 0, sizeof *st);
     st->seg_start = end;
-    st->first_tok = lx->ntoks;
-    st->key_start = lx->key_len;
+    st->first_tok = first_tok;
 }
 
 /* A quoted identifier's end (past the closing "), or 0 when unterminated;
@@ -439,44 +373,15 @@ static inline uint32_t scan_qident(const uint8_t *s, uint32_t n, uint32_t q)
     return 0;
 }
 
-/* The end of an identifier whose first byte is before j: four bytes a step
- * while they are there, then one by one. */
-static inline uint32_t scan_ident(const uint8_t *s, uint32_t n, uint32_t j)
-{
-    while (n - j >= 4) {
-        if (!is_idcont(s[j]))
-            return j;
-        if (!is_idcont(s[j + 1]))
-            return j + 1;
-        if (!is_idcont(s[j + 2]))
-            return j + 2;
-        if (!is_idcont(s[j + 3]))
-            return j + 3;
-        j += 4;
-    }
-    while (j < n && is_idcont(s[j]))
-        j++;
-    return j;
-}
-
 int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
 {
     const uint8_t *s = (const uint8_t *)str;
     split_state_t st;
     uint32_t i = 0;
-    int reserved = 0;
 
     lx->ntoks = 0;
     lx->npieces = 0;
-    lx->key_len = 0;
-    if (!lx->no_key && n <= KEY_RESERVE_MAX) {
-        uint64_t need = 3 * (uint64_t)n + 2 + SQL_KEY_SLACK;
-
-        if (need > lx->key_cap && grow_key(lx, need))
-            return -ENOMEM;
-        reserved = 1;
-    }
-    split_reset(&st, 0, lx);
+    split_reset(&st, 0, 0);
 
     while (i < n) {
         uint8_t c = s[i], cl = cclass[c], type;
@@ -495,7 +400,9 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
             end = 0;
             type = TK_IDENT;
             if (!(cl & C_PREFIX) || (c1 != '\'' && c1 != '&')) {
-                end = scan_ident(s, n, i + 1);
+                end = i + 1;
+                while (end < n && is_idcont(s[end]))
+                    end++;
             } else if (c1 == '\'' && (c == 'e' || c == 'E')) {
                 end = scan_string(s, n, i + 1, 1, 1);
                 type = TK_L_ESTR;
@@ -515,7 +422,9 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
                     type = TK_QIDENT;
                 }
             } else {
-                end = scan_ident(s, n, i + 1);
+                end = i + 1;
+                while (end < n && is_idcont(s[end]))
+                    end++;
             }
             if (!end) {
                 type = TK_BAD;
@@ -525,8 +434,7 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
             while (i < n && s[i] != '\n' && s[i] != '\r')
                 i++;
             if (memchr(s + start, '\'', i - start)) {
-                if (push_tok(lx, start, i, TK_COMMENTQ) ||
-                    key_add(lx, s, n, &lx->toks[lx->ntoks - 1], reserved))
+                if (push_tok(lx, start, i, TK_COMMENTQ))
                     return -ENOMEM;
             }
             continue;
@@ -548,14 +456,13 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
                 }
             }
             if (depth) {
-                if (push_tok(lx, start, n, TK_BAD) || key_add(lx, s, n, &lx->toks[lx->ntoks - 1], reserved))
+                if (push_tok(lx, start, n, TK_BAD))
                     return -ENOMEM;
                 st.bad = 1;
                 st.real++;
                 break;
             }
-            if (quote && (push_tok(lx, start, i, TK_COMMENTQ) ||
-                          key_add(lx, s, n, &lx->toks[lx->ntoks - 1], reserved)))
+            if (quote && push_tok(lx, start, i, TK_COMMENTQ))
                 return -ENOMEM;
             continue;
         } else if (cl & C_DIGIT || (c == '.' && i + 1 < n && is_digit(s[i + 1]))) {
@@ -623,7 +530,7 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
                 /* the ';' belongs to no statement */
                 if (split_emit(lx, s, &st, start, lx->ntoks))
                     return -ENOMEM;
-                split_reset(&st, end, lx);
+                split_reset(&st, end, lx->ntoks);
                 i = end;
                 continue;
             }
@@ -647,8 +554,6 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
         } else if (TK_IS_LIT(type) && keep_value(s, lx->toks, lx->ntoks - 1)) {
             lx->toks[lx->ntoks - 1].keep = 1;
         }
-        if (key_add(lx, s, n, &lx->toks[lx->ntoks - 1], reserved))
-            return -ENOMEM;
     }
     return split_emit(lx, s, &st, n, lx->ntoks);
 }
@@ -679,7 +584,7 @@ uint32_t sql_key_build(const char *s, const sql_tok_t *t, uint32_t n, char *out)
 
             /* short tokens, the common ones, as one fixed-size copy: out
              * has SQL_KEY_SLACK bytes to spare */
-            if (len <= SQL_KEY_SLACK && lim - t[i].start >= SQL_KEY_SLACK)
+            if (len <= SQL_KEY_SLACK && t[i].start + SQL_KEY_SLACK <= lim)
                 memcpy(o, s + t[i].start, SQL_KEY_SLACK);
             else
                 memcpy(o, s + t[i].start, len);
