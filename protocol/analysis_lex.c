@@ -554,6 +554,9 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
         } else if (TK_IS_LIT(type) && keep_value(s, lx->toks, lx->ntoks - 1)) {
             lx->toks[lx->ntoks - 1].keep = 1;
         }
+        /* the white space after a token, here rather than a turn of the loop */
+        while (i < n && is_space(s[i]))
+            i++;
     }
     return split_emit(lx, s, &st, n, lx->ntoks);
 }
@@ -582,12 +585,25 @@ uint32_t sql_key_build(const char *s, const sql_tok_t *t, uint32_t n, char *out)
         if (sql_tok_in_key(&t[i])) {
             uint32_t len = t[i].end - t[i].start;
 
-            /* short tokens, the common ones, as one fixed-size copy: out
-             * has SQL_KEY_SLACK bytes to spare */
-            if (len <= SQL_KEY_SLACK && t[i].start + SQL_KEY_SLACK <= lim)
-                memcpy(o, s + t[i].start, SQL_KEY_SLACK);
-            else
-                memcpy(o, s + t[i].start, len);
+            const char *b = s + t[i].start;
+
+            /* short tokens, the common ones, in fixed-size copies (out has
+             * SQL_KEY_SLACK bytes to spare; s may end with the token) */
+            if (len > SQL_KEY_SLACK) {
+                memcpy(o, b, len);
+            } else if (lim - t[i].start >= SQL_KEY_SLACK) {
+                memcpy(o, b, SQL_KEY_SLACK);
+            } else if (len >= 8) {      /* two copies that overlap */
+                memcpy(o, b, 8);
+                memcpy(o + len - 8, b + len - 8, 8);
+            } else if (len >= 4) {
+                memcpy(o, b, 4);
+                memcpy(o + len - 4, b + len - 4, 4);
+            } else {                    /* 1 to 3 bytes */
+                o[0] = b[0];
+                o[len / 2] = b[len / 2];
+                o[len - 1] = b[len - 1];
+            }
             o += len;
             *o++ = 0;
         }
