@@ -7,6 +7,10 @@
  *    literals, other spacing and added comments, what a cache hit returns is
  *    exactly what a fresh, cache-less analysis returns, and fingerprints
  *    agree across literal versions; shapes that differ never share an entry;
+ *  - the cache key: statements share one exactly when they differ in
+ *    literal values only (numbers, strings of each kind, dollar quotes, signs,
+ *    white space, comments), and the key is exact for tokens that end the
+ *    text (no byte read past it);
  *  - passwords: never in any text, raw text, message or fingerprint;
  *  - the API's corners: empty input, NUL bytes, moved structs, references
  *    that outlive the cache, eviction bounds, big statements, parsing on
@@ -915,6 +919,179 @@ static void check_prefixes(void)
     pgw_analysis_cache_free(c);
 }
 
+/* ---- the cache key: what it tells apart -------------------------------------
+ * Two statements share a key exactly when they differ in literal values only
+ * (and in white space and comments without a quote, which are no tokens);
+ * with a shared key a hit must give what a fresh analysis gives. */
+
+/* The keys of every statement of sql, one after the other, each preceded by
+ * its length; returns the malloc'ed bytes and sets *len. */
+static char *keys_of(const char *sql, size_t *len)
+{
+    sql_lex_t lx;
+    sbuf_t out = { 0 };
+    uint32_t i;
+
+    sql_lex_init(&lx);
+    CHECK_EQ(sql_lex_run(&lx, sql, (uint32_t)strlen(sql), 0), 0);
+    sb_printf(&out, "%u pieces|", lx.npieces);
+    for (i = 0; i < lx.npieces; i++) {
+        const sql_piece_t *p = &lx.pieces[i];
+        char *k = malloc(sql_key_bound(lx.toks + p->tok, p->ntok) + SQL_KEY_SLACK);
+        uint32_t kl = sql_key_build(sql, lx.toks + p->tok, p->ntok, k);
+
+        sb_printf(&out, "%u:", kl);
+        sb_putn(&out, k, kl);
+        free(k);
+    }
+    sql_lex_free(&lx);
+    *len = out.len;
+    return out.p;
+}
+
+enum { KEY_DIFFERS, KEY_SAME_HITS, KEY_SAME };
+
+static void check_key_rules(void)
+{
+    static const struct { const char *a, *b; int expect; } pairs[] = {
+        /* literals */
+        { "SELECT a FROM t WHERE x = 1", "SELECT a FROM t WHERE x = 99999", KEY_SAME_HITS },
+        { "SELECT a FROM t WHERE x = 'a'", "SELECT a FROM t WHERE x = 'it''s'", KEY_SAME_HITS },
+        { "SELECT a FROM t WHERE x = 1", "SELECT a FROM t WHERE x = 1.5", KEY_DIFFERS },
+        { "SELECT a FROM t WHERE x = 2147483647", "SELECT a FROM t WHERE x = 2147483648", KEY_DIFFERS },
+        { "SELECT 1e5, .5, 1.5", "SELECT 2.5e-3, 7.25, .125", KEY_SAME_HITS },
+        { "SELECT 1e5", "SELECT 15", KEY_DIFFERS },
+        { "SELECT 0x1F", "SELECT 0x2F", KEY_DIFFERS },       /* junk to PostgreSQL 15 */
+        { "SELECT 0x1F", "SELECT 0x1F", KEY_SAME },
+        { "SELECT E'a'", "SELECT E'bcd'", KEY_SAME_HITS },
+        { "SELECT E'\\n'", "SELECT E'\\t'", KEY_DIFFERS },   /* escapes can break the parse */
+        { "SELECT E'a'", "SELECT 'a'", KEY_DIFFERS },
+        { "SELECT U&'a'", "SELECT U&'b'", KEY_DIFFERS },
+        { "SELECT B'01'", "SELECT B'1'", KEY_SAME_HITS },
+        { "SELECT B'01'", "SELECT X'01'", KEY_DIFFERS },
+        { "SELECT X'ff'", "SELECT x'00'", KEY_SAME_HITS },
+        { "SELECT $$a$$", "SELECT $t$b c$t$", KEY_SAME_HITS },
+        { "SELECT $$a'$$", "SELECT $$a''$$", KEY_DIFFERS },
+        { "SELECT 'a'\n'b'", "SELECT 'c'", KEY_SAME },           /* one literal, continued */
+        { "SELECT a = -1 FROM t", "SELECT a = -7 FROM t", KEY_SAME_HITS },
+        { "SELECT a=-1 FROM t", "SELECT a=-7 FROM t", KEY_SAME_HITS },
+        { "SELECT a=-1 FROM t", "SELECT a=1 FROM t", KEY_DIFFERS },
+        { "SELECT a>=1 FROM t", "SELECT a> =1 FROM t", KEY_DIFFERS },
+        { "SELECT a@-1 FROM t", "SELECT a@-2 FROM t", KEY_SAME_HITS },
+        { "SELECT 1+2", "SELECT 30+40", KEY_SAME_HITS },
+        { "SELECT 'a'||'b'", "SELECT 'cc'||'dd'", KEY_SAME_HITS },
+        { "SELECT x::int FROM t WHERE y = 3", "SELECT x::int FROM t WHERE y = 4", KEY_SAME_HITS },
+        { "SELECT x::int FROM t", "SELECT x::bigint FROM t", KEY_DIFFERS },
+        { "SELECT $1", "SELECT $2", KEY_DIFFERS },
+        /* identifiers, keywords, quoting */
+        { "SELECT a1 FROM t", "SELECT a2 FROM t", KEY_DIFFERS },
+        { "SELECT a FROM t", "SELECT a FROM t2", KEY_DIFFERS },
+        { "SELECT a FROM t", "select a from t", KEY_DIFFERS },   /* a miss, never a wrong hit */
+        { "SELECT \"a\" FROM t", "SELECT \"b\" FROM t", KEY_DIFFERS },
+        { "SELECT \"a\" FROM t", "SELECT a FROM t", KEY_DIFFERS },
+        { "SELECT U&\"a\" FROM t", "SELECT U&\"b\" FROM t", KEY_DIFFERS },
+        { "SELECT _a$1 FROM t", "SELECT _a$2 FROM t", KEY_DIFFERS },
+        { "SELECT \xc3\xa9 FROM t", "SELECT \xc3\xa8 FROM t", KEY_DIFFERS },
+        /* white space and comments */
+        { "SELECT a FROM t WHERE x = 1", "SELECT  a\n\tFROM t\r\nWHERE x=2", KEY_SAME_HITS },
+        { "SELECT a FROM t WHERE x = 1", "SELECT a /* c */ FROM t -- d\nWHERE x = 2", KEY_SAME_HITS },
+        { "SELECT a FROM t /* it's */", "SELECT a FROM t /* its */", KEY_DIFFERS },
+        { "SELECT a FROM t -- it's\n", "SELECT a FROM t -- it''s\n", KEY_DIFFERS },
+        { "SELECT ab FROM t", "SELECT a b FROM t", KEY_DIFFERS },
+        /* several statements */
+        { "SELECT 1; SELECT a FROM t WHERE x = 2", "SELECT 3 ; SELECT a FROM t WHERE x = 4;", KEY_SAME_HITS },
+        { "SELECT 1; SELECT 2", "SELECT 1, 2", KEY_DIFFERS },
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        const char *a = pairs[i].a, *b = pairs[i].b;
+        size_t ka_len, kb_len;
+        char *ka = keys_of(a, &ka_len), *kb = keys_of(b, &kb_len);
+        int same = ka_len == kb_len && memcmp(ka, kb, ka_len) == 0;
+        pgw_analysis_cache_t *c = pgw_analysis_cache_new(NULL);
+        pgw_analysis_t an, bn, fresh;
+        int hit;
+
+        if (same != (pairs[i].expect != KEY_DIFFERS)) {
+            check_fail(__FILE__, __LINE__, same ? "keys should differ" : "keys should be equal");
+            fprintf(stderr, "    %s\n    %s\n", a, b);
+        }
+        check_total++;
+        pgw_analysis_init(&an);
+        pgw_analysis_init(&bn);
+        pgw_analysis_init(&fresh);
+        CHECK_EQ(pgw_analysis_run(c, a, strlen(a), &an), 0);
+        hit = pgw_analysis_lookup(c, b, strlen(b), &bn);
+        CHECK(hit == 0 || hit == 1);
+        if (pairs[i].expect == KEY_DIFFERS && hit) {
+            check_fail(__FILE__, __LINE__, "statements of different keys shared an entry");
+            fprintf(stderr, "    %s\n    %s\n", a, b);
+        }
+        if (pairs[i].expect == KEY_SAME_HITS && !hit) {
+            check_fail(__FILE__, __LINE__, "a statement differing in literals only missed");
+            fprintf(stderr, "    %s\n    %s\n", a, b);
+        }
+        if (hit) {
+            CHECK_EQ(pgw_analysis_parse(b, strlen(b), &fresh), 0);
+            same_analysis(&bn, &fresh, b);
+        }
+        pgw_analysis_clear(&an);
+        pgw_analysis_clear(&bn);
+        pgw_analysis_clear(&fresh);
+        pgw_analysis_cache_free(c);
+        free(ka);
+        free(kb);
+    }
+}
+
+/* The key copies short tokens in fixed-size blocks: one that ends the text,
+ * right before an unreadable page, must be copied exactly and read no
+ * further. The reference is the key's definition, byte by byte. */
+static void check_key_tail(void)
+{
+    static const char *const fill[] = { "x", "\"q\"", "+", "$1", "'s'", "/* it's */" };
+    guard_t g;
+    size_t f, len;
+
+    guard_init(&g, 256);
+    for (f = 0; f < sizeof fill / sizeof fill[0]; f++) {
+        for (len = 1; len <= 40; len++) {
+            sbuf_t sql = { 0 }, ref = { 0 };
+            sql_lex_t lx;
+            const char *p;
+            uint32_t i, kl;
+            char *k;
+
+            sb_puts(&sql, "SELECT a ");
+            while (sql.len < 9 + len)
+                sb_puts(&sql, fill[f]);
+            p = (const char *)guard_place(&g, sql.p, sql.len);
+            sql_lex_init(&lx);
+            CHECK_EQ(sql_lex_run(&lx, p, (uint32_t)sql.len, 1), 0);
+            CHECK_EQ(lx.npieces, 1);
+            for (i = 0; i < lx.ntoks; i++) {
+                const sql_tok_t *t = &lx.toks[i];
+                char type = (char)t->type;
+
+                sb_putn(&ref, &type, 1);
+                if (sql_tok_in_key(t)) {
+                    sb_putn(&ref, p + t->start, t->end - t->start);
+                    sb_putn(&ref, "", 1);
+                }
+            }
+            k = malloc(sql_key_bound(lx.toks, lx.ntoks) + SQL_KEY_SLACK);
+            kl = sql_key_build(p, lx.toks, lx.ntoks, k);
+            CHECK_MEM(k, kl, ref.p, ref.len);
+            free(k);
+            sql_lex_free(&lx);
+            free(sql.p);
+            free(ref.p);
+        }
+    }
+    guard_free(&g);
+}
+
 /* pgw_analysis_parse runs on worker threads while the loop thread owns the
  * cache; infos cross over and are released on either side. */
 typedef struct thread_arg {
@@ -975,6 +1152,8 @@ int main(int argc, char **argv)
     check_golden();
     check_differential();
     check_distinct_shapes();
+    check_key_rules();
+    check_key_tail();
     check_passwords();
     check_api();
     check_prefixes();
