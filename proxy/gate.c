@@ -730,6 +730,48 @@ void pgw_gate_resume(pgw_session_t *s)
         gate_run(s);
 }
 
+/* Where a refusal's error came from on the server: the DO block that ran
+ * in place of the refused statement. */
+static const char refusal_context[] = "PL/pgSQL function inline_code_block";
+static const char refusal_prefix[] = "permission denied by pgwarden rule \"";
+
+void pgw_gate_server_error(pgw_session_t *s, const pgw_msg_t *m)
+{
+    /* body: (field code, NUL-terminated value)..., then a 0 byte */
+    const char *f = (const char *)m->body, *end = f ? f + m->body_len : NULL;
+    int ours = 0, context = 0;
+    if (!f || m->body_len < 2 || end[-1] != 0)
+        return;
+    for (const char *p = f; p < end && *p; p += strlen(p) + 1) {
+        if (*p == 'C')
+            ours += strcmp(p + 1, "42501") == 0;
+        else if (*p == 'M')
+            ours += strncmp(p + 1, refusal_prefix, sizeof refusal_prefix - 1) == 0;
+        else if (*p == 'W')
+            context = strncmp(p + 1, refusal_context, sizeof refusal_context - 1) == 0;
+    }
+    if (ours != 2 || !context)
+        return;
+    /* The same fields without the context and the server's source location
+     * (file, line, routine of PL/pgSQL's RAISE): the refusal is pgwarden's. */
+    uint8_t *out = malloc(1 + (size_t)m->len);
+    if (!out)
+        return;
+    size_t k = 5;
+    for (const char *p = f; p < end && *p; p += strlen(p) + 1) {
+        if (*p == 'W' || *p == 'F' || *p == 'L' || *p == 'R')
+            continue;
+        size_t l = strlen(p) + 1;
+        memcpy(out + k, p, l);
+        k += l;
+    }
+    out[k++] = 0;
+    out[0] = 'E';
+    put32(out + 1, (uint32_t)(k - 1));
+    if (pgw_session_replace_server_msg(s, m, out, k))
+        slog(PGW_LOG_DEBUG, s, "a refusal's error keeps its PL/pgSQL context (not whole in one read)");
+}
+
 void pgw_gate_release(pgw_session_t *s)
 {
     gate_free(s);

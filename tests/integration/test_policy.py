@@ -190,7 +190,20 @@ def test_psql_error_fields(pol, lpg):
     r = psql(pol, "-v", "VERBOSITY=verbose", "-c", "ALTER SYSTEM SET work_mem = '64MB'",
              user="app", check=False)
     assert "42501" in r.stderr and "no_alter_system" in r.stderr, r.stderr
+    # the refusal is pgwarden's: no PL/pgSQL context or server source location
+    assert "CONTEXT" not in r.stderr and "LOCATION" not in r.stderr, r.stderr
     assert not server_saw(lpg, "ALTER SYSTEM SET work_mem = '64MB'")
+    with pgwire.connect((pol.host, pol.port)) as c:
+        c.startup("app")
+        for sql in ("TRUNCATE ledger", "SELECT 1; DROP TABLE t"):
+            rows, err = c.simple_query(sql)
+            assert err["C"] == "42501" and err["S"] == "ERROR" and "no_drop" in err["M"], err
+            assert not {"W", "F", "L", "R"} & set(err), err
+        # the server's own errors keep every field
+        rows, err = c.simple_query("DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', "
+                                   "MESSAGE = 'permission denied for the test'; END$$")
+        assert err["W"].startswith("PL/pgSQL function inline_code_block") and "F" in err, err
+        assert c.simple_query("SELECT 2") == ([["2"]], None)
 
 
 def test_multi_statement_query_with_one_denied_runs_nothing(pol, lpg):
