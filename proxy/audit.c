@@ -479,7 +479,13 @@ void pgw_audit_denied(pgw_audit_t *a, const char *rule, int enforced, const char
     ev.result.message = pgw_cstr(message);
     pgw_stmt_view_t view;
     memset(&view, 0, sizeof view);
-    if (an) {
+    if (!an && protocol == PGW_PROTOCOL_FUNCTION_CALL) {
+        pgw_stmt_done_t d;
+        memset(&d, 0, sizeof d);
+        d.protocol = protocol;
+        pgw_statement_fill(NULL, &d, &view, &ev.statement);
+        ev.statement.protocol = protocol;
+    } else if (an) {
         pgw_stmt_done_t d;
         memset(&d, 0, sizeof d);
         d.protocol = protocol;
@@ -503,7 +509,7 @@ void pgw_audit_denied(pgw_audit_t *a, const char *rule, int enforced, const char
     emit(a->w, &ev);
     free(view.heap_objects);
     /* A refused connection: no session_start or auth_failure follows. */
-    if (!an && enforced)
+    if (!an && protocol == PGW_PROTOCOL_ABSENT && enforced)
         a->ended = 1;
 }
 

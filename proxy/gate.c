@@ -417,6 +417,37 @@ static int gate_check(pgw_session_t *s, char kind, const char *text, size_t len,
     return v.deny ? 1 : 0;
 }
 
+/* A FunctionCall ('F'): a call of a function by its OID, outside SQL. The
+ * rules see it as a statement of class FUNCTION, command "FUNCTION CALL",
+ * that names no relation. Returns 1 when refused (*msg_out set), else 0. */
+static int gate_check_call(pgw_session_t *s, char *msg_out, size_t msg_cap)
+{
+    static const pgw_sql_info_t call = { .command = "FUNCTION CALL", .cls = PGW_CLASS_FUNCTION,
+                                         .fingerprint = "" };
+    pgw_policy_verdict_t v;
+    memset(&v, 0, sizeof v);
+    pgw_policy_statement(s->pol, s->pol_rules, s->pol_nrules, &call, &v);
+    for (unsigned k = 0; k < v.ndry; k++) {
+        const char *rule = pgw_policy_rule_name(v.dry[k]);
+        char dmsg[256];
+        snprintf(dmsg, sizeof dmsg, "pgwarden rule \"%s\" would deny this function call (dry run: forwarded)",
+                 rule);
+        pgw_ctr_add(&s->w->metrics.denied_dry_run[1], 1);
+        slog(PGW_LOG_INFO, s, "%s", dmsg);
+        if (s->audit)
+            pgw_audit_denied(s->audit, rule, 0, "42501", dmsg, NULL, 0, PGW_PROTOCOL_FUNCTION_CALL, NULL);
+    }
+    if (!v.deny)
+        return 0;
+    pgw_ctr_add(&s->w->metrics.denied[1], 1);
+    slog(PGW_LOG_INFO, s, "denied: %s", v.message);
+    if (s->audit)
+        pgw_audit_denied(s->audit, pgw_policy_rule_name(v.deny), 1, "42501", v.message, NULL, 0,
+                         PGW_PROTOCOL_FUNCTION_CALL, NULL);
+    snprintf(msg_out, msg_cap, "%s", v.message);
+    return 1;
+}
+
 /* A message the server receives in place of the client's: the refusal's
  * statement under the Parse's name (msg[0] 'P') or as a Query ('Q').
  * Returns it (malloc'd, *len set), or NULL when out of memory. */
@@ -479,6 +510,20 @@ static int gate_decide(pgw_session_t *s, const uint8_t *m, size_t n, uint8_t **s
             }
             if (ql && !(*sub = refusal_message((char)m[0], name, sql, ql, sub_len))) {
                 pgw_analysis_clear(&an);
+                pgw_session_close(s, "out of memory");
+                return -1;
+            }
+        }
+    } else if (m[0] == 'F') {
+        /* Refused: the server runs the refusal as a Query, which answers
+         * as a failed call does (ErrorResponse, then ReadyForQuery). */
+        if (gate_check_call(s, msg, sizeof msg)) {
+            size_t ql = refusal_sql(sql, sizeof sql, msg);
+            if (!ql) {
+                pgw_session_fatal(s, "42501", "%s", msg);
+                return -1;
+            }
+            if (!(*sub = refusal_message('Q', "", sql, ql, sub_len))) {
                 pgw_session_close(s, "out of memory");
                 return -1;
             }
@@ -570,10 +615,11 @@ static void gate_run(pgw_session_t *s)
     gate_flush(s);
 }
 
-/* Only a Query, a Parse and a Bind of a refused statement are looked at. */
+/* Only a Query, a Parse, a FunctionCall and a Bind of a refused statement
+ * are looked at. */
 static int needs_decision(const pgw_gate_t *g, uint8_t type)
 {
-    return type == 'Q' || type == 'P' || (type == 'B' && g->ndenied);
+    return type == 'Q' || type == 'P' || type == 'F' || (type == 'B' && g->ndenied);
 }
 
 /* Shows n bytes of whole messages that need no decision to the framer at
@@ -682,6 +728,48 @@ void pgw_gate_resume(pgw_session_t *s)
 {
     if (s->gate->len)
         gate_run(s);
+}
+
+/* Where a refusal's error came from on the server: the DO block that ran
+ * in place of the refused statement. */
+static const char refusal_context[] = "PL/pgSQL function inline_code_block";
+static const char refusal_prefix[] = "permission denied by pgwarden rule \"";
+
+void pgw_gate_server_error(pgw_session_t *s, const pgw_msg_t *m)
+{
+    /* body: (field code, NUL-terminated value)..., then a 0 byte */
+    const char *f = (const char *)m->body, *end = f ? f + m->body_len : NULL;
+    int ours = 0, context = 0;
+    if (!f || m->body_len < 2 || end[-1] != 0)
+        return;
+    for (const char *p = f; p < end && *p; p += strlen(p) + 1) {
+        if (*p == 'C')
+            ours += strcmp(p + 1, "42501") == 0;
+        else if (*p == 'M')
+            ours += strncmp(p + 1, refusal_prefix, sizeof refusal_prefix - 1) == 0;
+        else if (*p == 'W')
+            context = strncmp(p + 1, refusal_context, sizeof refusal_context - 1) == 0;
+    }
+    if (ours != 2 || !context)
+        return;
+    /* The same fields without the context and the server's source location
+     * (file, line, routine of PL/pgSQL's RAISE): the refusal is pgwarden's. */
+    uint8_t *out = malloc(1 + (size_t)m->len);
+    if (!out)
+        return;
+    size_t k = 5;
+    for (const char *p = f; p < end && *p; p += strlen(p) + 1) {
+        if (*p == 'W' || *p == 'F' || *p == 'L' || *p == 'R')
+            continue;
+        size_t l = strlen(p) + 1;
+        memcpy(out + k, p, l);
+        k += l;
+    }
+    out[k++] = 0;
+    out[0] = 'E';
+    put32(out + 1, (uint32_t)(k - 1));
+    if (pgw_session_replace_server_msg(s, m, out, k))
+        slog(PGW_LOG_DEBUG, s, "a refusal's error keeps its PL/pgSQL context (not whole in one read)");
 }
 
 void pgw_gate_release(pgw_session_t *s)

@@ -447,7 +447,6 @@ static void client_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
 static void strip_channel_binding(pgw_session_t *s, const pgw_msg_t *m)
 {
     static const char plus[] = "SCRAM-SHA-256-PLUS";
-    const uint8_t *base = s->cur_buf ? s->cur_buf->data : NULL;
     if (!m->body || m->body_len < 5 || m->body[m->body_len - 1] != 0)
         return;
     /* body: int32 10, then NUL-terminated names, then an empty name. */
@@ -457,10 +456,6 @@ static void strip_channel_binding(pgw_session_t *s, const pgw_msg_t *m)
         found |= strcmp(nm, plus) == 0;
     if (!found)
         return;
-    if (!base || m->body < base + 5 || m->body + m->body_len > base + s->cur_len) {
-        slog(PGW_LOG_WARN, s, "cannot remove %s from a SASL offer split over reads", plus);
-        return;
-    }
     uint8_t *out = malloc(1 + (size_t)m->len);
     if (!out)
         return;
@@ -477,12 +472,24 @@ static void strip_channel_binding(pgw_session_t *s, const pgw_msg_t *m)
     out[0] = 'R';
     uint32_t be_len = htonl((uint32_t)(k - 1));
     memcpy(out + 1, &be_len, 4);
-    free(s->sasl_msg);
-    s->sasl_msg = out;
-    s->sasl_msg_len = k;
-    s->sasl_off = (size_t)(m->body - 5 - base);
-    s->sasl_len = 1 + (size_t)m->len;
-    s->sasl_stripped = 1;
+    if (pgw_session_replace_server_msg(s, m, out, k) == 0)
+        s->sasl_stripped = 1;
+    else
+        slog(PGW_LOG_WARN, s, "cannot remove %s from a SASL offer split over reads", plus);
+}
+
+int pgw_session_replace_server_msg(pgw_session_t *s, const pgw_msg_t *m, uint8_t *out, size_t n)
+{
+    const uint8_t *base = s->cur_buf ? s->cur_buf->data : NULL;
+    if (!base || !m->body || m->body < base + 5 || m->body + m->body_len > base + s->cur_len || s->rw_msg) {
+        free(out);
+        return -1;
+    }
+    s->rw_msg = out;
+    s->rw_msg_len = n;
+    s->rw_off = (size_t)(m->body - 5 - base);
+    s->rw_len = 1 + (size_t)m->len;
+    return 0;
 }
 
 static int be_message(void *ud, const pgw_msg_t *m)
@@ -499,6 +506,8 @@ static int be_message(void *ud, const pgw_msg_t *m)
     if (m->type == 'R' && m->body_len > 4 && m->body && m->body[3] == 10 &&
         m->body[0] == 0 && m->body[1] == 0 && m->body[2] == 0)
         strip_channel_binding(s, m);
+    if (m->type == 'E' && s->gate)
+        pgw_gate_server_error(s, m);
     if (m->type == 'K') {
         pgw_keydata_t kd;
         if (pgw_parse_keydata(m, &kd) == 0)
@@ -533,19 +542,19 @@ static void upstream_tls_answer(pgw_session_t *s, const uint8_t *p, size_t n)
     }
 }
 
-/* Sends the bytes of b with the rewritten SASL offer in place of the
+/* Sends the bytes of b with the rewritten message in place of the
  * original. */
 static void forward_rewritten(pgw_session_t *s, pgw_buf_t *b, size_t n)
 {
-    size_t off = s->sasl_off, end = s->sasl_off + s->sasl_len;
-    uint8_t *msg = s->sasl_msg;
-    s->sasl_msg = NULL;
+    size_t off = s->rw_off, end = s->rw_off + s->rw_len;
+    uint8_t *msg = s->rw_msg;
+    s->rw_msg = NULL;
     if (end > n || (off && pgw_leg_write(&s->client, b, b->data, off))) {
         free(msg);
         pgw_session_close(s, "write failed");
         return;
     }
-    if (pgw_leg_write_owned(&s->client, msg, s->sasl_msg_len) ||
+    if (pgw_leg_write_owned(&s->client, msg, s->rw_msg_len) ||
         (end < n && pgw_leg_write(&s->client, b, b->data + end, n - end)))
         pgw_session_close(s, "write failed");
 }
@@ -575,7 +584,7 @@ static void server_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
         }
         return;
     }
-    if (s->sasl_msg) {
+    if (s->rw_msg) {
         forward_rewritten(s, b, n);
         return;
     }
@@ -659,7 +668,7 @@ static void on_closed(pgw_leg_t *leg)
     pgw_framer_free(&s->fe);
     pgw_framer_free(&s->be);
     free(s->early);
-    free(s->sasl_msg);
+    free(s->rw_msg);
     free(s->tls_info);
     pgw_tls_release(s->tls);
     free(s);

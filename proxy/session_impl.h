@@ -50,13 +50,14 @@ typedef struct pgw_session {
     pgw_tls_ctx_t *tls;             /* a reference, or NULL: TLS configured on neither leg */
     pgw_tls_info_t *tls_info;       /* the client leg's handshake, or NULL */
 
-    /* An AuthenticationSASL message rewritten without SCRAM-SHA-256-PLUS,
-     * sent in place of the original bytes at sasl_off in the read being
+    /* A server message rewritten (the SASL offer without
+     * SCRAM-SHA-256-PLUS, a refusal's error without its PL/pgSQL context),
+     * sent in place of the original bytes at rw_off in the read being
      * framed (cur_buf). */
     const pgw_buf_t *cur_buf;
     size_t cur_len;
-    uint8_t *sasl_msg;
-    size_t sasl_msg_len, sasl_off, sasl_len;
+    uint8_t *rw_msg;
+    size_t rw_msg_len, rw_off, rw_len;
     unsigned server_up : 1;         /* the upstream connection was made (metrics) */
     unsigned admitted : 1;          /* holds a slot of the connection limits */
     unsigned ready : 1;             /* the server sent its first ReadyForQuery */
@@ -110,6 +111,11 @@ void pgw_session_close(pgw_session_t *s, const char *reason);
  * w->admitted was `admitted` (durable sinks). b stays the caller's. */
 void pgw_session_pass(pgw_session_t *s, pgw_buf_t *b, size_t n, unsigned admitted);
 
+/* While the server's read is framed: message m goes to the client as out
+ * (n bytes, malloc'd, taken) instead. Returns -1 (out freed) when m is not
+ * all in that read or a message of it was replaced already. */
+int pgw_session_replace_server_msg(pgw_session_t *s, const pgw_msg_t *m, uint8_t *out, size_t n);
+
 /* ---- gate.c, for the session --------------------------------------------- */
 
 /* The connection rules, after the StartupMessage and the TLS identity
@@ -128,6 +134,11 @@ void pgw_gate_input(pgw_session_t *s, pgw_buf_t *b, const uint8_t *p, size_t n);
 
 /* The server is connected: messages that waited at the gate go on. */
 void pgw_gate_resume(pgw_session_t *s);
+
+/* A server ErrorResponse m in a session with statement rules: a refusal's
+ * error goes to the client without the PL/pgSQL context the statement run
+ * in its place added. */
+void pgw_gate_server_error(pgw_session_t *s, const pgw_msg_t *m);
 
 /* Frees the gate and the session's policy references. */
 void pgw_gate_release(pgw_session_t *s);

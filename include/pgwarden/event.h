@@ -279,7 +279,8 @@ void pgw_event_id_new(uint8_t out[16]);
 void pgw_uuid_format(const uint8_t id[16], char out[36]);
 
 /* Zeroes ev, sets its kind and time, and gives it a new id from g (NULL:
- * this thread's own generator). */
+ * this thread's own generator), whose timestamp is time_us's millisecond
+ * (the clock's when time_us is 0). */
 void pgw_event_init(pgw_event_t *ev, pgw_event_kind_t kind, int64_t time_us, pgw_uuid7_t *g);
 
 #endif

@@ -8,6 +8,7 @@ server's side."""
 import json
 import re
 import signal
+import struct
 import subprocess
 import time
 import urllib.request
@@ -17,6 +18,7 @@ import psycopg
 import pytest
 from psycopg import errors, pq
 
+import pgwire
 from harness import free_port, running_cluster, wait_until
 from harness import psql as _psql
 
@@ -188,7 +190,20 @@ def test_psql_error_fields(pol, lpg):
     r = psql(pol, "-v", "VERBOSITY=verbose", "-c", "ALTER SYSTEM SET work_mem = '64MB'",
              user="app", check=False)
     assert "42501" in r.stderr and "no_alter_system" in r.stderr, r.stderr
+    # the refusal is pgwarden's: no PL/pgSQL context or server source location
+    assert "CONTEXT" not in r.stderr and "LOCATION" not in r.stderr, r.stderr
     assert not server_saw(lpg, "ALTER SYSTEM SET work_mem = '64MB'")
+    with pgwire.connect((pol.host, pol.port)) as c:
+        c.startup("app")
+        for sql in ("TRUNCATE ledger", "SELECT 1; DROP TABLE t"):
+            rows, err = c.simple_query(sql)
+            assert err["C"] == "42501" and err["S"] == "ERROR" and "no_drop" in err["M"], err
+            assert not {"W", "F", "L", "R"} & set(err), err
+        # the server's own errors keep every field
+        rows, err = c.simple_query("DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', "
+                                   "MESSAGE = 'permission denied for the test'; END$$")
+        assert err["W"].startswith("PL/pgSQL function inline_code_block") and "F" in err, err
+        assert c.simple_query("SELECT 2") == ([["2"]], None)
 
 
 def test_multi_statement_query_with_one_denied_runs_nothing(pol, lpg):
@@ -356,6 +371,40 @@ def test_read_only_identity_and_groups(pol, lpg):
         conn.execute("DROP TABLE boss_table")
     assert server_saw(lpg, "DROP TABLE boss_table")
     assert lpg.sql("SELECT count(*) FROM t WHERE id = 601")[0][0] == 0
+
+
+def function_call(conn, oid):
+    """A FunctionCall of a function without arguments; the answer's messages."""
+    conn.send(pgwire.message(b"F", struct.pack("!IHHH", oid, 0, 0, 0)))
+    return conn.read_until_ready()
+
+
+def test_function_call_is_checked(pol, lpg):
+    """A FunctionCall (PQfn) is a statement of class FUNCTION for the rules:
+    a read-only identity's call is refused with 42501 and the session goes
+    on; another identity's call runs."""
+    oid = int(lpg.sql("SELECT 'pg_backend_pid'::regproc::oid")[0][0])
+    with pgwire.connect((pol.host, pol.port)) as c:
+        c.startup("report")
+        msgs = function_call(c, oid)
+        errs = [pgwire.parse_error_fields(b) for t, b in msgs if t == "E"]
+        assert [t for t, _ in msgs][-1] == "Z" and "V" not in [t for t, _ in msgs]
+        assert errs and errs[0]["C"] == "42501" and "reporting" in errs[0]["M"], msgs
+        assert c.simple_query("SELECT 1") == ([["1"]], None)      # still usable
+    with pgwire.connect((pol.host, pol.port)) as c:
+        c.startup("nobody")
+        msgs = function_call(c, oid)
+        (v,) = [b for t, b in msgs if t == "V"]
+        assert struct.unpack("!i", v[:4])[0] > 0 and int(v[4:]) == c.backend_pid
+    (d,) = wait_denied(pol, "reporting")
+    assert d["statement"] == {"command": "FUNCTION CALL", "class": "FUNCTION", "protocol": "function_call"}
+    assert d["enforced"] is True and d["result"]["sqlstate"] == "42501"
+    def calls_recorded():
+        calls = [e for e in events(pol.audit_path, "statement")
+                 if e["statement"]["protocol"] == "function_call"]
+        return calls if len(calls) >= 2 else None
+    calls = wait_until(calls_recorded, 10, what="the function calls' statement events")
+    assert sorted(e["result"]["status"] for e in calls) == ["error", "ok"]
 
 
 def test_dry_run_records_without_blocking(pol, lpg):
