@@ -201,17 +201,20 @@ def cpu_model():
 
 def build(args, want_pgwarden, want_fwdlimit=True):
     """Builds build/pgwarden and build/fwdlimit if missing (fwdlimit only when a
-    selected target needs it: its source lives outside the repository). Returns
+    selected target needs it: its source lives outside the repository, and
+    without it the fwdlimit targets are skipped with a note). Returns
     (pgwarden path or None, fwdlimit path or None, notes)."""
     bdir = args.build_dir
     pgw = os.path.join(bdir, "pgwarden")
     fwd = os.path.join(bdir, "fwdlimit")
     notes = []
-    missing = [p for p in ([pgw] if want_pgwarden else []) + ([fwd] if want_fwdlimit else [])
+    fwd_src = os.path.abspath(args.fwdlimit_src)
+    missing = [p for p in ([pgw] if want_pgwarden else []) +
+               ([fwd] if want_fwdlimit and os.path.isfile(fwd_src) else [])
                if args.rebuild or not os.access(p, os.X_OK)]
     if missing and shutil.which("cmake"):
         log(f"building in {bdir} (missing: {', '.join(os.path.basename(m) for m in missing)})")
-        cfg = ["cmake", "-S", REPO_DIR, "-B", bdir, "-DCMAKE_BUILD_TYPE=Release"]
+        cfg = ["cmake", "-S", REPO_DIR, "-B", bdir, "-DCMAKE_BUILD_TYPE=Release", f"-DPGW_FWDLIMIT_SRC={fwd_src}"]
         r = subprocess.run(cfg, capture_output=True, text=True)
         if r.returncode != 0:
             notes.append("cmake configure failed: " + (r.stderr.strip().splitlines() or ["?"])[-1])
@@ -232,12 +235,17 @@ def build(args, want_pgwarden, want_fwdlimit=True):
     elif not os.access(fwd, os.X_OK):
         src = args.fwdlimit_src
         if not os.path.isfile(src):
-            raise RuntimeError(f"fwdlimit missing and its source {src} not found")
-        os.makedirs(bdir, exist_ok=True)
-        log(f"compiling fwdlimit directly from {src}")
-        r = subprocess.run(["cc", "-O2", "-o", fwd, src, "-luv", "-lpthread"], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError("cannot build fwdlimit:\n" + r.stderr)
+            notes.append(f"fwdlimit's source {src} not found (--fwdlimit-src, FWDLIMIT_SRC): "
+                         "fwdlimit targets skipped")
+            log(notes[-1])
+            fwd = None
+        else:
+            os.makedirs(bdir, exist_ok=True)
+            log(f"compiling fwdlimit directly from {src}")
+            r = subprocess.run(["cc", "-O2", "-o", fwd, src, "-luv", "-lpthread"], capture_output=True,
+                               text=True)
+            if r.returncode != 0:
+                raise RuntimeError("cannot build fwdlimit:\n" + r.stderr)
     if want_pgwarden and not os.access(pgw, os.X_OK):
         notes.append(f"{pgw} missing or did not build: pgwarden targets skipped")
         log(notes[-1])

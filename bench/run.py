@@ -504,6 +504,8 @@ def main(argv):
     for t in args.targets:
         if t.startswith("pgwarden") and not pgw_bin:
             skipped[t] = build_notes[-1]
+        if t.startswith("fwdlimit") and not fwd_bin:
+            skipped[t] = [n for n in build_notes if n.startswith("fwdlimit")][0]
         if t.startswith("pgbouncer") and not os.access(args.pgbouncer, os.X_OK):
             skipped[t] = f"{args.pgbouncer} not found (apt-get install -y pgbouncer)"
 

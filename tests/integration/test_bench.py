@@ -16,10 +16,11 @@ BENCH = REPO / "bench"
 BUILD_DIR = str(PGW_BINARY.parent)
 
 
-def bench(script, *args, timeout=400):
+def bench(script, *args, timeout=400, build_dir=True):
     """Runs a bench script with this interpreter (the venv has matplotlib)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "BENCH_"))}
-    r = subprocess.run([sys.executable, str(BENCH / script), "--build-dir", BUILD_DIR] + list(args),
+    r = subprocess.run([sys.executable, str(BENCH / script)] + (["--build-dir", BUILD_DIR] if build_dir else [])
+                       + list(args),
                        capture_output=True, text=True, timeout=timeout, env=env)
     assert r.returncode == 0, f"{script} exited {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-5000:]}"
     return r
@@ -77,6 +78,23 @@ def test_run_py_clients_tls_latency_and_plot(tmp_path):
     assert "![TPS by clients](results.png)" in text
     # every round is recorded with its client count
     assert len([row for row in md_rows(text.split("## Rounds", 1)[1]) if row[0] == "1"]) == 2 * len(targets)
+
+
+def test_run_py_without_the_forwarders_source_skips_it(tmp_path):
+    """A clone without the bare forwarder's source (it lives outside the
+    repository) still runs: the fwdlimit targets are skipped and said so."""
+    out = tmp_path / "results.md"
+    bdir = tmp_path / "b"           # pgwarden built, no fwdlimit
+    bdir.mkdir()
+    (bdir / "pgwarden").symlink_to(PGW_BINARY)
+    r = bench("run.py", "--targets", "direct,fwdlimit-tcp,pgwarden-tcp", "--clients", "2", "--modes", "simple",
+              "--rounds", "1", "--seconds", "1", "--warmup", "0", "--quiet-wait", "0", "--retries", "0",
+              "--scale", "1", "--output", str(out), "--plot", "none",
+              "--fwdlimit-src", str(tmp_path / "absent" / "fwdlimit.c"), "--build-dir", str(bdir),
+              build_dir=False)
+    assert "skipped fwdlimit-tcp: fwdlimit's source" in r.stdout, r.stdout
+    medians = out.read_text().split("## Medians", 1)[1].split("## ", 1)[0]
+    assert {row[1] for row in md_rows(medians, "2")} == {"direct", "pgwarden-tcp"}, medians
 
 
 def test_idle_py_counts_every_connection(tmp_path):

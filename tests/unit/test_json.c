@@ -258,7 +258,8 @@ static void test_long(void)
 
 static void test_numbers(void)
 {
-    static const int64_t vals[] = { 0, 1, 9, 10, 99, 100, 101, 999, 1000, 12345, -1, -10, -99,
+    static const int64_t vals[] = { 0, 1, 9, 10, 99, 100, 101, 999, 1000, 9999, 10000, 12345, 99999999,
+                                    100000000, 1000000000, -1, -10, -99, -9999, -10000,
                                     INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN,
                                     1000000000000000000, -999999999999999999 };
     char want[32];
