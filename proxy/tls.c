@@ -71,7 +71,10 @@ static SSL_CTX *make_accept(const pgw_tls_config_t *cfg, char *err, size_t cap)
         ssl_fail(err, cap, "--tls-ciphers", cfg->ciphers);
         goto fail;
     }
-    if (cfg->groups && !SSL_CTX_set1_groups_list(c, cfg->groups)) {
+    /* OpenSSL's macro casts the list's const away; a copy keeps it. */
+    char groups[256];
+    if (cfg->groups && (snprintf(groups, sizeof groups, "%s", cfg->groups) >= (int)sizeof groups ||
+                        !SSL_CTX_set1_groups_list(c, groups))) {
         ssl_fail(err, cap, "--tls-groups", cfg->groups);
         goto fail;
     }

@@ -158,9 +158,15 @@ int pgw_leg_start_tls(pgw_leg_t *leg, SSL_CTX *ctx, int accept, const char *veri
         SSL_set_connect_state(ssl);
         if (verify_host && *verify_host) {
             unsigned char ip[16];
+            /* OpenSSL's SNI macro casts the name's const away; a copy keeps it. */
+            char sni[256];
+            if (snprintf(sni, sizeof sni, "%s", verify_host) >= (int)sizeof sni) {
+                SSL_free(ssl);
+                return UV_EINVAL;
+            }
             int is_ip = inet_pton(AF_INET, verify_host, ip) == 1 || inet_pton(AF_INET6, verify_host, ip) == 1;
             int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), verify_host)
-                           : SSL_set1_host(ssl, verify_host) && SSL_set_tlsext_host_name(ssl, verify_host);
+                           : SSL_set1_host(ssl, verify_host) && SSL_set_tlsext_host_name(ssl, sni);
             if (!ok) {
                 SSL_free(ssl);
                 return UV_EINVAL;

@@ -19,7 +19,7 @@ seconds="${1:-30}"
 targets="${FUZZ_TARGETS:-fuzz_framer_frontend fuzz_framer_backend fuzz_startup fuzz_analysis fuzz_event_encode fuzz_http fuzz_config_args fuzz_session fuzz_policy}"
 
 mkdir -p build-fuzz
-CC=clang cmake -B build-fuzz -DPGW_FUZZ=ON -DPGW_TESTS=ON > build-fuzz/fuzz-build.log 2>&1 &&
+CC=clang cmake -B build-fuzz -DPGW_FUZZ=ON -DPGW_TESTS=ON -DPGW_WERROR=ON > build-fuzz/fuzz-build.log 2>&1 &&
     cmake --build build-fuzz -j"$(nproc)" >> build-fuzz/fuzz-build.log 2>&1 ||
     { tail -50 build-fuzz/fuzz-build.log; echo "fuzz.sh: build failed" >&2; exit 1; }
 
