@@ -199,6 +199,7 @@ def plot(path, targets, modes, clients, summary, title):
         return f"no plot: matplotlib is missing ({e}); scripts/install-deps.sh puts it into .venv"
     fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes) + 2.5, 5), squeeze=False)
     styles = ["-", "--", "-.", ":"]
+    palette = plt.get_cmap("tab20")
     for ax, m in zip(axes[0], modes):
         for i, t in enumerate(targets):
             pts = [(c, _get(summary, t, m, c)) for c in clients]
@@ -206,7 +207,10 @@ def plot(path, targets, modes, clients, summary, title):
             if not pts:
                 continue
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o", linestyle=styles[(i // 10) % len(styles)], label=t)
+            # 20 distinct colours: the default cycle has 10, and an 11th target
+            # would share direct's colour
+            ax.plot(xs, ys, marker="o", color=palette(i % 20), linestyle=styles[(i // 20) % len(styles)],
+                    label=t)
         ax.set_xscale("log", base=2)
         ax.set_xticks(clients)
         ax.set_xticklabels([str(c) for c in clients])
