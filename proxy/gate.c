@@ -366,6 +366,35 @@ static int gate_analyze(pgw_session_t *s, const char *text, size_t len, pgw_anal
     return 0;
 }
 
+/* Logs, counts and records verdict v on a statement of analysis an (dry
+ * run matches: dry_idx[k] is the statement of v->dry[k]; a refusal:
+ * deny_idx) or on a FunctionCall (an NULL). Returns 1 when refused
+ * (*msg_out set), else 0. */
+static int gate_report(pgw_session_t *s, const pgw_policy_verdict_t *v, const char *what,
+                       const pgw_analysis_t *an, const uint32_t *dry_idx, uint32_t deny_idx,
+                       pgw_stmt_protocol_t proto, const char *stmt_name, char *msg_out, size_t msg_cap)
+{
+    for (unsigned k = 0; k < v->ndry; k++) {
+        const char *rule = pgw_policy_rule_name(v->dry[k]);
+        char dmsg[256];
+        snprintf(dmsg, sizeof dmsg, "pgwarden rule \"%s\" would deny this %s (dry run: forwarded)", rule,
+                 what);
+        pgw_ctr_add(&s->w->metrics.denied_dry_run[1], 1);
+        slog(PGW_LOG_INFO, s, "%s", dmsg);
+        if (s->audit)
+            pgw_audit_denied(s->audit, rule, 0, "42501", dmsg, an, dry_idx ? dry_idx[k] : 0, proto, stmt_name);
+    }
+    if (!v->deny)
+        return 0;
+    pgw_ctr_add(&s->w->metrics.denied[1], 1);
+    slog(PGW_LOG_INFO, s, "denied: %s", v->message);
+    if (s->audit)
+        pgw_audit_denied(s->audit, pgw_policy_rule_name(v->deny), 1, "42501", v->message, an, deny_idx, proto,
+                         stmt_name);
+    snprintf(msg_out, msg_cap, "%s", v->message);
+    return 1;
+}
+
 /* Statement rules on one Query ('Q') or Parse ('P') text. Returns 1 when
  * refused (*msg_out set), 0 to pass, 2 to wait, -1 when the session ended. *//* Statement rules on one Query ('Q') or Parse ('P') text, whose analysis
  * is left in *an (the caller clears it). Returns 1 when refused (*msg_out
@@ -396,25 +425,7 @@ static int gate_check(pgw_session_t *s, char kind, const char *text, size_t len,
             passed_add(s->gate, info);
     }
     pgw_stmt_protocol_t proto = kind == 'Q' ? PGW_PROTOCOL_SIMPLE : PGW_PROTOCOL_EXTENDED;
-    for (unsigned k = 0; k < v.ndry; k++) {
-        const char *rule = pgw_policy_rule_name(v.dry[k]);
-        char dmsg[256];
-        snprintf(dmsg, sizeof dmsg, "pgwarden rule \"%s\" would deny this statement (dry run: forwarded)",
-                 rule);
-        pgw_ctr_add(&s->w->metrics.denied_dry_run[1], 1);
-        slog(PGW_LOG_INFO, s, "%s", dmsg);
-        if (s->audit)
-            pgw_audit_denied(s->audit, rule, 0, "42501", dmsg, an, dry_idx[k], proto, stmt_name);
-    }
-    if (v.deny) {
-        pgw_ctr_add(&s->w->metrics.denied[1], 1);
-        slog(PGW_LOG_INFO, s, "denied: %s", v.message);
-        if (s->audit)
-            pgw_audit_denied(s->audit, pgw_policy_rule_name(v.deny), 1, "42501", v.message, an, deny_idx,
-                             proto, stmt_name);
-        snprintf(msg_out, msg_cap, "%s", v.message);
-    }
-    return v.deny ? 1 : 0;
+    return gate_report(s, &v, "statement", an, dry_idx, deny_idx, proto, stmt_name, msg_out, msg_cap);
 }
 
 /* A FunctionCall ('F'): a call of a function by its OID, outside SQL. The
@@ -427,25 +438,8 @@ static int gate_check_call(pgw_session_t *s, char *msg_out, size_t msg_cap)
     pgw_policy_verdict_t v;
     memset(&v, 0, sizeof v);
     pgw_policy_statement(s->pol, s->pol_rules, s->pol_nrules, &call, &v);
-    for (unsigned k = 0; k < v.ndry; k++) {
-        const char *rule = pgw_policy_rule_name(v.dry[k]);
-        char dmsg[256];
-        snprintf(dmsg, sizeof dmsg, "pgwarden rule \"%s\" would deny this function call (dry run: forwarded)",
-                 rule);
-        pgw_ctr_add(&s->w->metrics.denied_dry_run[1], 1);
-        slog(PGW_LOG_INFO, s, "%s", dmsg);
-        if (s->audit)
-            pgw_audit_denied(s->audit, rule, 0, "42501", dmsg, NULL, 0, PGW_PROTOCOL_FUNCTION_CALL, NULL);
-    }
-    if (!v.deny)
-        return 0;
-    pgw_ctr_add(&s->w->metrics.denied[1], 1);
-    slog(PGW_LOG_INFO, s, "denied: %s", v.message);
-    if (s->audit)
-        pgw_audit_denied(s->audit, pgw_policy_rule_name(v.deny), 1, "42501", v.message, NULL, 0,
-                         PGW_PROTOCOL_FUNCTION_CALL, NULL);
-    snprintf(msg_out, msg_cap, "%s", v.message);
-    return 1;
+    return gate_report(s, &v, "function call", NULL, NULL, 0, PGW_PROTOCOL_FUNCTION_CALL, NULL, msg_out,
+                       msg_cap);
 }
 
 /* A message the server receives in place of the client's: the refusal's
