@@ -479,21 +479,18 @@ void pgw_audit_denied(pgw_audit_t *a, const char *rule, int enforced, const char
     ev.result.message = pgw_cstr(message);
     pgw_stmt_view_t view;
     memset(&view, 0, sizeof view);
-    if (!an && protocol == PGW_PROTOCOL_FUNCTION_CALL) {
+    if (protocol != PGW_PROTOCOL_ABSENT) {
+        /* A statement (of an), or a FunctionCall (no text). */
         pgw_stmt_done_t d;
         memset(&d, 0, sizeof d);
         d.protocol = protocol;
-        pgw_statement_fill(NULL, &d, &view, &ev.statement);
-        ev.statement.protocol = protocol;
-    } else if (an) {
-        pgw_stmt_done_t d;
-        memset(&d, 0, sizeof d);
-        d.protocol = protocol;
-        d.text = "";
-        view.has_an = 1;
-        view.src = an;
-        view.idx = idx;
-        ev.statement.truncated = PGW_BOOL(0);
+        if (an) {
+            d.text = "";
+            view.has_an = 1;
+            view.src = an;
+            view.idx = idx;
+            ev.statement.truncated = PGW_BOOL(0);
+        }
         pgw_statement_fill(NULL, &d, &view, &ev.statement);
         ev.statement.protocol = protocol;
         if (protocol == PGW_PROTOCOL_EXTENDED) {
@@ -501,7 +498,7 @@ void pgw_audit_denied(pgw_audit_t *a, const char *rule, int enforced, const char
             ev.statement.statement_name = pgw_cstr(stmt_name ? stmt_name : "");
             ev.statement.portal_name = PGW_STR_LIT("");
         }
-        if (protocol == PGW_PROTOCOL_SIMPLE && an->count > 1) {
+        if (protocol == PGW_PROTOCOL_SIMPLE && an && an->count > 1) {
             ev.statement.index = PGW_INT(idx + 1);
             ev.statement.count = PGW_INT(an->count);
         }
@@ -509,7 +506,7 @@ void pgw_audit_denied(pgw_audit_t *a, const char *rule, int enforced, const char
     emit(a->w, &ev);
     free(view.heap_objects);
     /* A refused connection: no session_start or auth_failure follows. */
-    if (!an && protocol == PGW_PROTOCOL_ABSENT && enforced)
+    if (protocol == PGW_PROTOCOL_ABSENT && enforced)
         a->ended = 1;
 }
 
