@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <xxhash.h>
@@ -64,6 +65,17 @@ static uint32_t crc_v1(const uint8_t *p, size_t n)
     return (uint32_t)c;
 }
 
+/* A record's length word is never zero, so zeros up to the end of a file
+ * are not a torn record: they are the preallocated, unused rest of the
+ * segment a writer was filling when its process stopped. */
+static bool all_zero(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            return false;
+    return true;
+}
+
 /* ------------------------------------------------------------ records */
 
 void pgw_spool_encode(pgw_jbuf_t *out, pgw_spool_type_t type, uint64_t token,
@@ -104,6 +116,8 @@ size_t pgw_spool_scan(const uint8_t *buf, size_t len, pgw_spool_rec_fn fn, void 
     }
     size_t off = PGW_SPOOL_MAGIC_LEN;
     while (off < len) {
+        if (buf[off] == 0 && all_zero(buf + off, len - off))
+            break;                  /* the unused rest of a mapped segment */
         if (len - off < PGW_SPOOL_REC_HEAD) {
             *why = "torn record header";
             break;
@@ -223,7 +237,12 @@ void pgw_spool_writer_init(pgw_spool_writer_t *w, pgw_spool_t *sp, uint64_t seg_
     w->tail = &w->segs;
 }
 
-static int open_segment(pgw_spool_writer_t *w)
+/* A segment is preallocated (fallocate) and mapped: an append is a copy
+ * into the page cache, as durable against a crash of pgwarden as a write(2)
+ * and without the system call, and a full disk shows here, at the
+ * preallocation, never as a fault on a mapped page. A file system that
+ * cannot preallocate gets plain appending writes. */
+static int open_segment(pgw_spool_writer_t *w, size_t first)
 {
     pgw_spool_t *sp = w->spool;
     char path[4096];
@@ -231,23 +250,40 @@ static int open_segment(pgw_spool_writer_t *w)
                      sp->stream_base, w->id, ++w->nseg);
     if (n < 0 || (size_t)n >= sizeof path)
         return -ENAMETOOLONG;
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return -errno;
-    if (write(fd, PGW_SPOOL_MAGIC, PGW_SPOOL_MAGIC_LEN) != PGW_SPOOL_MAGIC_LEN) {
-        int e = errno ? errno : EIO;
-        close(fd);
-        unlink(path);
-        return -e;
+    size_t size = PGW_SPOOL_MAGIC_LEN + first;
+    if (size < w->seg_max)
+        size = (size_t)w->seg_max;
+    size = (size + 4095) & ~(size_t)4095;
+    uint8_t *map = NULL;
+    int e = posix_fallocate(fd, 0, (off_t)size);
+    if (e == 0) {
+        map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (map == MAP_FAILED) {
+            map = NULL;
+            e = ftruncate(fd, 0) == 0 ? 0 : errno;
+        }
+    } else if (e == EOPNOTSUPP || e == EINVAL) {
+        e = 0;                      /* no preallocation here: plain writes */
     }
-    pgw_spool_seg_t *seg = seg_new(sp, path, PGW_SPOOL_MAGIC_LEN);
+    if (!e && map)
+        memcpy(map, PGW_SPOOL_MAGIC, PGW_SPOOL_MAGIC_LEN);
+    else if (!e && write(fd, PGW_SPOOL_MAGIC, PGW_SPOOL_MAGIC_LEN) != PGW_SPOOL_MAGIC_LEN)
+        e = errno ? errno : EIO;
+    pgw_spool_seg_t *seg = e ? NULL : seg_new(sp, path, PGW_SPOOL_MAGIC_LEN);
     if (!seg) {
+        if (map)
+            munmap(map, size);
         close(fd);
         unlink(path);
-        return -ENOMEM;
+        return e ? -e : -ENOMEM;
     }
     atomic_fetch_add(&sp->bytes, PGW_SPOOL_MAGIC_LEN);
     w->fd = fd;
+    w->map = map;
+    w->map_len = map ? size : 0;
     w->cur = seg;
     *w->tail = seg;
     w->tail = &seg->next;
@@ -258,11 +294,43 @@ void pgw_spool_writer_seal(pgw_spool_writer_t *w)
 {
     if (!w->cur)
         return;
+    pgw_spool_seg_t *seg = w->cur;
+    if (w->map) {
+        munmap(w->map, w->map_len);
+        w->map = NULL;
+        w->map_len = 0;
+        /* The unused rest goes (were this to fail, replay reads zeros
+         * as the end anyway), and the file keeps the time of its last
+         * append, which a replay takes as its events' age. */
+        (void)ftruncate(w->fd, (off_t)seg->bytes);
+        const struct timespec times[2] = { { 0, UTIME_OMIT }, w->last_append };
+        (void)futimens(w->fd, times);
+    }
     close(w->fd);
     w->fd = -1;
-    pgw_spool_seg_t *seg = w->cur;
     w->cur = NULL;
     pgw_spool_seg_release(seg, 1);
+}
+
+/* Without a mapping: one write(2) at the segment's end. Nothing of a failed
+ * append may stay: a later replay would find a torn record in the middle of
+ * the segment. */
+static int append_write(pgw_spool_writer_t *w, pgw_spool_seg_t *seg, const uint8_t *p, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pwrite(w->fd, p + done, len - done, (off_t)(seg->bytes + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int rc = n < 0 ? -errno : -EIO;
+            if (ftruncate(w->fd, (off_t)seg->bytes) != 0)
+                pgw_spool_writer_seal(w);
+            return rc;
+        }
+        done += (size_t)n;
+    }
+    return 0;
 }
 
 int pgw_spool_writer_append(pgw_spool_writer_t *w, const void *buf, size_t len, int64_t holds,
@@ -271,26 +339,17 @@ int pgw_spool_writer_append(pgw_spool_writer_t *w, const void *buf, size_t len, 
     int rc;
     if (w->cur && w->cur->bytes + len > w->seg_max && w->cur->bytes > PGW_SPOOL_MAGIC_LEN)
         pgw_spool_writer_seal(w);
-    if (!w->cur && (rc = open_segment(w)) != 0)
+    if (w->cur && w->map && w->cur->bytes + len > w->map_len)
+        pgw_spool_writer_seal(w);
+    if (!w->cur && (rc = open_segment(w, len)) != 0)
         return rc;
     pgw_spool_seg_t *seg = w->cur;
-    const uint8_t *p = buf;
-    size_t left = len;
-    while (left) {
-        ssize_t n = write(w->fd, p, left);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            rc = n < 0 ? -errno : -EIO;
-            /* Nothing of a failed append may stay: a later replay would
-             * find a torn record in the middle of the segment. */
-            if (ftruncate(w->fd, (off_t)seg->bytes) != 0)
-                pgw_spool_writer_seal(w);
-            w->write_errors++;
-            return rc;
-        }
-        p += n;
-        left -= (size_t)n;
+    if (w->map) {
+        memcpy(w->map + seg->bytes, buf, len);
+        clock_gettime(CLOCK_REALTIME, &w->last_append);
+    } else if ((rc = append_write(w, seg, buf, len)) != 0) {
+        w->write_errors++;
+        return rc;
     }
     w->writes++;
     w->bytes_written += len;
@@ -529,12 +588,14 @@ ssize_t pgw_spool_replay(pgw_spool_t *sp, pgw_spool_replay_fn fn, void *ud, pgw_
         if (why)
             pgw_warn("spool: %s: %s at offset %zu of %zu bytes; the rest of the segment is skipped",
                      path, why, files[i].valid, files[i].len);
-        files[i].seg = seg_new(sp, path, files[i].len);
+        /* A segment left mapped counts its records, not its zero tail. */
+        uint64_t bytes = why ? files[i].len : files[i].valid;
+        files[i].seg = seg_new(sp, path, bytes);
         if (!files[i].seg) {
             rc = -ENOMEM;
             goto out;
         }
-        atomic_fetch_add(&sp->bytes, files[i].len);
+        atomic_fetch_add(&sp->bytes, bytes);
     }
 
     /* Run by run (tokens are unique within one process's run, whichever

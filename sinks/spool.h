@@ -6,7 +6,10 @@
  * segment is named STREAM-NNNNNNNN.seg, where STREAM identifies the
  * process start and the writer, and NNNNNNNN counts that writer's segments.
  *
- * File layout: an 8-byte magic ("PGWSPL2\n"), then records:
+ * File layout: an 8-byte magic ("PGWSPL2\n"), then records, then, in the
+ * segment a writer was filling when its process stopped, zeros up to the
+ * preallocated size (a record's length is never zero, so they end the scan
+ * cleanly; a sealed segment is cut to its records):
  *
  *   u32 payload length (little endian)  u32 checksum of the payload: the low
  *                                       32 bits of its XXH3-64 (libxxhash)
@@ -31,6 +34,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "pgwarden/json.h"
 
@@ -109,6 +113,9 @@ typedef struct pgw_spool_writer {
     uint64_t nseg;
     uint64_t seg_max;               /* start a new segment past this size */
     int fd;                         /* of cur; -1: none open */
+    uint8_t *map;                   /* cur, preallocated and mapped; NULL: written with pwrite */
+    size_t map_len;
+    struct timespec last_append;    /* a mapped segment's mtime once sealed */
     pgw_spool_seg_t *cur;
     pgw_spool_seg_t *segs;          /* every segment not yet freed, oldest first */
     pgw_spool_seg_t **tail;
@@ -122,8 +129,11 @@ typedef struct pgw_spool_writer {
 } pgw_spool_writer_t;
 
 void pgw_spool_writer_init(pgw_spool_writer_t *w, pgw_spool_t *sp, uint64_t seg_max);
-/* Appends buf (records made with pgw_spool_encode) with one write(2),
- * opening a new segment first when the current one is full. On success
+/* Appends buf (records made with pgw_spool_encode): a copy into the
+ * current segment's mapping (one write(2) where the file system cannot
+ * preallocate), opening a new segment first when the current one is full.
+ * Either way the records are in the page cache on return: they survive a
+ * crash of pgwarden, not of the machine. On success
  * *seg is the segment now holding them, with one reference added per
  * `holds`. Returns 0 or -errno (nothing written is kept: the segment is
  * truncated back). */
