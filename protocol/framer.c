@@ -93,6 +93,22 @@ int pgw_framer_at_boundary(const pgw_framer_t *f)
     return (f->state == ST_HDR || f->state == ST_STARTUP_HDR) && f->hdr_got == 0;
 }
 
+int pgw_framer_whole(const pgw_framer_t *f, const uint8_t *buf, size_t len)
+{
+    size_t pos = 0;
+
+    if (f->state != ST_HDR || f->hdr_got != 0)
+        return 0;
+    while (len - pos >= REG_HDR_LEN) {
+        uint32_t mlen = be32(buf + pos + 1);
+        /* The checks of pgw_framer_feed's ST_HDR, in the same words. */
+        if (mlen - 4 > f->max_len - 4 || buf[pos] == 0 || mlen > len - pos - 1)
+            return 0;
+        pos += 1 + (size_t)mlen;
+    }
+    return pos == len && len > 0;
+}
+
 int pgw_framer_in_startup(const pgw_framer_t *f)
 {
     if (f->state == ST_STARTUP_HDR)

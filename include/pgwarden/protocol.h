@@ -99,6 +99,10 @@ ssize_t pgw_framer_feed(pgw_framer_t *f, const uint8_t *buf, size_t len);
 int pgw_framer_stopped(const pgw_framer_t *f);
 /* True between messages (no partial header or body pending). */
 int pgw_framer_at_boundary(const pgw_framer_t *f);
+/* True when buf holds only whole regular messages that pgw_framer_feed
+ * would accept, starting at a boundary: feeding it can then fail only in a
+ * callback. Reads nothing but the headers and changes nothing. */
+int pgw_framer_whole(const pgw_framer_t *f, const uint8_t *buf, size_t len);
 /* Startup phase still in progress (frontend only). During a callback this
  * already tells the phase after the message being delivered: false in the
  * callback of the StartupMessage, true in that of an SSLRequest. */

@@ -122,6 +122,24 @@ def test_lengths_after_startup(proxy, length):
         assert "08P01" in codes, codes
 
 
+def test_a_malformed_message_keeps_its_whole_read_from_the_server(proxy):
+    """A good Query and a malformed frame in one read of an established
+    session: pgwarden refuses the read before anything of it reaches the
+    server, so the good Query is never answered; the error is pgwarden's."""
+    addr = proxy.tcp_addrs[0]
+    with logged_in(addr) as c:
+        c.send(pgwire.query_message("SELECT 4242 AS never_answered") + b"Q" + struct.pack("!i", -1))
+        try:
+            msgs = c.read_all_until_eof(deadline_s=5)
+        except OSError:
+            msgs = []
+        kinds = [k for k, _ in msgs]
+        assert "D" not in kinds and "C" not in kinds, kinds
+        errors = [pgwire.parse_error_fields(b) for k, b in msgs if k == "E"]
+        assert [e.get("C") for e in errors] == ["08P01"], errors
+        assert "invalid message from client" in errors[0].get("M", ""), errors
+
+
 def test_unknown_message_types(proxy):
     addr = proxy.tcp_addrs[0]
     for mtype in (b"z", b"\x00", b"\xff", b"A"):

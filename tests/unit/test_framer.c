@@ -653,6 +653,100 @@ static void test_wanted(void)
     pgw_framer_free(&f);
 }
 
+/* pgw_framer_whole says yes exactly for the reads a backend framer at a
+ * boundary takes whole and without error: every prefix of the full backend
+ * stream (yes only at message ends), then random headers, good and bad, where
+ * its answer must match what pgw_framer_feed does with the same bytes. */
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static int feed_takes_whole(const uint8_t *in, size_t n, uint32_t max_len)
+{
+    rec_t r = { 0 };
+    pgw_framer_t f;
+    cfg_t c = { PGW_BACKEND, 0, 0, max_len };
+
+    framer_setup(&f, &r, &c);
+    ssize_t got = pgw_framer_feed(&f, guard_place(&g_piece, in, n), n);
+    int ok = got == (ssize_t)n && pgw_framer_at_boundary(&f) && n > 0;
+    pgw_framer_free(&f);
+    free(r.log);
+    return ok;
+}
+
+static void test_whole(void)
+{
+    size_t n, count;
+    uint8_t *in = sample_stream(PGW_BACKEND, SAMPLE_STREAM, &n, &count);
+    pgw_framer_t f;
+    rec_t r = { 0 };
+    cfg_t c = { PGW_BACKEND, 0, 0, 0 };
+    unsigned yes = 0;
+
+    framer_setup(&f, &r, &c);
+    for (size_t k = 0; k <= n; k++) {
+        int w = pgw_framer_whole(&f, guard_place(&g_piece, in, k), k);
+        CHECK_EQ(w, feed_takes_whole(in, k, 0));
+        yes += (unsigned)w;
+    }
+    CHECK_EQ(yes, count);
+
+    /* Not at a boundary: no. */
+    CHECK_EQ(pgw_framer_feed(&f, in, 3), 3);
+    CHECK_EQ(pgw_framer_whole(&f, in, n), 0);
+    pgw_framer_free(&f);
+    free(r.log);
+    free(in);
+
+    /* A frontend framer still in its startup phase: no. */
+    rec_t r2 = { 0 };
+    cfg_t c2 = { PGW_FRONTEND, 0, 0, 0 };
+    uint8_t q[] = { 'Q', 0, 0, 0, 5, 0 };
+    framer_setup(&f, &r2, &c2);
+    CHECK_EQ(pgw_framer_whole(&f, q, sizeof q), 0);
+    pgw_framer_free(&f);
+    free(r2.log);
+
+    /* Random reads of 1-3 messages with lengths and types near the edges. */
+    static const uint32_t lens[] = { 0, 1, 3, 4, 5, 6, 40, 99, 100, 101, 0x80000000u, 0xFFFFFFFFu,
+                                     4, 9, 60 };
+    uint64_t seed = 42;
+    uint8_t buf[1024];
+    unsigned agreed = 0, whole = 0;
+    for (int iter = 0; iter < 20000; iter++) {
+        size_t len = 0;
+        int msgs = 1 + (int)(splitmix(&seed) % 3);
+        for (int m = 0; m < msgs; m++) {
+            uint64_t x = splitmix(&seed);
+            uint32_t ml = lens[x % (sizeof lens / sizeof lens[0])];
+            buf[len] = (x >> 20) % 50 == 0 ? 0 : 'D';
+            put_be32(buf + len + 1, ml);
+            size_t body = ml >= 4 && ml <= 101 ? ml - 4 : (x >> 40) % 8;
+            memset(buf + len + 5, 'x', body);
+            len += 5 + body;
+        }
+        /* Sometimes cut the read short, inside a header or a body. */
+        uint64_t x = splitmix(&seed);
+        if (x % 4 == 0)
+            len -= 1 + (x >> 12) % (len < 9 ? len : 9);
+        rec_t r3 = { 0 };
+        cfg_t c3 = { PGW_BACKEND, 0, 0, 100 };
+        framer_setup(&f, &r3, &c3);
+        int w = pgw_framer_whole(&f, buf, len);
+        pgw_framer_free(&f);
+        free(r3.log);
+        agreed += w == feed_takes_whole(buf, len, 100);
+        whole += (unsigned)w;
+    }
+    CHECK_EQ(agreed, 20000);
+    CHECK(whole > 1000 && whole < 19000);   /* both answers were exercised */
+}
+
 static void test_strerror(void)
 {
     static const int errs[] = { PGW_EBADLEN, PGW_ESTARTUPLEN, PGW_ENOMEM,
@@ -679,6 +773,7 @@ int main(void)
     test_stop_resume();
     test_memory();
     test_wanted();
+    test_whole();
     test_strerror();
     guard_free(&g_piece);
     CHECK_DONE();
