@@ -291,6 +291,19 @@ static int fuzz_framer(pgw_side_t side, const uint8_t *data, size_t size)
     if (fuzz_run(side, ctl, data, n, n, &err_one) != fuzz_run(side, ctl, data, n, split, &err_two)
         || err_one != err_two)
         abort();
+    /* A server read that pgw_framer_whole passes is one the framer takes
+     * whole and without error, and no other (session.c forwards such a
+     * read before framing it). */
+    if (side == PGW_BACKEND) {
+        pgw_framer_t f;
+        pgw_framer_init(&f, side, ctl & 8 ? 64 : 0, NULL, NULL);
+        int whole = pgw_framer_whole(&f, data, n);
+        ssize_t got = pgw_framer_feed(&f, data, n);
+        int takes = n > 0 && got == (ssize_t)n && pgw_framer_at_boundary(&f);
+        pgw_framer_free(&f);
+        if (whole != takes)
+            abort();
+    }
     return 0;
 }
 
