@@ -37,6 +37,18 @@ static inline int is_wanted(const pgw_framer_t *f, uint8_t type)
     return (f->want[type >> 3] >> (type & 7)) & 1;
 }
 
+/* A regular header's verdict, for pgw_framer_feed and pgw_framer_whole. */
+static inline int reg_hdr_bad(const pgw_framer_t *f, const uint8_t *h)
+{
+    /* len < 4 wraps to a huge value: one compare rejects both ends,
+     * including "negative" length words. */
+    if (be32(h + 1) - 4 > f->max_len - 4)
+        return PGW_EBADLEN;
+    if (h[0] == 0)
+        return PGW_EBADTYPE;
+    return 0;
+}
+
 static inline int startup_len_bad(uint32_t len)
 {
     /* PostgreSQL caps what follows the length word, not the whole packet.
@@ -101,8 +113,7 @@ int pgw_framer_whole(const pgw_framer_t *f, const uint8_t *buf, size_t len)
         return 0;
     while (len - pos >= REG_HDR_LEN) {
         uint32_t mlen = be32(buf + pos + 1);
-        /* The checks of pgw_framer_feed's ST_HDR, in the same words. */
-        if (mlen - 4 > f->max_len - 4 || buf[pos] == 0 || mlen > len - pos - 1)
+        if (reg_hdr_bad(f, buf + pos) || mlen > len - pos - 1)
             return 0;
         pos += 1 + (size_t)mlen;
     }
@@ -246,12 +257,8 @@ ssize_t pgw_framer_feed(pgw_framer_t *f, const uint8_t *buf, size_t len)
                 h = f->hdr;
             }
             mlen = be32(h + 1);
-            /* len < 4 wraps to a huge value: one compare rejects both ends,
-             * including "negative" length words. */
-            if (mlen - 4 > f->max_len - 4)
-                return fail(f, PGW_EBADLEN);
-            if (h[0] == 0)
-                return fail(f, PGW_EBADTYPE);
+            if ((rc = reg_hdr_bad(f, h)) != 0)
+                return fail(f, rc);
             f->cur.type = h[0];
             f->cur.len = mlen;
             f->cur.code = 0;
