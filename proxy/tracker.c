@@ -194,9 +194,58 @@ static void fill(pgw_stmt_done_t *dp, pgw_tracker_item_t *it, pgw_portal_t *port
 #undef d
 }
 
+/* An Execute that reached CommandComplete, waiting for its Sync: the
+ * server commits an implicit transaction only at Sync, so an error there (a
+ * deferred constraint, a serialization failure, a FATAL from a shutdown) or
+ * a connection lost before its ReadyForQuery means the statement's effects
+ * were never committed. The item keeps its references; the tag is copied. */
+struct pgw_held {
+    pgw_tracker_item_t it;
+    int64_t done_us;
+    pgw_complete_t cc;
+    int has_cc;
+    char *tag_heap;                 /* a tag too long for tag_buf */
+    char tag_buf[40];
+};
+
+#define HELD_MAX 1024               /* a longer pipeline without Sync: reported as executed */
+
+static void item_release(pgw_tracker_t *t, pgw_tracker_item_t *it);
+
+static void emit_now(pgw_tracker_t *t, pgw_tracker_item_t *it, pgw_portal_t *portal,
+                     pgw_prepared_t *stmt, const acc_t *acc, pgw_result_status_t status,
+                     const pgw_complete_t *cc, const pgw_error_t *err, int64_t now_us);
+
+/* Reports the held executions, in order: ok with their tags, or the error
+ * (or unknown) that ended their transaction before it committed. */
+static void release_held(pgw_tracker_t *t, pgw_result_status_t status, const pgw_error_t *err)
+{
+    for (unsigned i = 0; i < t->nheld; i++) {
+        struct pgw_held *h = &t->held[i];
+        int ok = status == PGW_STATUS_OK;
+        emit_now(t, &h->it, h->it.portal, NULL, &h->it.acc, status, ok && h->has_cc ? &h->cc : NULL,
+                 err, h->done_us);
+        free(h->tag_heap);
+        item_release(t, &h->it);
+    }
+    t->nheld = 0;
+}
+
 static void emit(pgw_tracker_t *t, pgw_tracker_item_t *it, pgw_portal_t *portal,
                  pgw_prepared_t *stmt, const acc_t *acc, pgw_result_status_t status,
                  const pgw_complete_t *cc, const pgw_error_t *err, int64_t now_us)
+{
+    /* Anything reported after a held execution means its Sync passed
+     * without a commit error, or a later statement of the same pipeline is
+     * being reported: the held ones go first, so events keep their order. */
+    if (t->nheld)
+        release_held(t, PGW_STATUS_OK, NULL);
+    emit_now(t, it, portal, stmt, acc, status, cc, err, now_us);
+}
+
+static void emit_now(pgw_tracker_t *t, pgw_tracker_item_t *it, pgw_portal_t *portal,
+                     pgw_prepared_t *stmt, const acc_t *acc, pgw_result_status_t status,
+                     const pgw_complete_t *cc, const pgw_error_t *err, int64_t now_us)
 {
     pgw_stmt_done_t d;
     fill(&d, it, portal, stmt, acc, status, cc, err, now_us);
@@ -664,6 +713,9 @@ static void on_error(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     pgw_error_t e;
     if (!it || pgw_parse_error(m, &e))
         return;
+    /* The session ends before any Sync could commit what is held. */
+    if (t->nheld && e.severity && (strcmp(e.severity, "FATAL") == 0 || strcmp(e.severity, "PANIC") == 0))
+        release_held(t, PGW_STATUS_ERROR, &e);
     switch (it->kind) {
     case IT_QUERY:
         if (it->cur < (it->nstmts ? it->nstmts : 1)) {
@@ -677,7 +729,13 @@ static void on_error(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
         it->errored = 1;
         return;
     case IT_SYNC:
-        t->errors++;                /* e.g. a deferred constraint at the implicit commit */
+        /* The implicit commit failed (a deferred constraint, a serialization
+         * failure) or the server ended the session before it: the held
+         * executions were rolled back and carry the error. */
+        if (t->nheld)
+            release_held(t, PGW_STATUS_ERROR, &e);
+        else
+            t->errors++;
         return;
     case IT_EXECUTE:
         emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_ERROR, NULL, &e, now_us);
@@ -708,6 +766,8 @@ static void on_error(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
 
 static void on_ready(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
 {
+    if (t->nheld)
+        release_held(t, PGW_STATUS_OK, NULL);   /* committed, or still in a block */
     pgw_tracker_item_t *it = head(t);
     if (it && it->kind == IT_QUERY) {
         /* Statements after an error in the same Query never ran. */
@@ -727,6 +787,49 @@ static void on_ready(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
             unmap_portal(t, t->portals, now_us);
 }
 
+/* Takes the completed Execute at the head of the FIFO into the held list
+ * (its references move with it). */
+static void hold(pgw_tracker_t *t, pgw_tracker_item_t *it, const pgw_complete_t *cc, int64_t now_us)
+{
+    if (t->nheld == HELD_MAX)
+        release_held(t, PGW_STATUS_OK, NULL);
+    if (t->nheld == t->held_cap) {
+        unsigned ncap = t->held_cap ? t->held_cap * 2 : 4;
+        struct pgw_held *n = realloc(t->held, ncap * sizeof *n);
+        if (!n) {
+            emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_OK, cc, NULL, now_us);
+            pop(t);
+            return;
+        }
+        t->held = n;
+        t->held_cap = ncap;
+    }
+    struct pgw_held *h = &t->held[t->nheld];
+    h->it = *it;
+    h->done_us = now_us;
+    h->has_cc = cc != NULL;
+    h->cc = cc ? *cc : (pgw_complete_t){ 0 };
+    h->tag_heap = NULL;
+    if (cc && cc->tag) {
+        size_t n = strlen(cc->tag);
+        char *tag = n < sizeof h->tag_buf ? h->tag_buf : (h->tag_heap = malloc(n + 1));
+        if (tag)
+            memcpy(tag, cc->tag, n + 1);
+        else
+            h->tag_buf[0] = '\0';
+        h->cc.tag = tag ? tag : h->tag_buf;
+    } else {
+        h->cc.tag = h->tag_buf;
+        h->tag_buf[0] = '\0';
+        h->has_cc = 0;
+    }
+    t->nheld++;
+    /* The slot is vacated without releasing what moved to the held list. */
+    memset(it, 0, sizeof *it);
+    t->head = (t->head + 1) % t->cap;
+    t->count--;
+}
+
 static void on_complete(pgw_tracker_t *t, const pgw_msg_t *m, int empty, int64_t now_us)
 {
     pgw_tracker_item_t *it = head(t);
@@ -744,8 +847,7 @@ static void on_complete(pgw_tracker_t *t, const pgw_msg_t *m, int empty, int64_t
             it->acc.start_us = now_us;  /* the next statement starts when this one ends */
         }
     } else if (it->kind == IT_EXECUTE) {
-        emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_OK, ccp, NULL, now_us);
-        pop(t);
+        hold(t, it, ccp, now_us);
     }
 }
 
@@ -832,6 +934,12 @@ void pgw_tracker_init(pgw_tracker_t *t, pgw_emit_fn emit_fn, pgw_split_fn split,
 void pgw_tracker_finish(pgw_tracker_t *t, int64_t now_us)
 {
     pgw_tracker_item_t *it;
+    /* Executed, but the session ended before their Sync confirmed a commit. */
+    if (t->nheld)
+        release_held(t, PGW_STATUS_UNKNOWN, NULL);
+    free(t->held);
+    t->held = NULL;
+    t->held_cap = 0;
     /* Forwarded, never answered: the server may or may not have run them. */
     while ((it = head(t))) {
         if (it->kind == IT_QUERY) {

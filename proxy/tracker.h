@@ -103,6 +103,10 @@ typedef struct pgw_tracker {
     pgw_portal_t *spare_portal;     /* a freed portal, for the next Bind */
     char *spare_block;              /* a freed Query block, for the next Query */
     size_t spare_block_cap;
+    /* Executions completed but not yet committed: outside a transaction
+     * block the server commits at Sync, after their CommandComplete. */
+    struct pgw_held *held;
+    unsigned nheld, held_cap;
 
     /* counters for session_end */
     uint64_t statements, errors;

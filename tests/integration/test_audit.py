@@ -138,6 +138,44 @@ def test_extended_protocol_and_pipeline(audited):
     assert len({s["statement"]["fingerprint"] for s in prepared}) == 1
 
 
+def test_failed_implicit_commit_is_the_statements_error(audited):
+    """A deferred foreign key fails at the implicit commit, after the
+    INSERT's CommandComplete: the extended protocol's event is the error
+    that rolled it back (the server commits at Sync), like the simple
+    protocol's, where the commit comes before CommandComplete. An INSERT
+    that commits is ok, and one inside a transaction block is reported as
+    executed."""
+    app = app_name()
+    with audited.connect(application_name=app) as conn:
+        conn.execute("CREATE TEMP TABLE parent (id int PRIMARY KEY)")
+        conn.execute("CREATE TEMP TABLE child (id int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)")
+        conn.execute("INSERT INTO parent VALUES (%s)", (1,))
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute("INSERT INTO child VALUES (%s)", (2,))               # extended
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute(b"INSERT INTO child VALUES (3)", prepare=True)      # extended, a named statement
+        res = conn.pgconn.exec_(b"INSERT INTO child VALUES (4)")              # simple
+        assert res.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"23503"
+        conn.execute("INSERT INTO child VALUES (%s)", (1,))
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            with conn.transaction():                                          # a block: fails at COMMIT
+                conn.execute("INSERT INTO child VALUES (%s)", (5,))
+    st = statements(session_events(audited, app))
+    inserts = [s for s in st if s["statement"]["command"] == "INSERT"
+               and "child" in s["statement"]["text"]]
+    got = [(s["statement"]["protocol"], s["result"]["status"], s["result"].get("sqlstate"),
+            s["result"].get("tag")) for s in inserts]
+    assert got == [("extended", "error", "23503", None),
+                   ("extended", "error", "23503", None),
+                   ("simple", "error", "23503", None),
+                   ("extended", "ok", None, "INSERT 0 1"),
+                   ("extended", "ok", None, "INSERT 0 1")], got
+    commit = [s for s in st if s["statement"]["command"] == "COMMIT"]
+    assert [(c["result"]["status"], c["result"].get("sqlstate")) for c in commit] == [("error", "23503")]
+    seqs = [e["session"]["seq"] for e in st]
+    assert seqs == sorted(seqs)
+
+
 PGBENCH_TPCB = ["BEGIN", "UPDATE", "SELECT", "UPDATE", "UPDATE", "INSERT", "COMMIT"]
 
 

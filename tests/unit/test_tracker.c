@@ -367,6 +367,109 @@ static void test_cancel_and_unknown(void)
     pgw_tracker_init(&T, on_emit, split_semicolons, NULL);
 }
 
+static void rEsev(const char *severity, const char *sqlstate)
+{
+    pgw_wb_t *w = wb('E');
+    pgw_wb_u8(w, 'S'); pgw_wb_cstr(w, severity);
+    pgw_wb_u8(w, 'V'); pgw_wb_cstr(w, severity);
+    pgw_wb_u8(w, 'C'); pgw_wb_cstr(w, sqlstate);
+    pgw_wb_u8(w, 'M'); pgw_wb_cstr(w, "boom");
+    pgw_wb_u8(w, 0);
+    be(w);
+}
+
+/* Outside a transaction block the server commits at Sync, after the
+ * statement's CommandComplete: an execution is reported when its Sync's
+ * fate is known. */
+static void test_commit_at_sync(void)
+{
+    /* A deferred constraint fails the implicit commit: the INSERT that ran
+     * was rolled back and is reported with the commit's error. */
+    reset();
+    P("", "INSERT INTO child VALUES (1)"); B("", "", 0); E("", 0); S();
+    r1(); r2(); rC("INSERT 0 1");
+    CHECK_EQ(nrec, 0);              /* not yet: the commit is to come */
+    rE("23503"); rZ('I');
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_ERROR);
+    CHECK_STR(recs[0].sqlstate, "23503");
+    CHECK_STR(recs[0].text, "INSERT INTO child VALUES (1)");
+    CHECK_STR(recs[0].tag, "(none)");
+    CHECK_EQ(T.errors, 1);
+
+    /* A FATAL (the server shutting down) after CommandComplete and before
+     * the Sync: never committed. */
+    reset();
+    P("", "INSERT INTO t VALUES (2)"); B("", "", 0); E("", 0); S();
+    r1(); r2(); rC("INSERT 0 1"); rEsev("FATAL", "57P01");
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_ERROR);
+    CHECK_STR(recs[0].sqlstate, "57P01");
+
+    /* The connection lost between CommandComplete and ReadyForQuery. */
+    reset();
+    P("", "INSERT INTO t VALUES (3)"); B("", "", 0); E("", 0); S();
+    r1(); r2(); rC("INSERT 0 1");
+    pgw_tracker_finish(&T, now);
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_UNKNOWN);
+    pgw_tracker_init(&T, on_emit, split_semicolons, NULL);
+
+    /* A pipeline of three executions and one Sync that commits: three ok
+     * events in order at ReadyForQuery, with their tags and durations
+     * measured to their own CommandComplete. */
+    reset();
+    P("s", "INSERT INTO t VALUES ($1)");
+    for (int i = 0; i < 3; i++) {
+        B("", "s", 1); E("", 0);
+    }
+    S();
+    r1();
+    int64_t done[3];
+    for (int i = 0; i < 3; i++) {
+        r2(); rC(i == 2 ? "INSERT 0 12345678901234567890123456789012345678901234" : "INSERT 0 1");
+        done[i] = now;
+    }
+    CHECK_EQ(nrec, 0);
+    now += 5000;
+    rZ('I');
+    CHECK_EQ(nrec, 3);
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ(recs[i].d.status, PGW_STATUS_OK);
+        CHECK_STR(recs[i].stmt, "s");
+        CHECK(recs[i].d.time_us + recs[i].d.duration_us == done[i]);
+    }
+    CHECK_STR(recs[0].tag, "INSERT 0 1");
+    CHECK(strncmp(recs[2].tag, "INSERT 0 1234567890", 19) == 0);   /* a tag longer than the inline copy */
+
+    /* A later statement of the pipeline fails: the earlier one is reported
+     * first (as executed, as a multi-statement Query reports it), then the
+     * failure, then the skipped one; a second batch is unaffected. */
+    reset();
+    P("", "INSERT INTO t VALUES (4)"); B("", "", 0); E("", 0);
+    P("", "SELECT 1/0"); B("", "", 0); E("", 0);
+    P("", "SELECT 5"); B("", "", 0); E("", 0); S();
+    r1(); r2(); rC("INSERT 0 1"); r1(); r2(); rE("22012"); rZ('I');
+    CHECK_EQ(nrec, 3);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_OK);
+    CHECK_STR(recs[0].text, "INSERT INTO t VALUES (4)");
+    CHECK_EQ(recs[1].d.status, PGW_STATUS_ERROR);
+    CHECK_STR(recs[1].sqlstate, "22012");
+    CHECK_EQ(recs[2].d.status, PGW_STATUS_SKIPPED);
+    P("", "SELECT 6"); B("", "", 0); E("", 0); S();
+    r1(); r2(); rT(); rD(); rC("SELECT 1"); rZ('I');
+    CHECK_EQ(nrec, 4);
+    CHECK_EQ(recs[3].d.status, PGW_STATUS_OK);
+    CHECK_EQ(recs[3].d.rows, 1);
+
+    /* An error at Sync with nothing held (a commit of no executions) is
+     * still counted. */
+    reset();
+    S(); rE("40001"); rZ('I');
+    CHECK_EQ(nrec, 0);
+    CHECK_EQ(T.errors, 1);
+}
+
 /* Memos: what the tracker's user learned about a text lives as long as the
  * text, and is handed back with every execution of it. */
 static int memos_live, memos_made;
@@ -470,6 +573,7 @@ int main(void)
     test_portal_suspended();
     test_copy();
     test_cancel_and_unknown();
+    test_commit_at_sync();
     test_function_call();
     test_memo();
     pgw_tracker_finish(&T, now);
