@@ -425,6 +425,17 @@ static void client_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
         pgw_gate_input(s, b, b->data, n);
         return;
     }
+    if (s->audit && s->ready && !s->dq && !s->sasl_stripped && !s->w->sink->durable &&
+        pgw_framer_whole(&s->fe, b->data, n)) {
+        /* An established session's read of whole, well-formed messages,
+         * with a sink that records statements when they complete: the
+         * server gets them before they are analysed. The tracker still sees
+         * them before any answer to them is read. */
+        forward(s, &s->client, b, n);
+        pgw_framer_feed(&s->fe, b->data, n);   /* fe_message stops only at startup */
+        return;
+    }
+
     unsigned admitted = s->w->admitted;
     ssize_t r = pgw_framer_feed(&s->fe, b->data, n);
     if (r < 0) {
@@ -566,6 +577,15 @@ static void server_data(pgw_session_t *s, pgw_buf_t *b, size_t n)
     }
     if (s->state != S_FORWARDING)
         return;
+    if (s->audit && s->ready && !s->gate && pgw_framer_whole(&s->be, b->data, n)) {
+        /* An established session's read of whole, well-formed messages that
+         * nothing will rewrite: the client's answer does not wait for the
+         * audit (its events are encoded after the write). cur_buf stays
+         * NULL, so no message of this read can be replaced any more. */
+        forward(s, &s->server, b, n);
+        pgw_framer_feed(&s->be, b->data, n);   /* be_message never stops it */
+        return;
+    }
     int at_boundary = pgw_framer_at_boundary(&s->be);
     s->cur_buf = b;
     s->cur_len = n;

@@ -204,11 +204,17 @@ def test_malformed_requests_are_refused_and_sql_goes_on(metered):
 def test_prometheus_scrapes_pgwarden(metered, tmp_path):
     prom = shutil.which("prometheus")
     assert prom, "prometheus is not installed (scripts/install-deps.sh installs it)"
+    key = 'pgwarden_statements_total{class="READ",status="ok"}'
+
+    def read_ok():
+        return samples(http_get(metered.metrics_port, "/metrics")[2]).get(key, 0)
+
+    before = read_ok()
     with metered.connect() as conn:
         for _ in range(7):
             conn.execute("SELECT 1").fetchall()
-    expected = samples(http_get(metered.metrics_port, "/metrics")[2])[
-        'pgwarden_statements_total{class="READ",status="ok"}']
+    # A statement is counted right after its answer is forwarded.
+    expected = wait_until(lambda: read_ok() == before + 7 and before + 7, 5, what="the 7 statements counted")
     web = free_port()
     (tmp_path / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n"
