@@ -462,6 +462,21 @@ static void test_commit_at_sync(void)
     CHECK_EQ(recs[3].d.status, PGW_STATUS_OK);
     CHECK_EQ(recs[3].d.rows, 1);
 
+    /* A pipeline longer than the held list reports the oldest as executed
+     * to make room; every execution is still reported once, in order. */
+    reset();
+    P("s", "INSERT INTO t VALUES ($1)");
+    r1();
+    for (int i = 0; i < 1030; i++) {
+        B("", "s", 1); E("", 0);
+        r2(); rC("INSERT 0 1");
+    }
+    CHECK_EQ(T.statements, 1024);
+    S(); rZ('I');
+    CHECK_EQ(T.statements, 1030);
+    CHECK_EQ(nrec, MAXREC);
+    CHECK_EQ(recs[MAXREC - 1].d.status, PGW_STATUS_OK);
+
     /* An error at Sync with nothing held (a commit of no executions) is
      * still counted. */
     reset();
