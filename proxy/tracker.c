@@ -223,6 +223,7 @@ static void release_held(pgw_tracker_t *t, pgw_result_status_t status, const pgw
     for (unsigned i = 0; i < t->nheld; i++) {
         struct pgw_held *h = &t->held[i];
         int ok = status == PGW_STATUS_OK;
+        h->cc.tag = h->tag_heap ? h->tag_heap : h->tag_buf;    /* the list may have moved */
         emit_now(t, &h->it, h->it.portal, NULL, &h->it.acc, status, ok && h->has_cc ? &h->cc : NULL,
                  err, h->done_us);
         free(h->tag_heap);
@@ -809,18 +810,16 @@ static void hold(pgw_tracker_t *t, pgw_tracker_item_t *it, const pgw_complete_t 
     h->done_us = now_us;
     h->has_cc = cc != NULL;
     h->cc = cc ? *cc : (pgw_complete_t){ 0 };
+    /* cc.tag is set when the held list is released: the list may move. */
     h->tag_heap = NULL;
+    h->tag_buf[0] = '\0';
+    h->cc.tag = NULL;
     if (cc && cc->tag) {
         size_t n = strlen(cc->tag);
         char *tag = n < sizeof h->tag_buf ? h->tag_buf : (h->tag_heap = malloc(n + 1));
         if (tag)
             memcpy(tag, cc->tag, n + 1);
-        else
-            h->tag_buf[0] = '\0';
-        h->cc.tag = tag ? tag : h->tag_buf;
     } else {
-        h->cc.tag = h->tag_buf;
-        h->tag_buf[0] = '\0';
         h->has_cc = 0;
     }
     t->nheld++;
