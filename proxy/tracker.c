@@ -714,9 +714,15 @@ static void on_error(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     pgw_error_t e;
     if (!it || pgw_parse_error(m, &e))
         return;
-    /* The session ends before any Sync could commit what is held. */
-    if (t->nheld && e.severity && (strcmp(e.severity, "FATAL") == 0 || strcmp(e.severity, "PANIC") == 0))
+    /* What is held was never committed when the implicit commit at Sync
+     * fails (a deferred constraint, a serialization failure) or the server
+     * ends the session before a Sync could commit it: it carries the error. */
+    if (t->nheld && (it->kind == IT_SYNC || (e.severity && (strcmp(e.severity, "FATAL") == 0 ||
+                                                             strcmp(e.severity, "PANIC") == 0)))) {
         release_held(t, PGW_STATUS_ERROR, &e);
+        if (it->kind == IT_SYNC)
+            return;
+    }
     switch (it->kind) {
     case IT_QUERY:
         if (it->cur < (it->nstmts ? it->nstmts : 1)) {
@@ -730,13 +736,7 @@ static void on_error(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
         it->errored = 1;
         return;
     case IT_SYNC:
-        /* The implicit commit failed (a deferred constraint, a serialization
-         * failure) or the server ended the session before it: the held
-         * executions were rolled back and carry the error. */
-        if (t->nheld)
-            release_held(t, PGW_STATUS_ERROR, &e);
-        else
-            t->errors++;
+        t->errors++;                /* a commit error with no execution to carry it */
         return;
     case IT_EXECUTE:
         emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_ERROR, NULL, &e, now_us);
@@ -808,23 +808,21 @@ static void hold(pgw_tracker_t *t, pgw_tracker_item_t *it, const pgw_complete_t 
     struct pgw_held *h = &t->held[t->nheld];
     h->it = *it;
     h->done_us = now_us;
-    h->has_cc = cc != NULL;
-    h->cc = cc ? *cc : (pgw_complete_t){ 0 };
-    /* cc.tag is set when the held list is released: the list may move. */
+    /* cc.tag is pointed at when the list is released: the list may move. */
+    h->has_cc = cc && cc->tag;
+    h->cc = h->has_cc ? *cc : (pgw_complete_t){ 0 };
     h->tag_heap = NULL;
     h->tag_buf[0] = '\0';
-    h->cc.tag = NULL;
-    if (cc && cc->tag) {
+    if (h->has_cc) {
         size_t n = strlen(cc->tag);
-        char *tag = n < sizeof h->tag_buf ? h->tag_buf : (h->tag_heap = malloc(n + 1));
-        if (tag)
-            memcpy(tag, cc->tag, n + 1);
-    } else {
-        h->has_cc = 0;
+        if (n < sizeof h->tag_buf)
+            memcpy(h->tag_buf, cc->tag, n + 1);
+        else
+            h->tag_heap = dup_n(cc->tag, n);
     }
     t->nheld++;
-    /* The slot is vacated without releasing what moved to the held list. */
-    memset(it, 0, sizeof *it);
+    /* The slot is vacated without releasing what moved to the held list
+     * (push clears a slot before reuse). */
     t->head = (t->head + 1) % t->cap;
     t->count--;
 }
