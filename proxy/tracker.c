@@ -712,17 +712,21 @@ static void on_error(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
 {
     pgw_tracker_item_t *it = head(t);
     pgw_error_t e;
-    if (!it || pgw_parse_error(m, &e))
+    if ((!it && !t->nheld) || pgw_parse_error(m, &e))
         return;
     /* What is held was never committed when the implicit commit at Sync
      * fails (a deferred constraint, a serialization failure) or the server
-     * ends the session before a Sync could commit it: it carries the error. */
-    if (t->nheld && (it->kind == IT_SYNC || (e.severity && (strcmp(e.severity, "FATAL") == 0 ||
-                                                             strcmp(e.severity, "PANIC") == 0)))) {
+     * ends the session before a Sync could commit it (also when the client
+     * had not sent that Sync yet): it carries the error. */
+    if (t->nheld && ((it && it->kind == IT_SYNC) ||
+                     (e.severity && (strcmp(e.severity, "FATAL") == 0 ||
+                                     strcmp(e.severity, "PANIC") == 0)))) {
         release_held(t, PGW_STATUS_ERROR, &e);
-        if (it->kind == IT_SYNC)
+        if (!it || it->kind == IT_SYNC)
             return;
     }
+    if (!it)
+        return;
     switch (it->kind) {
     case IT_QUERY:
         if (it->cur < (it->nstmts ? it->nstmts : 1)) {
@@ -788,6 +792,28 @@ static void on_ready(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
             unmap_portal(t, t->portals, now_us);
 }
 
+/* Statements whose transaction the server ends when their Execute
+ * completes, not at Sync: the ends of a transaction, and the statements
+ * that cannot run in a transaction block and so commit at once (PostgreSQL
+ * finishes the transaction before CommandComplete for both). BEGIN or
+ * SAVEPOINT end nothing: they wait for their Sync like any other. Only tags that
+ * always mean such a statement: CREATE INDEX (CONCURRENTLY or not), REINDEX
+ * or CLUSTER cannot be told apart by their tag and wait for their Sync. */
+static int commits_at_completion(const char *tag)
+{
+    static const char *const tags[] = {
+        "COMMIT", "ROLLBACK", "PREPARE TRANSACTION", "COMMIT PREPARED", "ROLLBACK PREPARED",
+        "CREATE DATABASE", "DROP DATABASE", "CREATE TABLESPACE", "DROP TABLESPACE",
+        "ALTER SYSTEM", "VACUUM", "DISCARD ALL",
+    };
+    if (!tag)
+        return 0;
+    for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++)
+        if (tags[i][0] == tag[0] && strcmp(tag, tags[i]) == 0)
+            return 1;
+    return 0;
+}
+
 /* Takes the completed Execute at the head of the FIFO into the held list
  * (its references move with it). */
 static void hold(pgw_tracker_t *t, pgw_tracker_item_t *it, const pgw_complete_t *cc, int64_t now_us)
@@ -844,7 +870,14 @@ static void on_complete(pgw_tracker_t *t, const pgw_msg_t *m, int empty, int64_t
             it->acc.start_us = now_us;  /* the next statement starts when this one ends */
         }
     } else if (it->kind == IT_EXECUTE) {
-        hold(t, it, ccp, now_us);
+        if (ccp && commits_at_completion(ccp->tag)) {
+            /* Already ended its transaction: reported now, after anything
+             * held, which that transaction carried. */
+            emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_OK, ccp, NULL, now_us);
+            pop(t);
+        } else {
+            hold(t, it, ccp, now_us);
+        }
     }
 }
 

@@ -176,6 +176,67 @@ def test_failed_implicit_commit_is_the_statements_error(audited):
     assert seqs == sorted(seqs)
 
 
+def _execute_without_sync(pgconn, sql):
+    """Sends Parse/Bind/Describe/Execute and a Flush, no Sync; returns the
+    Execute's result once the server answered it."""
+    if pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF:
+        pgconn.enter_pipeline_mode()
+    pgconn.send_query_params(sql, None)
+    pgconn.send_flush_request()
+    pgconn.flush()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pgconn.consume_input()
+        if not pgconn.is_busy():
+            res = pgconn.get_result()
+            if res is not None:
+                assert res.status == psycopg.pq.ExecStatus.COMMAND_OK, pgconn.error_message
+                while pgconn.get_result() is not None:   # the end of this query's results
+                    pass
+                return res
+        time.sleep(0.01)
+    raise AssertionError("no answer to %r" % sql)
+
+
+def test_session_cut_between_execute_and_sync(pg, audited):
+    """The server terminates a backend after CommandComplete and before
+    Sync. A COMMIT and a CREATE DATABASE committed when their Execute
+    completed (PostgreSQL ends their transaction there): ok. An INSERT
+    in the implicit transaction that only its Sync would have committed:
+    the FATAL's error, and its row is not in the table."""
+    table = "cut_" + uuid.uuid4().hex[:8]
+    dbname = "cutdb_" + uuid.uuid4().hex[:8]
+    pg.sql("CREATE TABLE %s (a int)" % table)
+    app = app_name()
+    conn = audited.connect(application_name=app)
+    pgconn = conn.pgconn
+    for sql in ("BEGIN", "INSERT INTO %s VALUES (1)" % table):
+        assert pgconn.exec_(sql.encode()).status == psycopg.pq.ExecStatus.COMMAND_OK
+    assert _execute_without_sync(pgconn, b"COMMIT").command_status == b"COMMIT"
+    assert _execute_without_sync(pgconn, b"CREATE DATABASE " + dbname.encode()).command_status == b"CREATE DATABASE"
+    _execute_without_sync(pgconn, ("INSERT INTO %s VALUES (2)" % table).encode())
+    pg.sql("SELECT pg_terminate_backend(%d)" % pgconn.backend_pid)
+    with pytest.raises(psycopg.OperationalError):
+        for _ in range(100):
+            pgconn.consume_input()
+            time.sleep(0.05)
+    conn.close()
+    try:
+        assert pg.sql("SELECT a FROM %s ORDER BY a" % table) == [(1,)]
+        assert pg.sql("SELECT 1 FROM pg_database WHERE datname = '%s'" % dbname) == [(1,)]
+    finally:
+        pg.sql("DROP DATABASE IF EXISTS %s" % dbname)
+        pg.sql("DROP TABLE %s" % table)
+    st = statements(session_events(audited, app))
+    got = [(s["statement"]["command"], s["statement"]["protocol"], s["result"]["status"],
+            s["result"].get("sqlstate"), s["result"].get("tag")) for s in st]
+    assert got == [("BEGIN", "simple", "ok", None, "BEGIN"),
+                   ("INSERT", "simple", "ok", None, "INSERT 0 1"),
+                   ("COMMIT", "extended", "ok", None, "COMMIT"),
+                   ("CREATE DATABASE", "extended", "ok", None, "CREATE DATABASE"),
+                   ("INSERT", "extended", "error", "57P01", None)], got
+
+
 PGBENCH_TPCB = ["BEGIN", "UPDATE", "SELECT", "UPDATE", "UPDATE", "INSERT", "COMMIT"]
 
 

@@ -406,6 +406,14 @@ static void test_commit_at_sync(void)
     CHECK_EQ(recs[0].d.status, PGW_STATUS_ERROR);
     CHECK_STR(recs[0].sqlstate, "57P01");
 
+    /* The same before the client sent its Sync (the FIFO is empty). */
+    reset();
+    P("", "INSERT INTO t VALUES (2)"); B("", "", 0); E("", 0);
+    r1(); r2(); rC("INSERT 0 1"); rEsev("FATAL", "57P01");
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_ERROR);
+    CHECK_STR(recs[0].sqlstate, "57P01");
+
     /* The connection lost between CommandComplete and ReadyForQuery. */
     reset();
     P("", "INSERT INTO t VALUES (3)"); B("", "", 0); E("", 0); S();
@@ -441,6 +449,40 @@ static void test_commit_at_sync(void)
     }
     CHECK_STR(recs[0].tag, "INSERT 0 1");
     CHECK(strncmp(recs[2].tag, "INSERT 0 1234567890", 19) == 0);   /* a tag longer than the inline copy */
+
+    /* A COMMIT ends its transaction at its own CommandComplete, as a
+     * statement that cannot run in a block (CREATE DATABASE) does: a FATAL
+     * before the Sync no longer makes them errors. What was held before the
+     * COMMIT belonged to the committed block: ok, first. */
+    reset();
+    P("", "INSERT INTO t VALUES (7)"); B("", "", 0); E("", 0);
+    P("", "COMMIT"); B("", "", 0); E("", 0); S();
+    r1(); r2(); rC("INSERT 0 1");
+    CHECK_EQ(nrec, 0);
+    r1(); r2(); rC("COMMIT");
+    CHECK_EQ(nrec, 2);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_OK);
+    CHECK_STR(recs[0].tag, "INSERT 0 1");
+    CHECK_EQ(recs[1].d.status, PGW_STATUS_OK);
+    CHECK_STR(recs[1].tag, "COMMIT");
+    rEsev("FATAL", "57P01");
+    CHECK_EQ(nrec, 2);
+    reset();
+    P("", "CREATE DATABASE d"); B("", "", 0); E("", 0); S();
+    r1(); r2(); rC("CREATE DATABASE");
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_OK);
+    pgw_tracker_finish(&T, now);
+    CHECK_EQ(nrec, 1);
+    pgw_tracker_init(&T, on_emit, split_semicolons, NULL);
+    /* CREATE INDEX commits at Sync unless CONCURRENTLY, which its tag does
+     * not tell: it waits for its Sync like any other. */
+    reset();
+    P("", "CREATE INDEX i ON t (a)"); B("", "", 0); E("", 0); S();
+    r1(); r2(); rC("CREATE INDEX");
+    CHECK_EQ(nrec, 0);
+    rZ('I');
+    CHECK_EQ(nrec, 1);
 
     /* A later statement of the pipeline fails: the earlier one is reported
      * first (as executed, as a multi-statement Query reports it), then the
