@@ -53,6 +53,7 @@ struct pgw_tracker_item {
     pgw_memo_t *memo;
     unsigned nstmts, cur;
     int errored;                    /* IT_QUERY: an error ended it; IT_FCALL: reported */
+    int64_t answered_us;            /* IT_FCALL: its FunctionCallResponse came (0: not yet) */
     pgw_stmt_admit_t admit;         /* IT_EXECUTE, IT_FCALL */
     pgw_stmt_admit_t *admits;       /* IT_QUERY, one per statement (in the text's block); NULL without admit */
 };
@@ -782,7 +783,12 @@ static void on_ready(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
                  NULL, NULL, now_us);
         }
         pop(t);
-    } else if (it && (it->kind == IT_SYNC || it->kind == IT_FCALL)) {
+    } else if (it && it->kind == IT_FCALL) {
+        if (!it->errored)
+            emit(t, it, NULL, NULL, &it->acc, it->answered_us ? PGW_STATUS_OK : PGW_STATUS_UNKNOWN,
+                 NULL, NULL, it->answered_us ? it->answered_us : now_us);
+        pop(t);
+    } else if (it && it->kind == IT_SYNC) {
         pop(t);
     }
     pgw_ready_t r;
@@ -919,10 +925,10 @@ void pgw_tracker_backend(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
         }
         break;
     case 'V':
-        if (it && it->kind == IT_FCALL && !it->errored) {
-            emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_OK, NULL, NULL, now_us);
-            it->errored = 1;        /* reported: ReadyForQuery only pops it */
-        }
+        /* The server commits a function call after its answer: reported
+         * at ReadyForQuery, or with the error that failed the commit. */
+        if (it && it->kind == IT_FCALL && !it->errored)
+            it->answered_us = now_us;
         break;
     case '1':
         if (it && it->kind == IT_PARSE)

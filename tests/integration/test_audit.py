@@ -11,8 +11,12 @@ import threading
 import time
 import uuid
 
+import struct
+
 import psycopg
 import pytest
+
+import pgwire
 
 from test_event_schema import assert_valid_audit_file
 from harness import SUPERUSER, client_env, free_port, pgbench, psql, wait_until
@@ -235,6 +239,42 @@ def test_session_cut_between_execute_and_sync(pg, audited):
                    ("COMMIT", "extended", "ok", None, "COMMIT"),
                    ("CREATE DATABASE", "extended", "ok", None, "CREATE DATABASE"),
                    ("INSERT", "extended", "error", "57P01", None)], got
+
+
+def test_function_call_whose_commit_fails(pg, audited):
+    """A FunctionCall (libpq's PQfn) is committed after its answer: when
+    that commit fails (a deferred foreign key), the call has one event, the
+    error, not an ok for the answer and then an error; a call that commits
+    has one ok event."""
+    tag = uuid.uuid4().hex[:8]
+    pg.sql("CREATE TABLE fc_parent_%s (id int PRIMARY KEY);"
+           "CREATE TABLE fc_child_%s (id int REFERENCES fc_parent_%s DEFERRABLE INITIALLY DEFERRED);"
+           "CREATE FUNCTION fc_bad_%s() RETURNS int LANGUAGE sql AS 'INSERT INTO fc_child_%s VALUES (7) RETURNING id';"
+           "CREATE FUNCTION fc_good_%s() RETURNS int LANGUAGE sql AS 'SELECT 8'"
+           % ((tag,) * 6))
+    bad = int(pg.sql("SELECT 'fc_bad_%s'::regproc::oid" % tag)[0][0])
+    good = int(pg.sql("SELECT 'fc_good_%s'::regproc::oid" % tag)[0][0])
+    app = app_name()
+    try:
+        with pgwire.connect((audited.host, audited.port)) as c:
+            c.startup(SUPERUSER, application_name=app)
+            for oid in (bad, good):
+                c.send(pgwire.message(b"F", struct.pack("!IHHH", oid, 0, 0, 0)))
+                msgs = c.read_until_ready()
+                kinds = [t for t, _ in msgs]
+                if oid == bad:      # the answer, then the commit's error
+                    assert kinds == ["V", "E", "Z"], kinds
+                    assert pgwire.parse_error_fields(msgs[1][1])["C"] == "23503"
+                else:
+                    assert kinds == ["V", "Z"], kinds
+        assert pg.sql("SELECT count(*) FROM fc_child_%s" % tag) == [(0,)]
+    finally:
+        pg.sql("DROP FUNCTION fc_bad_%s; DROP FUNCTION fc_good_%s; DROP TABLE fc_child_%s; DROP TABLE fc_parent_%s"
+               % ((tag,) * 4))
+    calls = [s for s in statements(session_events(audited, app))
+             if s["statement"]["protocol"] == "function_call"]
+    assert [(s["result"]["status"], s["result"].get("sqlstate")) for s in calls] == [
+        ("error", "23503"), ("ok", None)], calls
 
 
 PGBENCH_TPCB = ["BEGIN", "UPDATE", "SELECT", "UPDATE", "UPDATE", "INSERT", "COMMIT"]

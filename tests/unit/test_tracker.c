@@ -613,6 +613,29 @@ static void test_function_call(void)
     F(1598); rE("42883"); rZ('I');
     CHECK_EQ(nrec, 2);
     CHECK_EQ(recs[1].d.status, PGW_STATUS_ERROR);
+
+    /* The server commits after the answer: a commit that fails there (a
+     * deferred constraint) makes the call's one event that error, and its
+     * duration ends at the answer when it commits. */
+    F(1598); rV(); rE("23503"); rZ('I');
+    CHECK_EQ(nrec, 3);
+    CHECK_EQ(recs[2].d.status, PGW_STATUS_ERROR);
+    CHECK_STR(recs[2].sqlstate, "23503");
+    F(1598);
+    int64_t t0 = now;
+    rV();
+    int64_t answered = now;
+    now += 7000;
+    rZ('I');
+    CHECK_EQ(nrec, 4);
+    CHECK_EQ(recs[3].d.status, PGW_STATUS_OK);
+    CHECK(recs[3].d.time_us >= t0 && recs[3].d.time_us + recs[3].d.duration_us == answered);
+    /* Answered, then the session lost before ReadyForQuery: unknown. */
+    F(1598); rV();
+    pgw_tracker_finish(&T, now);
+    CHECK_EQ(nrec, 5);
+    CHECK_EQ(recs[4].d.status, PGW_STATUS_UNKNOWN);
+    pgw_tracker_init(&T, on_emit, split_semicolons, NULL);
 }
 
 int main(void)
