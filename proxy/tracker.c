@@ -814,6 +814,12 @@ static int commits_at_completion(const char *tag)
     };
     if (!tag)
         return 0;
+    switch (tag[0]) {               /* SELECT, INSERT, UPDATE: no look-up */
+    case 'A': case 'C': case 'D': case 'P': case 'R': case 'V':
+        break;
+    default:
+        return 0;
+    }
     for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++)
         if (tags[i][0] == tag[0] && strcmp(tag, tags[i]) == 0)
             return 1;
