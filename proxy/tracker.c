@@ -802,9 +802,9 @@ static void on_ready(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
  * completes, not at Sync: the ends of a transaction, and the statements
  * that cannot run in a transaction block and so commit at once (PostgreSQL
  * finishes the transaction before CommandComplete for both). BEGIN or
- * SAVEPOINT end nothing: they wait for their Sync like any other. Only tags that
- * always mean such a statement: CREATE INDEX (CONCURRENTLY or not), REINDEX
- * or CLUSTER cannot be told apart by their tag and wait for their Sync. */
+ * SAVEPOINT end nothing and wait for their Sync like any other. Only tags
+ * that always mean such a statement: CREATE INDEX (CONCURRENTLY or not),
+ * REINDEX or CLUSTER cannot be told apart by their tag and wait too. */
 static int commits_at_completion(const char *tag)
 {
     static const char *const tags[] = {
