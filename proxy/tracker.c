@@ -723,8 +723,8 @@ static void on_error(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
                      (e.severity && (strcmp(e.severity, "FATAL") == 0 ||
                                      strcmp(e.severity, "PANIC") == 0)))) {
         release_held(t, PGW_STATUS_ERROR, &e);
-        if (!it || it->kind == IT_SYNC)
-            return;
+        if (it && it->kind == IT_SYNC)
+            return;                 /* the commit's error: carried by what was held */
     }
     if (!it)
         return;

@@ -236,6 +236,12 @@ class RawConn:
         out.append(m)
         return out
 
+    def function_call(self, oid):
+        """A FunctionCall of a function without arguments; the answer's
+        messages up to ReadyForQuery."""
+        self.send(message(b"F", struct.pack("!IHHH", oid, 0, 0, 0)))
+        return self.read_until_ready()
+
     def simple_query(self, sql):
         """Sends a Query; returns (rows as lists of str|None, error fields or None)."""
         self.send(query_message(sql))

@@ -11,8 +11,6 @@ import threading
 import time
 import uuid
 
-import struct
-
 import psycopg
 import pytest
 
@@ -259,8 +257,7 @@ def test_function_call_whose_commit_fails(pg, audited):
         with pgwire.connect((audited.host, audited.port)) as c:
             c.startup(SUPERUSER, application_name=app)
             for oid in (bad, good):
-                c.send(pgwire.message(b"F", struct.pack("!IHHH", oid, 0, 0, 0)))
-                msgs = c.read_until_ready()
+                msgs = c.function_call(oid)
                 kinds = [t for t, _ in msgs]
                 if oid == bad:      # the answer, then the commit's error
                     assert kinds == ["V", "E", "Z"], kinds

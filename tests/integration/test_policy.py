@@ -373,12 +373,6 @@ def test_read_only_identity_and_groups(pol, lpg):
     assert lpg.sql("SELECT count(*) FROM t WHERE id = 601")[0][0] == 0
 
 
-def function_call(conn, oid):
-    """A FunctionCall of a function without arguments; the answer's messages."""
-    conn.send(pgwire.message(b"F", struct.pack("!IHHH", oid, 0, 0, 0)))
-    return conn.read_until_ready()
-
-
 def test_function_call_is_checked(pol, lpg):
     """A FunctionCall (PQfn) is a statement of class FUNCTION for the rules:
     a read-only identity's call is refused with 42501 and the session goes
@@ -386,14 +380,14 @@ def test_function_call_is_checked(pol, lpg):
     oid = int(lpg.sql("SELECT 'pg_backend_pid'::regproc::oid")[0][0])
     with pgwire.connect((pol.host, pol.port)) as c:
         c.startup("report")
-        msgs = function_call(c, oid)
+        msgs = c.function_call(oid)
         errs = [pgwire.parse_error_fields(b) for t, b in msgs if t == "E"]
         assert [t for t, _ in msgs][-1] == "Z" and "V" not in [t for t, _ in msgs]
         assert errs and errs[0]["C"] == "42501" and "reporting" in errs[0]["M"], msgs
         assert c.simple_query("SELECT 1") == ([["1"]], None)      # still usable
     with pgwire.connect((pol.host, pol.port)) as c:
         c.startup("nobody")
-        msgs = function_call(c, oid)
+        msgs = c.function_call(oid)
         (v,) = [b for t, b in msgs if t == "V"]
         assert struct.unpack("!i", v[:4])[0] > 0 and int(v[4:]) == c.backend_pid
     (d,) = wait_denied(pol, "reporting")
