@@ -131,12 +131,12 @@ typedef struct pgw_sink_ops {
 /* Batching limits, common to all sinks. Zero fields take the defaults. */
 typedef struct pgw_sink_limits {
     size_t batch_bytes;          /* hand a batch over once it holds this (64 KiB) */
-    uint32_t max_delay_us;       /* ... or once its first event is this old (2000 µs) */
+    uint32_t max_delay_us;       /* ... or once its first event is this old (10 ms: fewer, larger writes) */
     size_t max_event_bytes;      /* larger encoded events are refused (16 MiB) */
 } pgw_sink_limits_t;
 
 #define PGW_SINK_BATCH_BYTES_DEFAULT (64u * 1024)
-#define PGW_SINK_MAX_DELAY_US_DEFAULT 2000u
+#define PGW_SINK_MAX_DELAY_US_DEFAULT 10000u
 #define PGW_SINK_MAX_EVENT_DEFAULT (16u * 1024 * 1024)
 #define PGW_SINK_POOL_MAX 64u    /* free batches kept for reuse */
 
