@@ -180,7 +180,7 @@ typedef struct sql_walk_out {
                                * must not show (passwords, CALL arguments):
                                * replace every literal ourselves */
     int no_raw;               /* raw text may hold a secret */
-    uint32_t flags;           /* PGW_SQL_NO_WHERE, PGW_SQL_COPY_PROGRAM */
+    uint32_t flags;           /* PGW_SQL_NO_WHERE, PGW_SQL_COPY_*, PGW_SQL_OWN_TRANSACTION */
     sql_obj_t *objs;
     uint32_t nobjs, cap;
     int oom;

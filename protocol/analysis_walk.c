@@ -838,6 +838,71 @@ static pgw_audit_class_t class_of(uint8_t id, const char *tag, int level, int dm
     }
 }
 
+/* A DefElem option's boolean as PostgreSQL's defGetBoolean reads it: no
+ * argument is true. */
+static int option_true(const jdoc_t *d, uint32_t defelem_body)
+{
+    uint32_t arg = jget(d, defelem_body, "arg"), body = 0;
+    const char *n = jnode(d, arg, &body);
+
+    if (!arg)
+        return 1;
+    if (n && strcmp(n, "Integer") == 0) {
+        uint32_t v = jget(d, body, "ival");
+        return v && J(d, v)->type == J_NUM && J(d, v)->num != 0;
+    }
+    if (n && strcmp(n, "String") == 0) {
+        const char *v = jstr(d, body, "sval");
+        return strcasecmp(v, "false") != 0 && strcasecmp(v, "off") != 0 &&
+               strcasecmp(v, "no") != 0 && strcmp(v, "0") != 0;
+    }
+    return 1;
+}
+
+/* Does the option list member key of body name option (true)? */
+static int has_option(const jdoc_t *d, uint32_t body, const char *key, const char *option)
+{
+    uint32_t list = jget(d, body, key), de;
+
+    for (uint32_t i = list ? J(d, list)->first : 0; i; i = J(d, i)->next) {
+        const char *n = jnode(d, i, &de);
+        if (n && strcmp(n, "DefElem") == 0 && strcmp(jstr(d, de, "defname"), option) == 0)
+            return option_true(d, de);
+    }
+    return 0;
+}
+
+/* Statements that PostgreSQL refuses inside a transaction block and
+ * commits before their CommandComplete, among those whose command tag is
+ * shared with forms that do not: CREATE INDEX CONCURRENTLY, DROP INDEX
+ * CONCURRENTLY, REINDEX CONCURRENTLY and REINDEX of a schema, the system or
+ * a database, CLUSTER of every clustered table, ALTER DATABASE SET
+ * TABLESPACE. (CLUSTER of one partitioned table does too, which only the
+ * catalog can tell.) */
+static int own_transaction(const jdoc_t *d, uint32_t stmt, uint8_t id)
+{
+    uint32_t body = 0;
+    const char *n = jnode(d, stmt, &body), *kind;
+
+    switch (id) {
+    case N_INDEX:
+        return jbool(d, body, "concurrent");
+    case N_DROP:
+        return jbool(d, body, "concurrent");
+    case N_REINDEX:
+        kind = jstr(d, body, "kind");
+        return strcmp(kind, "REINDEX_OBJECT_SCHEMA") == 0 ||
+               strcmp(kind, "REINDEX_OBJECT_SYSTEM") == 0 ||
+               strcmp(kind, "REINDEX_OBJECT_DATABASE") == 0 ||
+               has_option(d, body, "params", "concurrently");
+    case N_CLUSTER:
+        return !jget(d, body, "relation");
+    default:
+        return n && strcmp(n, "AlterDatabaseStmt") == 0 &&
+               has_option(d, body, "options", "tablespace");
+    }
+}
+
 int sql_walk(char *json, sql_walk_out_t *out, uint32_t *nstmts)
 {
     jdoc_t d;
@@ -876,6 +941,9 @@ int sql_walk(char *json, sql_walk_out_t *out, uint32_t *nstmts)
         if (id == N_COPY && jbool(&d, body, "is_program"))
             out->flags |= PGW_SQL_COPY_PROGRAM | (jbool(&d, body, "is_from") ? PGW_SQL_COPY_FROM : 0);
     }
+
+    if (own_transaction(&d, stmt, id))
+        out->flags |= PGW_SQL_OWN_TRANSACTION;
 
     switch (id) {
     case N_CREATE_ROLE:

@@ -292,6 +292,12 @@ static unsigned split(void *ud, const char *text, size_t len, uint32_t (*spans)[
     return pgw_statement_split(a->w->analysis, text, len, spans, cap, memo);
 }
 
+static int own_xact(void *ud, const char *text, size_t len, pgw_memo_t **memo)
+{
+    pgw_audit_t *a = ud;
+    return pgw_statement_own_transaction(a->w->analysis, text, len, memo);
+}
+
 /* ---- session ------------------------------------------------------------- */
 
 void pgw_audit_init(pgw_audit_t *a, pgw_worker_t *w, const struct sockaddr *peer,
@@ -321,6 +327,7 @@ void pgw_audit_init(pgw_audit_t *a, pgw_worker_t *w, const struct sockaddr *peer
     a->ident_cached = 1;
     pgw_tracker_init(&a->tracker, on_statement, split, a);
     a->tracker.param_max = pgw_limits_param_max();
+    a->tracker.own_xact = own_xact;
     if (w->sink->durable)
         a->tracker.admit = on_admit;
 }

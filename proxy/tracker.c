@@ -805,12 +805,17 @@ static void on_ready(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
  * SAVEPOINT end nothing and wait for their Sync like any other. Only tags
  * that always mean such a statement: CREATE INDEX (CONCURRENTLY or not),
  * REINDEX or CLUSTER cannot be told apart by their tag and wait too. */
-static int commits_at_completion(const char *tag)
+static int commits_at_completion(pgw_tracker_t *t, const pgw_tracker_item_t *it, const char *tag)
 {
     static const char *const tags[] = {
         "COMMIT", "ROLLBACK", "PREPARE TRANSACTION", "COMMIT PREPARED", "ROLLBACK PREPARED",
         "CREATE DATABASE", "DROP DATABASE", "CREATE TABLESPACE", "DROP TABLESPACE",
         "ALTER SYSTEM", "VACUUM", "DISCARD ALL",
+    };
+    /* Their CONCURRENTLY (or every-table) forms commit at once; the
+     * statement's text tells. */
+    static const char *const maybe[] = {
+        "CREATE INDEX", "DROP INDEX", "REINDEX", "CLUSTER", "ALTER DATABASE",
     };
     if (!tag)
         return 0;
@@ -823,6 +828,13 @@ static int commits_at_completion(const char *tag)
     for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++)
         if (tags[i][0] == tag[0] && strcmp(tag, tags[i]) == 0)
             return 1;
+    if (!t->own_xact || !it->portal || !it->portal->stmt)
+        return 0;
+    for (size_t i = 0; i < sizeof maybe / sizeof maybe[0]; i++)
+        if (maybe[i][0] == tag[0] && strcmp(tag, maybe[i]) == 0) {
+            pgw_prepared_t *st = it->portal->stmt;
+            return t->own_xact(t->ud, st->text, st->text_len, &st->memo);
+        }
     return 0;
 }
 
@@ -882,7 +894,7 @@ static void on_complete(pgw_tracker_t *t, const pgw_msg_t *m, int empty, int64_t
             it->acc.start_us = now_us;  /* the next statement starts when this one ends */
         }
     } else if (it->kind == IT_EXECUTE) {
-        if (ccp && commits_at_completion(ccp->tag)) {
+        if (ccp && commits_at_completion(t, it, ccp->tag)) {
             /* Already ended its transaction: reported now, after anything
              * held, which that transaction carried. */
             emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_OK, ccp, NULL, now_us);

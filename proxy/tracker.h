@@ -81,6 +81,11 @@ typedef void (*pgw_emit_fn)(void *ud, const pgw_stmt_done_t *done);
  * PortalSuspended) and each FunctionCall is admitted once, and its one
  * completion carries what the callback wrote into *out. */
 typedef void (*pgw_admit_fn)(void *ud, const pgw_stmt_done_t *pending, pgw_stmt_admit_t *out);
+/* Asked at the CommandComplete of an Execute whose tag is shared by forms
+ * that commit at once and forms that wait for Sync (CREATE INDEX and
+ * CREATE INDEX CONCURRENTLY): does this text commit at once? The memo slot
+ * is the prepared statement's, as for emit. */
+typedef int (*pgw_own_xact_fn)(void *ud, const char *text, size_t len, pgw_memo_t **memo);
 
 typedef struct pgw_tracker_item pgw_tracker_item_t;
 typedef struct pgw_prepared pgw_prepared_t;
@@ -92,6 +97,7 @@ typedef struct pgw_tracker {
     void *ud;
     uint32_t param_max;             /* log Bind values up to this many bytes each; 0: not at all */
     pgw_admit_fn admit;             /* optional (the spool's crash guarantee); set after init */
+    pgw_own_xact_fn own_xact;       /* optional; without it those statements wait for Sync */
 
     pgw_tracker_item_t *items;      /* ring of pending frontend messages */
     unsigned head, count, cap;

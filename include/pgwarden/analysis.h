@@ -73,6 +73,11 @@ typedef struct pgw_sql_object {
 #define PGW_SQL_NO_WHERE     0x4u  /* UPDATE or DELETE without WHERE (every row) */
 #define PGW_SQL_COPY_PROGRAM 0x8u  /* COPY ... TO/FROM PROGRAM (runs a shell command) */
 #define PGW_SQL_COPY_FROM    0x10u /* with COPY_PROGRAM: FROM PROGRAM */
+#define PGW_SQL_OWN_TRANSACTION 0x20u /* runs outside any transaction block and
+                                   * commits before its CommandComplete, though
+                                   * its tag is shared with forms that do not
+                                   * (CREATE INDEX CONCURRENTLY, REINDEX SCHEMA,
+                                   * CLUSTER of every table, ...) */
 
 /* The analysis of one statement shape: shared by every statement that
  * differs from it only in literals. Immutable; read freely from any thread

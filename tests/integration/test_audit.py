@@ -202,10 +202,11 @@ def _execute_without_sync(pgconn, sql):
 
 def test_session_cut_between_execute_and_sync(pg, audited):
     """The server terminates a backend after CommandComplete and before
-    Sync. A COMMIT and a CREATE DATABASE committed when their Execute
-    completed (PostgreSQL ends their transaction there): ok. An INSERT
-    in the implicit transaction that only its Sync would have committed:
-    the FATAL's error, and its row is not in the table."""
+    Sync. A COMMIT, a CREATE DATABASE and a CREATE INDEX CONCURRENTLY
+    committed when their Execute completed (PostgreSQL ends their
+    transaction there): ok. An INSERT and a plain CREATE INDEX in the
+    implicit transaction that only its Sync would have committed: the
+    FATAL's error, and neither the row nor that index exists."""
     table = "cut_" + uuid.uuid4().hex[:8]
     dbname = "cutdb_" + uuid.uuid4().hex[:8]
     pg.sql("CREATE TABLE %s (a int)" % table)
@@ -216,7 +217,10 @@ def test_session_cut_between_execute_and_sync(pg, audited):
         assert pgconn.exec_(sql.encode()).status == psycopg.pq.ExecStatus.COMMAND_OK
     assert _execute_without_sync(pgconn, b"COMMIT").command_status == b"COMMIT"
     assert _execute_without_sync(pgconn, b"CREATE DATABASE " + dbname.encode()).command_status == b"CREATE DATABASE"
+    assert _execute_without_sync(pgconn, ("CREATE INDEX CONCURRENTLY %s_conc ON %s (a)" % (table, table)).encode()
+                                 ).command_status == b"CREATE INDEX"
     _execute_without_sync(pgconn, ("INSERT INTO %s VALUES (2)" % table).encode())
+    _execute_without_sync(pgconn, ("CREATE INDEX %s_plain ON %s (a)" % (table, table)).encode())
     pg.sql("SELECT pg_terminate_backend(%d)" % pgconn.backend_pid)
     with pytest.raises(psycopg.OperationalError):
         for _ in range(100):
@@ -226,6 +230,7 @@ def test_session_cut_between_execute_and_sync(pg, audited):
     try:
         assert pg.sql("SELECT a FROM %s ORDER BY a" % table) == [(1,)]
         assert pg.sql("SELECT 1 FROM pg_database WHERE datname = '%s'" % dbname) == [(1,)]
+        assert pg.sql("SELECT indexname FROM pg_indexes WHERE tablename = '%s'" % table) == [(table + "_conc",)]
     finally:
         pg.sql("DROP DATABASE IF EXISTS %s" % dbname)
         pg.sql("DROP TABLE %s" % table)
@@ -236,7 +241,9 @@ def test_session_cut_between_execute_and_sync(pg, audited):
                    ("INSERT", "simple", "ok", None, "INSERT 0 1"),
                    ("COMMIT", "extended", "ok", None, "COMMIT"),
                    ("CREATE DATABASE", "extended", "ok", None, "CREATE DATABASE"),
-                   ("INSERT", "extended", "error", "57P01", None)], got
+                   ("CREATE INDEX", "extended", "ok", None, "CREATE INDEX"),
+                   ("INSERT", "extended", "error", "57P01", None),
+                   ("CREATE INDEX", "extended", "error", "57P01", None)], got
 
 
 def test_function_call_whose_commit_fails(pg, audited):

@@ -142,6 +142,16 @@ static void rd(int bytes) { pgw_wb_t *w = wb('d'); for (int i = 0; i < bytes; i+
 static void rc(void) { be(wb('c')); }
 static void rV(void) { pgw_wb_t *w = wb('V'); pgw_wb_u32(w, 1); pgw_wb_u8(w, '1'); be(w); }
 
+/* A stand-in for the SQL analysis's PGW_SQL_OWN_TRANSACTION. */
+static int own_xact_calls;
+static int own_xact_concurrently(void *ud, const char *text, size_t len, pgw_memo_t **memo)
+{
+    (void)ud;
+    (void)memo;
+    own_xact_calls++;
+    return memmem(text, len, "CONCURRENTLY", 12) != NULL;
+}
+
 static void reset(void)
 {
     pgw_tracker_finish(&T, now);
@@ -483,6 +493,32 @@ static void test_commit_at_sync(void)
     CHECK_EQ(nrec, 0);
     rZ('I');
     CHECK_EQ(nrec, 1);
+    /* With the text's analysis asked (own_xact), the CONCURRENTLY form is
+     * reported at its CommandComplete and survives a FATAL before Sync;
+     * the plain form still waits; other tags never ask. */
+    reset();
+    T.own_xact = own_xact_concurrently;
+    own_xact_calls = 0;
+    P("", "INSERT INTO t VALUES (1)"); B("", "", 0); E("", 0); S();
+    r1(); r2(); rC("INSERT 0 1"); rZ('I');
+    CHECK_EQ(own_xact_calls, 0);
+    P("", "CREATE INDEX CONCURRENTLY i ON t (a)"); B("", "", 0); E("", 0); S();
+    r1(); r2(); rC("CREATE INDEX");
+    CHECK_EQ(own_xact_calls, 1);
+    CHECK_EQ(nrec, 2);
+    CHECK_EQ(recs[1].d.status, PGW_STATUS_OK);
+    CHECK_STR(recs[1].text, "CREATE INDEX CONCURRENTLY i ON t (a)");
+    rEsev("FATAL", "57P01");
+    CHECK_EQ(nrec, 2);
+    reset();
+    T.own_xact = own_xact_concurrently;
+    P("", "CREATE INDEX i ON t (a)"); B("", "", 0); E("", 0); S();
+    r1(); r2(); rC("CREATE INDEX");
+    CHECK_EQ(own_xact_calls, 2);
+    CHECK_EQ(nrec, 0);
+    rEsev("FATAL", "57P01");
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_ERROR);
 
     /* A later statement of the pipeline fails: the earlier one is reported
      * first (as executed, as a multi-statement Query reports it), then the
