@@ -802,9 +802,9 @@ static void on_ready(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
  * completes, not at Sync: the ends of a transaction, and the statements
  * that cannot run in a transaction block and so commit at once (PostgreSQL
  * finishes the transaction before CommandComplete for both). BEGIN or
- * SAVEPOINT end nothing and wait for their Sync like any other. Only tags
- * that always mean such a statement: CREATE INDEX (CONCURRENTLY or not),
- * REINDEX or CLUSTER cannot be told apart by their tag and wait too. */
+ * SAVEPOINT end nothing and wait for their Sync like any other. A tag
+ * shared by both kinds (CREATE INDEX, CONCURRENTLY or not) asks the
+ * statement's analysis through own_xact; without it, it waits. */
 static int commits_at_completion(pgw_tracker_t *t, const pgw_tracker_item_t *it, const char *tag)
 {
     static const char *const tags[] = {
@@ -812,8 +812,7 @@ static int commits_at_completion(pgw_tracker_t *t, const pgw_tracker_item_t *it,
         "CREATE DATABASE", "DROP DATABASE", "CREATE TABLESPACE", "DROP TABLESPACE",
         "ALTER SYSTEM", "VACUUM", "DISCARD ALL",
     };
-    /* Their CONCURRENTLY (or every-table) forms commit at once; the
-     * statement's text tells. */
+    /* Their CONCURRENTLY (or every-table) forms commit at once. */
     static const char *const maybe[] = {
         "CREATE INDEX", "DROP INDEX", "REINDEX", "CLUSTER", "ALTER DATABASE",
     };
