@@ -80,6 +80,25 @@ if [ ! -f "$jar" ]; then
     mvn -q -B dependency:get -Dartifact="$PGJDBC" -Dtransitive=false
 fi
 
+# node-postgres for its integration test (tests/integration/node), from the
+# npm registry with the machine's Node.js (Debian's nodejs and npm when
+# there is none), once per package-lock.json.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "install-deps: installing nodejs npm"
+    as_root apt-get update -q
+    as_root apt-get install -y -q nodejs npm
+fi
+NODE_DIR=tests/integration/node
+nstamp="$NODE_DIR/node_modules/.pgwarden-lock.sha256"
+nwant=$(sha256sum "$NODE_DIR/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$nstamp" 2>/dev/null)" != "$nwant" ]; then
+    echo "install-deps: installing node-postgres with npm ci"
+    npm ci --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error
+    echo "$nwant" > "$nstamp"
+else
+    echo "install-deps: node-postgres up to date"
+fi
+
 # Apache Kafka's broker jars (tests/integration/kafka/pom.xml) for the Kafka
 # tests' real broker, from Maven Central into ~/.m2, once. (The tests resolve
 # the classpath offline, and fetch what is missing themselves.)

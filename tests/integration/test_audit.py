@@ -568,6 +568,38 @@ def test_jdbc_prepared_batch_and_error(audited, tmp_path):
     assert b"secret-" not in open(audited.audit_path, "rb").read()
 
 
+NODE_DIR = Path(__file__).parent / "node"
+
+
+def test_node_postgres_named_statement_and_error(audited):
+    """node-postgres (tests/integration/node): a query without parameters
+    goes as a simple Query, one with parameters as Parse/Bind/Execute; a
+    named statement is parsed once and its next executions carry only its
+    name, which must still give its text."""
+    assert (NODE_DIR / "node_modules" / "pg").exists(), \
+        "node-postgres missing: scripts/install-deps.sh installs it with npm ci"
+    app = app_name()
+    r = subprocess.run(["node", str(NODE_DIR / "audit_probe.js"), audited.host, str(audited.port), app],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == b"ok", r.stderr.decode()[-3000:]
+    st = statements(session_events(audited, app))
+    got = [(s["statement"]["protocol"], s["statement"]["text"], s["statement"].get("statement_name"),
+            s["statement"].get("params", {}).get("count"), s["result"]["status"],
+            s["result"].get("rows"), s["result"].get("sqlstate")) for s in st]
+    ins = ("extended", "INSERT INTO n VALUES ($1, $2)", "probe_insert", 2, "ok", 1, None)
+    assert got == [
+        ("simple", "SELECT $1 + $2 AS answer", None, None, "ok", 1, None),
+        ("simple", "CREATE TEMP TABLE n (i int, s text)", None, None, "ok", None, None),
+        ins, ins, ins,
+        ("extended", "SELECT i, s FROM n WHERE i >= $1 ORDER BY i", "", 1, "ok", 2, None),
+        ("simple", "BEGIN", None, None, "ok", None, None),
+        ("extended", "SELECT $1::int / $2", "", 1, "error", None, "22012"),
+        ("simple", "ROLLBACK", None, None, "ok", None, None),
+        ("simple", "SELECT count(*)::int AS n FROM n", None, None, "ok", 1, None),
+    ], got
+    assert b"node-secret-" not in open(audited.audit_path, "rb").read()
+
+
 def test_parameter_values_only_when_enabled(pg, audited, start_proxy, tmp_path):
     import base64
     # Off by default: the count, never the values.
