@@ -28,7 +28,13 @@ static const char usage[] =
 "  --upstream /DIR          the PostgreSQL server's unix socket directory: the one\n"
 "                           .s.PGSQL.* socket in DIR (or DIR/.s.PGSQL.5432 if several),\n"
 "                           or the socket file itself\n"
-"  --audit-file PATH|-      write audit events as JSON lines to PATH, or to stdout\n"
+"  --audit-file PATH|-      write audit events as JSON lines to PATH, or to stdout;\n"
+"                           SIGHUP reopens PATH (after an external rotation)\n"
+"  --audit-file-max-bytes N rotate the audit file before it passes N bytes: PATH.1 is\n"
+"                           the newest rotated file (default 0: never)\n"
+"  --audit-file-keep N      rotated audit files kept, PATH.1 .. PATH.N (default 5)\n"
+"  --audit-file-fsync-ms MS fdatasync the audit file at most MS after a write\n"
+"                           (default 0: leave it to the kernel)\n"
 "  --policy-file FILE       access rules (connections and statements, docs/policy.md),\n"
 "                           re-read on SIGHUP\n"
 "  --kafka-brokers H:P[,..] with --kafka-topic: send audit events to Kafka (librdkafka)\n"
@@ -270,7 +276,7 @@ enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_H
        O_KAFKA_BROKERS, O_KAFKA_TOPIC, O_KAFKA_PROP, O_SPOOL_DIR, O_SPOOL_MAX, O_SPOOL_POLICY,
        O_TLS_CERT, O_TLS_KEY, O_TLS_CLIENT_CA, O_TLS_CLIENT_CERT, O_TLS_MIN, O_TLS_CIPHERS,
        O_TLS_GROUPS, O_TLS_REQUIRE, O_TLS_REQUIRE_ON, O_TLS_IDENT_MAP, O_TLS_MATCH_CN, O_POLICY, O_UP_SSLMODE,
-       O_UP_CA, O_UP_CERT, O_UP_KEY, O_LAST };
+       O_UP_CA, O_UP_CERT, O_UP_KEY, O_AUDIT_MAX, O_AUDIT_KEEP, O_AUDIT_FSYNC, O_LAST };
 static const struct option opts[] = {
     { "listen", required_argument, NULL, O_LISTEN },
     { "upstream", required_argument, NULL, O_UPSTREAM },
@@ -279,6 +285,9 @@ static const struct option opts[] = {
     { "max-message-size", required_argument, NULL, O_MAXMSG },
     { "log-level", required_argument, NULL, O_LOGLEVEL },
     { "audit-file", required_argument, NULL, O_AUDIT_FILE },
+    { "audit-file-max-bytes", required_argument, NULL, O_AUDIT_MAX },
+    { "audit-file-keep", required_argument, NULL, O_AUDIT_KEEP },
+    { "audit-file-fsync-ms", required_argument, NULL, O_AUDIT_FSYNC },
     { "log-parameters", no_argument, NULL, O_LOG_PARAMS },
     { "parameter-max-bytes", required_argument, NULL, O_PARAM_MAX },
     { "metrics-listen", required_argument, NULL, O_METRICS },
@@ -539,6 +548,7 @@ static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origi
     const char *upstream_arg = NULL, *metrics_arg = NULL;
     const char *require_args[PGW_MAX_LISTEN];
     int nrequire = 0, require_all = 0, client_cert_given = 0, choice;
+    const char *audit_opt = NULL;   /* an --audit-file-* option given */
     double v;
 
     memset(cfg, 0, sizeof *cfg);
@@ -548,6 +558,7 @@ static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origi
     cfg->max_message_size = 1u << 30;
     cfg->log_level = PGW_LOG_INFO;
     cfg->parameter_max_bytes = 1024;
+    cfg->audit_keep = 5;
     cfg->tls.min_version = TLS1_2_VERSION;
     cfg->startup_timeout = 60;
     cfg->max_clients = 10000;
@@ -597,6 +608,29 @@ static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origi
                 goto bad;
             }
             cfg->audit_file = optarg;
+            break;
+        case O_AUDIT_MAX:
+            if (parse_number("--audit-file-max-bytes", optarg, 0, 1e15, &v))
+                goto bad;
+            if (v > 0 && v < 4096) {
+                fprintf(stderr, "pgwarden: --audit-file-max-bytes: %s is below 4096 (0: never rotate)\n",
+                        optarg);
+                goto bad;
+            }
+            cfg->audit_max_bytes = (uint64_t)v;
+            audit_opt = "--audit-file-max-bytes";
+            break;
+        case O_AUDIT_KEEP:
+            if (parse_number("--audit-file-keep", optarg, 1, 1000, &v))
+                goto bad;
+            cfg->audit_keep = (unsigned)v;
+            audit_opt = "--audit-file-keep";
+            break;
+        case O_AUDIT_FSYNC:
+            if (parse_number("--audit-file-fsync-ms", optarg, 0, 3600000, &v))
+                goto bad;
+            cfg->audit_fsync_ms = (unsigned)v;
+            audit_opt = "--audit-file-fsync-ms";
             break;
         case O_LOG_PARAMS:
             cfg->log_parameters = 1;
@@ -761,6 +795,14 @@ bad:
     }
     if (cfg->kafka_brokers && cfg->audit_file) {
         fprintf(stderr, "pgwarden: choose one audit sink: --audit-file or --kafka-brokers\n");
+        return -1;
+    }
+    if (audit_opt && !cfg->audit_file) {
+        fprintf(stderr, "pgwarden: %s needs --audit-file\n", audit_opt);
+        return -1;
+    }
+    if (cfg->audit_max_bytes && cfg->audit_file && strcmp(cfg->audit_file, "-") == 0) {
+        fprintf(stderr, "pgwarden: --audit-file-max-bytes: standard output cannot be rotated\n");
         return -1;
     }
     if ((cfg->spool_dir || cfg->nkafka_props) && !cfg->kafka_brokers) {

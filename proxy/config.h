@@ -46,6 +46,9 @@ typedef struct pgw_config {
     int log_level;
     int log_format;                 /* PGW_LOG_TEXT or PGW_LOG_JSON */
     const char *audit_file;         /* JSON lines; "-" is stdout; NULL: no audit */
+    uint64_t audit_max_bytes;       /* rotate before the file passes this; 0: never */
+    unsigned audit_keep;            /* rotated files kept (path.1 .. path.N) */
+    unsigned audit_fsync_ms;        /* fdatasync at most this long after a write; 0: never */
     int log_parameters;             /* Bind values in statement events */
     uint32_t parameter_max_bytes;   /* each value cut at this length */
     pgw_tls_config_t tls;

@@ -109,6 +109,9 @@ static void reload_config(proxy_t *p)
         { "threads", next.threads != cur->threads },
         { "audit-file", (next.audit_file == NULL) != (cur->audit_file == NULL) ||
                         (next.audit_file && strcmp(next.audit_file, cur->audit_file) != 0) },
+        { "audit-file-max-bytes", next.audit_max_bytes != cur->audit_max_bytes },
+        { "audit-file-keep", next.audit_keep != cur->audit_keep },
+        { "audit-file-fsync-ms", next.audit_fsync_ms != cur->audit_fsync_ms },
         { "metrics-listen", next.has_metrics != cur->has_metrics ||
                             strcmp(next.metrics_listen.text, cur->metrics_listen.text) != 0 },
         { "log-format", next.log_format != cur->log_format },
@@ -178,10 +181,15 @@ static void reload_policy(proxy_t *p)
 
 static void on_sighup_reload(uv_signal_t *sig, int signum)
 {
+    proxy_t *p = sig->data;
     (void)signum;
-    reload_config(sig->data);
-    reload_tls(sig->data);
-    reload_policy(sig->data);
+    reload_config(p);
+    reload_tls(p);
+    reload_policy(p);
+    /* After an external rotation (logrotate's postrotate): the audit file
+     * is reopened at its path, between two events. */
+    if (p->sink && p->cfg.audit_file && strcmp(p->cfg.audit_file, "-") != 0)
+        (void)pgw_sink_reopen(p->sink);
 }
 
 static void observer_init(pgw_observer_info_t *o, const pgw_config_t *cfg)
@@ -421,7 +429,12 @@ int main(int argc, char **argv)
         return 1;
     observer_init(&p.observer, &p.cfg);
     if (p.cfg.audit_file) {
-        pgw_file_sink_config_t fc = { .path = p.cfg.audit_file };
+        pgw_file_sink_config_t fc = {
+            .path = p.cfg.audit_file,
+            .max_bytes = p.cfg.audit_max_bytes,
+            .keep = p.cfg.audit_keep,
+            .fsync_interval_ms = p.cfg.audit_fsync_ms,
+        };
         if (pgw_file_sink_open(&fc, &p.sink)) {
             fprintf(stderr, "pgwarden: cannot open the audit file %s\n", p.cfg.audit_file);
             return 1;

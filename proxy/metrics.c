@@ -335,6 +335,17 @@ int pgw_metrics_render(pgw_worker_t *w, int n, pgw_sink_t *sink, char **buf, siz
     head(&o, "pgwarden_audit_sink_waits_total", "counter",
          "Hand-offs that waited for room in a full sink (block policy).");
     put(&o, "pgwarden_audit_sink_waits_total %llu\n", (unsigned long long)h.producer_waits);
+    if (sink && strcmp(sink->ops->name, "file") == 0) {
+        head(&o, "pgwarden_audit_file_rotations_total", "counter",
+             "Size-based rotations of the audit file (--audit-file-max-bytes).");
+        put(&o, "pgwarden_audit_file_rotations_total %llu\n", (unsigned long long)h.rotations);
+        head(&o, "pgwarden_audit_file_reopens_total", "counter",
+             "Reopens of the audit file: on SIGHUP, and after a failed write.");
+        put(&o, "pgwarden_audit_file_reopens_total %llu\n", (unsigned long long)h.reopens);
+        head(&o, "pgwarden_audit_file_fsyncs_total", "counter",
+             "fdatasync calls on the audit file (--audit-file-fsync-ms).");
+        put(&o, "pgwarden_audit_file_fsyncs_total %llu\n", (unsigned long long)h.fsyncs);
+    }
     if (sink && strcmp(sink->ops->name, "kafka") == 0) {
         pgw_kafka_stats_t k;
         pgw_kafka_sink_stats(sink, &k);

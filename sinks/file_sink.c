@@ -201,6 +201,8 @@ static void reopen(file_sink_t *fs)
     int rc = open_file(fs, true);
     if (rc != 0)
         failed(fs, "reopen", -rc);  /* the next write retries */
+    else
+        pgw_info("audit file %s reopened", fs->path);
     add(&fs->reopens, 1);
 }
 

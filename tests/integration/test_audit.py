@@ -7,8 +7,10 @@ import os
 import subprocess
 from pathlib import Path
 import re
+import signal
 import threading
 import time
+import urllib.request
 import uuid
 
 import psycopg
@@ -566,6 +568,81 @@ def test_jdbc_prepared_batch_and_error(audited, tmp_path):
     err = [s for s in st if s["result"]["status"] == "error"]
     assert len(err) == 1 and err[0]["result"]["sqlstate"] == "22012"
     assert b"secret-" not in open(audited.audit_path, "rb").read()
+
+
+def _events_in(path):
+    with open(path, "rb") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_audit_file_rotation_by_size(pg, start_proxy, tmp_path):
+    """--audit-file-max-bytes: every file stays under the limit and ends on
+    a whole event, --audit-file-keep files are kept, and the kept files,
+    oldest first, hold one session's events with consecutive seq up to its
+    session_end. With --audit-file-fsync-ms the file is fdatasync'ed."""
+    path = tmp_path / "audit.jsonl"
+    limit = 8192
+    metrics_port = free_port()
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port,
+                    extra_args=["--audit-file", str(path), "--audit-file-max-bytes", str(limit),
+                                "--audit-file-keep", "3", "--audit-file-fsync-ms", "20",
+                                "--metrics-listen", "127.0.0.1:%d" % metrics_port])
+    p.audit_path = path
+    app = app_name()
+    with p.connect(application_name=app) as conn:
+        for i in range(80):
+            conn.execute("SELECT %s::int AS n, repeat('x', 100)", (i,))
+    session_events(p, app)
+    files = [Path("%s.%d" % (path, i)) for i in (3, 2, 1)] + [path]
+    assert all(f.exists() for f in files), sorted(os.listdir(tmp_path))
+    assert not Path("%s.4" % path).exists()
+    seqs = []
+    for f in files:
+        data = f.read_bytes()
+        assert 0 < len(data) <= limit and data.endswith(b"\n"), (f, len(data))
+        assert_valid_audit_file(f)
+        seqs += [e["session"]["seq"] for e in _events_in(f) if e["client"].get("application") == app]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+    assert seqs[0] > 1          # the oldest files were rotated away
+    assert _events_in(path)[-1]["kind"] == "session_end"
+    # Writes are synced within the interval: fdatasync was called.
+    metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port, timeout=10).read().decode()
+    rotations = int(re.search(r"\npgwarden_audit_file_rotations_total (\d+)\n", metrics).group(1))
+    assert rotations >= 4, metrics
+    assert int(re.search(r"\npgwarden_audit_file_fsyncs_total (\d+)\n", metrics).group(1)) >= 1
+
+
+def test_sighup_reopens_the_audit_file(pg, start_proxy, tmp_path):
+    """logrotate's way: the file is moved away, SIGHUP makes pgwarden create
+    a new one at its path; the moved file keeps what came before, the new
+    one (mode 0600) what came after, and no event is lost or doubled."""
+    path = tmp_path / "audit.jsonl"
+    metrics_port = free_port()
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port,
+                    extra_args=["--audit-file", str(path), "--metrics-listen", "127.0.0.1:%d" % metrics_port])
+    p.audit_path = path
+    before, after = app_name(), app_name()
+    with p.connect(application_name=before) as conn:
+        conn.execute("SELECT 1")
+    session_events(p, before)
+    moved = tmp_path / "audit.jsonl.1"
+    os.rename(path, moved)
+    p.signal(signal.SIGHUP)
+    wait_until(path.exists, 10, what="the audit file reopened at its path")
+    with p.connect(application_name=after) as conn:
+        conn.execute("SELECT 2")
+    new = session_events(p, after)
+    old = _events_in(moved)
+    assert [e["kind"] for e in new] == ["session_start", "statement", "session_end"]
+    assert not [e for e in old if e["client"].get("application") == after]
+    assert [e["kind"] for e in old if e["client"].get("application") == before] == [
+        "session_start", "statement", "session_end"]
+    assert not [e for e in _events_in(path) if e["client"].get("application") == before]
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert "audit file %s reopened" % path in p.stderr_path.read_text()
+    metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port, timeout=10).read().decode()
+    assert "\npgwarden_audit_file_reopens_total 1\n" in metrics, metrics
+    assert "\npgwarden_audit_file_rotations_total 0\n" in metrics
 
 
 NODE_DIR = Path(__file__).parent / "node"
