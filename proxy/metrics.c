@@ -100,6 +100,13 @@ static void head(out_t *o, const char *name, const char *type, const char *help)
     put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A metric with one value and no labels. */
+static void scalar(out_t *o, const char *name, const char *type, const char *help, uint64_t v)
+{
+    head(o, name, type, help);
+    put(o, "%s %llu\n", name, (unsigned long long)v);
+}
+
 #define SUM(field)                                                          \
     ({                                                                      \
         uint64_t s_ = 0;                                                    \
@@ -231,22 +238,21 @@ int pgw_metrics_render(pgw_worker_t *w, int n, pgw_sink_t *sink, char **buf, siz
     put(&o, "pgwarden_build_info{version=\"%s\"} 1\n", PGW_VERSION);
     head(&o, "pgwarden_threads", "gauge", "Event-loop threads.");
     put(&o, "pgwarden_threads %d\n", n);
-    head(&o, "pgwarden_process_resident_memory_bytes", "gauge", "Resident memory of the process.");
-    put(&o, "pgwarden_process_resident_memory_bytes %llu\n", (unsigned long long)resident_bytes());
+    scalar(&o, "pgwarden_process_resident_memory_bytes", "gauge",
+           "Resident memory of the process.", resident_bytes());
 
-    head(&o, "pgwarden_client_connections", "gauge", "Client connections open now.");
-    put(&o, "pgwarden_client_connections %llu\n", (unsigned long long)SUM(clients_active));
-    head(&o, "pgwarden_client_connections_total", "counter", "Client connections accepted.");
-    put(&o, "pgwarden_client_connections_total %llu\n", (unsigned long long)SUM(clients_total));
+    scalar(&o, "pgwarden_client_connections", "gauge", "Client connections open now.", SUM(clients_active));
+    scalar(&o, "pgwarden_client_connections_total", "counter",
+           "Client connections accepted.", SUM(clients_total));
     head(&o, "pgwarden_client_connections_refused_total", "counter",
          "Client connections that pgwarden refused before their session started, by reason.");
     for (int r = 0; r < PGW_REFUSED_N; r++)
         put(&o, "pgwarden_client_connections_refused_total{reason=\"%s\"} %llu\n", refusal_label[r],
             (unsigned long long)SUM(refused[r]));
-    head(&o, "pgwarden_server_connections", "gauge", "Connections to the upstream server open now.");
-    put(&o, "pgwarden_server_connections %llu\n", (unsigned long long)SUM(servers_active));
-    head(&o, "pgwarden_server_connections_total", "counter", "Connections made to the upstream server.");
-    put(&o, "pgwarden_server_connections_total %llu\n", (unsigned long long)SUM(servers_total));
+    scalar(&o, "pgwarden_server_connections", "gauge",
+           "Connections to the upstream server open now.", SUM(servers_active));
+    scalar(&o, "pgwarden_server_connections_total", "counter",
+           "Connections made to the upstream server.", SUM(servers_total));
     head(&o, "pgwarden_server_connect_failures_total", "counter",
          "Attempts to connect to the upstream server that failed.");
     put(&o, "pgwarden_server_connect_failures_total %llu\n",
@@ -266,8 +272,8 @@ int pgw_metrics_render(pgw_worker_t *w, int n, pgw_sink_t *sink, char **buf, siz
         put(&o, "pgwarden_protocol_errors_total{direction=\"%s\"} %llu\n", dir_label[d],
             (unsigned long long)SUM(protocol_errors[d]));
 
-    head(&o, "pgwarden_idle_timeouts_total", "counter", "Sessions closed by the idle-session timeout.");
-    put(&o, "pgwarden_idle_timeouts_total %llu\n", (unsigned long long)SUM(idle_timeouts));
+    scalar(&o, "pgwarden_idle_timeouts_total", "counter",
+           "Sessions closed by the idle-session timeout.", SUM(idle_timeouts));
     head(&o, "pgwarden_statements_total", "counter",
          "Audited statement executions, by pgAudit class and result status.");
     for (int c = 0; c < PGW_STMT_CLASS_COUNT; c++)
@@ -318,56 +324,46 @@ int pgw_metrics_render(pgw_worker_t *w, int n, pgw_sink_t *sink, char **buf, siz
         pgw_sink_health(sink, &h);
     head(&o, "pgwarden_audit_sink_up", "gauge", "1 when the audit sink is configured and healthy.");
     put(&o, "pgwarden_audit_sink_up %d\n", sink && h.ok ? 1 : 0);
-    head(&o, "pgwarden_audit_events_emitted_total", "counter", "Audit events encoded for the sink.");
-    put(&o, "pgwarden_audit_events_emitted_total %llu\n", (unsigned long long)emitted);
-    head(&o, "pgwarden_audit_events_delivered_total", "counter",
-         "Audit events the sink wrote (file) or had acknowledged (Kafka).");
-    put(&o, "pgwarden_audit_events_delivered_total %llu\n", (unsigned long long)h.events);
-    head(&o, "pgwarden_audit_events_failed_total", "counter", "Failed sink writes; each is retried.");
-    put(&o, "pgwarden_audit_events_failed_total %llu\n", (unsigned long long)h.write_errors);
-    head(&o, "pgwarden_audit_events_dropped_total", "counter",
-         "Audit events lost: could not be encoded, or given up at shutdown.");
-    put(&o, "pgwarden_audit_events_dropped_total %llu\n", (unsigned long long)(refused + h.events_lost));
-    head(&o, "pgwarden_audit_queued_events", "gauge", "Audit events handed to the sink, not yet written.");
-    put(&o, "pgwarden_audit_queued_events %llu\n", (unsigned long long)h.queued_events);
-    head(&o, "pgwarden_audit_queued_bytes", "gauge", "Bytes of those events.");
-    put(&o, "pgwarden_audit_queued_bytes %llu\n", (unsigned long long)h.queued_bytes);
-    head(&o, "pgwarden_audit_sink_waits_total", "counter",
-         "Hand-offs that waited for room in a full sink (block policy).");
-    put(&o, "pgwarden_audit_sink_waits_total %llu\n", (unsigned long long)h.producer_waits);
+    scalar(&o, "pgwarden_audit_events_emitted_total", "counter",
+           "Audit events encoded for the sink.", emitted);
+    scalar(&o, "pgwarden_audit_events_delivered_total", "counter",
+           "Audit events the sink wrote (file) or had acknowledged (Kafka).", h.events);
+    scalar(&o, "pgwarden_audit_events_failed_total", "counter",
+           "Failed sink writes; each is retried.", h.write_errors);
+    scalar(&o, "pgwarden_audit_events_dropped_total", "counter",
+           "Audit events lost: could not be encoded, or given up at shutdown.", (refused + h.events_lost));
+    scalar(&o, "pgwarden_audit_queued_events", "gauge",
+           "Audit events handed to the sink, not yet written.", h.queued_events);
+    scalar(&o, "pgwarden_audit_queued_bytes", "gauge", "Bytes of those events.", h.queued_bytes);
+    scalar(&o, "pgwarden_audit_sink_waits_total", "counter",
+           "Hand-offs that waited for room in a full sink (block policy).", h.producer_waits);
     if (sink && strcmp(sink->ops->name, "file") == 0) {
-        head(&o, "pgwarden_audit_file_rotations_total", "counter",
-             "Size-based rotations of the audit file (--audit-file-max-bytes).");
-        put(&o, "pgwarden_audit_file_rotations_total %llu\n", (unsigned long long)h.rotations);
-        head(&o, "pgwarden_audit_file_reopens_total", "counter",
-             "Reopens of the audit file: on SIGHUP, and after a failed write.");
-        put(&o, "pgwarden_audit_file_reopens_total %llu\n", (unsigned long long)h.reopens);
-        head(&o, "pgwarden_audit_file_fsyncs_total", "counter",
-             "fdatasync calls on the audit file (--audit-file-fsync-ms).");
-        put(&o, "pgwarden_audit_file_fsyncs_total %llu\n", (unsigned long long)h.fsyncs);
+        scalar(&o, "pgwarden_audit_file_rotations_total", "counter",
+               "Size-based rotations of the audit file (--audit-file-max-bytes).", h.rotations);
+        scalar(&o, "pgwarden_audit_file_reopens_total", "counter",
+               "Reopens of the audit file: on SIGHUP, and after a failed write.", h.reopens);
+        scalar(&o, "pgwarden_audit_file_fsyncs_total", "counter",
+               "fdatasync calls on the audit file (--audit-file-fsync-ms).", h.fsyncs);
     }
     if (sink && strcmp(sink->ops->name, "kafka") == 0) {
         pgw_kafka_stats_t k;
         pgw_kafka_sink_stats(sink, &k);
-        head(&o, "pgwarden_kafka_delivery_errors_total", "counter",
-             "Kafka deliveries that failed; each event is produced again.");
-        put(&o, "pgwarden_kafka_delivery_errors_total %llu\n", (unsigned long long)k.delivery_errors);
-        head(&o, "pgwarden_kafka_resent_total", "counter", "Events produced again (failed deliveries, producer restarts).");
-        put(&o, "pgwarden_kafka_resent_total %llu\n", (unsigned long long)k.resent);
-        head(&o, "pgwarden_kafka_replayed_total", "counter", "Events sent again from the spool at start.");
-        put(&o, "pgwarden_kafka_replayed_total %llu\n", (unsigned long long)k.replayed);
-        head(&o, "pgwarden_kafka_producer_restarts_total", "counter",
-             "Producers replaced after a fatal (idempotence) error.");
-        put(&o, "pgwarden_kafka_producer_restarts_total %llu\n", (unsigned long long)k.producer_restarts);
-        head(&o, "pgwarden_kafka_spool_dropped_total", "counter",
-             "Events dropped because the spool was full (drop policy; reported by audit_gap events).");
-        put(&o, "pgwarden_kafka_spool_dropped_total %llu\n", (unsigned long long)k.dropped);
-        head(&o, "pgwarden_kafka_spool_bytes", "gauge", "Bytes of the spool on disk.");
-        put(&o, "pgwarden_kafka_spool_bytes %llu\n", (unsigned long long)k.spool_bytes);
-        head(&o, "pgwarden_kafka_spool_written_bytes_total", "counter", "Bytes appended to the spool.");
-        put(&o, "pgwarden_kafka_spool_written_bytes_total %llu\n", (unsigned long long)k.spool_bytes_written);
-        head(&o, "pgwarden_kafka_unacknowledged_events", "gauge", "Events produced, not yet acknowledged.");
-        put(&o, "pgwarden_kafka_unacknowledged_events %llu\n", (unsigned long long)k.outstanding);
+        scalar(&o, "pgwarden_kafka_delivery_errors_total", "counter",
+               "Kafka deliveries that failed; each event is produced again.", k.delivery_errors);
+        scalar(&o, "pgwarden_kafka_resent_total", "counter",
+               "Events produced again (failed deliveries, producer restarts).", k.resent);
+        scalar(&o, "pgwarden_kafka_replayed_total", "counter",
+               "Events sent again from the spool at start.", k.replayed);
+        scalar(&o, "pgwarden_kafka_producer_restarts_total", "counter",
+               "Producers replaced after a fatal (idempotence) error.", k.producer_restarts);
+        scalar(&o, "pgwarden_kafka_spool_dropped_total", "counter",
+               "Events dropped because the spool was full (drop policy; reported by audit_gap events).",
+               k.dropped);
+        scalar(&o, "pgwarden_kafka_spool_bytes", "gauge", "Bytes of the spool on disk.", k.spool_bytes);
+        scalar(&o, "pgwarden_kafka_spool_written_bytes_total", "counter",
+               "Bytes appended to the spool.", k.spool_bytes_written);
+        scalar(&o, "pgwarden_kafka_unacknowledged_events", "gauge",
+               "Events produced, not yet acknowledged.", k.outstanding);
         if (sink->durable) {
             head(&o, "pgwarden_spool_oldest_unacknowledged_age_seconds", "gauge",
                  "Age of the oldest event in the spool that Kafka has not acknowledged; 0 when none.");
@@ -377,12 +373,12 @@ int pgw_metrics_render(pgw_worker_t *w, int n, pgw_sink_t *sink, char **buf, siz
         render_kafka_client(&o, sink);
     }
 
-    head(&o, "pgwarden_analysis_cache_hits_total", "counter", "SQL strings found in the analysis cache.");
-    put(&o, "pgwarden_analysis_cache_hits_total %llu\n", (unsigned long long)SUM(cache_hits));
-    head(&o, "pgwarden_analysis_cache_misses_total", "counter", "SQL strings the parser had to analyse.");
-    put(&o, "pgwarden_analysis_cache_misses_total %llu\n", (unsigned long long)SUM(cache_misses));
-    head(&o, "pgwarden_analysis_cache_entries", "gauge", "Query shapes in the analysis caches.");
-    put(&o, "pgwarden_analysis_cache_entries %llu\n", (unsigned long long)SUM(cache_entries));
+    scalar(&o, "pgwarden_analysis_cache_hits_total", "counter",
+           "SQL strings found in the analysis cache.", SUM(cache_hits));
+    scalar(&o, "pgwarden_analysis_cache_misses_total", "counter",
+           "SQL strings the parser had to analyse.", SUM(cache_misses));
+    scalar(&o, "pgwarden_analysis_cache_entries", "gauge",
+           "Query shapes in the analysis caches.", SUM(cache_entries));
     head(&o, "pgwarden_analysis_parse_seconds_total", "counter", "Time spent in the SQL parser.");
     put(&o, "pgwarden_analysis_parse_seconds_total %.6f\n", (double)(SUM(parse_ns) + SUM(parse_pool_ns)) / 1e9);
 
