@@ -98,6 +98,12 @@ def test_errors_name_file_line_and_option(tmp_path):
         ("listen 127.0.0.1:1\n", r"bad\.ini:1: unknown option \"listen 127\.0\.0\.1\""),
         (good + "log-level = loud\n", r"--log-level: \"loud\".*\n.*bad\.ini line 3"),
         (good + "check-config = true\n", r"bad\.ini:3: unknown option \"check-config\""),
+        (good + "audit-file-keep = 3\n", r"--audit-file-keep needs --audit-file"),
+        (good + "audit-file = -\naudit-file-max-bytes = 65536\n",
+         r"--audit-file-max-bytes: standard output cannot be rotated"),
+        (good + "audit-file = a.jsonl\naudit-file-max-bytes = 100\n",
+         r"--audit-file-max-bytes: 100 is below 4096"),
+        (good + "audit-file = a.jsonl\naudit-file-keep = 0\n", r"--audit-file-keep: \"0\" is not a number in"),
     ]
     for text, pattern in cases:
         ini = tmp_path / "bad.ini"
