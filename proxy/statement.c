@@ -127,22 +127,17 @@ unsigned pgw_statement_split_given(pgw_analysis_t *an, uint32_t (*spans)[2], uns
 int pgw_statement_own_transaction(struct pgw_analysis_cache *c, const char *text, size_t len,
                                   pgw_memo_t **memo)
 {
-    stmt_memo_t *m = *memo ? (stmt_memo_t *)(void *)*memo : NULL;
-    if (!m) {
-        pgw_analysis_t an;
-        if (!text || len > PGW_ANALYSIS_SYNC_MAX)
-            return 0;               /* DDL this long: left to its Sync */
-        pgw_analysis_init(&an);
-        if (pgw_analysis_run(c, text, len, &an) == 0 && an.count == 1 &&
-            !(an.flags & PGW_ANALYSIS_PARSE_FAILED))
-            m = memo_of(&an);
-        if (m)
-            *memo = &m->base;
-        pgw_analysis_clear(&an);
-        if (!m)
-            return 0;
-    }
-    return m->an.count == 1 && (pgw_analysis_stmt(&m->an, 0)->info->flags & PGW_SQL_OWN_TRANSACTION);
+    /* The analysis its event will use: a prepared statement keeps it. */
+    pgw_stmt_done_t d = { .protocol = PGW_PROTOCOL_EXTENDED, .text = text, .text_len = len,
+                          .memo = memo };
+    pgw_stmt_view_t view;
+    int own = 0;
+    /* A long text the cache does not know is parsed off the loop, later:
+     * its statement waits for its Sync. */
+    if (pgw_statement_analyze(c, &d, &view) && view.rc == 0 && view.src->count == 1)
+        own = !!(pgw_analysis_stmt(view.src, 0)->info->flags & PGW_SQL_OWN_TRANSACTION);
+    pgw_statement_view_free(&view);
+    return own;
 }
 
 static int needs_analysis(const pgw_stmt_done_t *d)

@@ -79,8 +79,8 @@ unsigned pgw_statement_split_given(pgw_analysis_t *an, uint32_t (*spans)[2], uns
                                    pgw_memo_t **memo);
 
 /* pgw_own_xact_fn for the tracker: does this prepared statement's text
- * commit at once (PGW_SQL_OWN_TRANSACTION)? Analyses it here when its memo
- * slot is empty, and leaves the analysis there for its event. */
+ * commit at once (PGW_SQL_OWN_TRANSACTION)? Analysed as for its event
+ * (pgw_statement_analyze), which then finds the analysis in the memo. */
 int pgw_statement_own_transaction(struct pgw_analysis_cache *c, const char *text, size_t len,
                                   pgw_memo_t **memo);
 

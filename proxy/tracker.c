@@ -807,14 +807,14 @@ static void on_ready(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
  * statement's analysis through own_xact; without it, it waits. */
 static int commits_at_completion(pgw_tracker_t *t, const pgw_tracker_item_t *it, const char *tag)
 {
-    static const char *const tags[] = {
-        "COMMIT", "ROLLBACK", "PREPARE TRANSACTION", "COMMIT PREPARED", "ROLLBACK PREPARED",
-        "CREATE DATABASE", "DROP DATABASE", "CREATE TABLESPACE", "DROP TABLESPACE",
-        "ALTER SYSTEM", "VACUUM", "DISCARD ALL",
-    };
-    /* Their CONCURRENTLY (or every-table) forms commit at once. */
-    static const char *const maybe[] = {
-        "CREATE INDEX", "DROP INDEX", "REINDEX", "CLUSTER", "ALTER DATABASE",
+    /* ask: the tag is shared with forms that commit at once (CONCURRENTLY,
+     * every table): the statement's analysis decides. */
+    static const struct { const char *tag; int ask; } tags[] = {
+        { "COMMIT", 0 }, { "ROLLBACK", 0 }, { "PREPARE TRANSACTION", 0 }, { "COMMIT PREPARED", 0 },
+        { "ROLLBACK PREPARED", 0 }, { "CREATE DATABASE", 0 }, { "DROP DATABASE", 0 },
+        { "CREATE TABLESPACE", 0 }, { "DROP TABLESPACE", 0 }, { "ALTER SYSTEM", 0 }, { "VACUUM", 0 },
+        { "DISCARD ALL", 0 }, { "CREATE INDEX", 1 }, { "DROP INDEX", 1 }, { "REINDEX", 1 },
+        { "CLUSTER", 1 }, { "ALTER DATABASE", 1 },
     };
     if (!tag)
         return 0;
@@ -824,16 +824,14 @@ static int commits_at_completion(pgw_tracker_t *t, const pgw_tracker_item_t *it,
     default:
         return 0;
     }
-    for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++)
-        if (tags[i][0] == tag[0] && strcmp(tag, tags[i]) == 0)
+    for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++) {
+        if (tags[i].tag[0] != tag[0] || strcmp(tag, tags[i].tag) != 0)
+            continue;
+        if (!tags[i].ask)
             return 1;
-    if (!t->own_xact || !it->portal || !it->portal->stmt)
-        return 0;
-    for (size_t i = 0; i < sizeof maybe / sizeof maybe[0]; i++)
-        if (maybe[i][0] == tag[0] && strcmp(tag, maybe[i]) == 0) {
-            pgw_prepared_t *st = it->portal->stmt;
-            return t->own_xact(t->ud, st->text, st->text_len, &st->memo);
-        }
+        pgw_prepared_t *st = it->portal ? it->portal->stmt : NULL;
+        return t->own_xact && st && t->own_xact(t->ud, st->text, st->text_len, &st->memo);
+    }
     return 0;
 }
 

@@ -40,12 +40,16 @@ def audited(request, pg, run_dir):
     assert assert_valid_audit_file(path) > 100
 
 
-def events(proxy):
+def events_in(path):
     try:
-        with open(proxy.audit_path, "rb") as f:
+        with open(path, "rb") as f:
             return [json.loads(line) for line in f]
     except FileNotFoundError:
         return []
+
+
+def events(proxy):
+    return events_in(proxy.audit_path)
 
 
 def session_events(proxy, app, want_end=True, timeout=10):
@@ -570,11 +574,6 @@ def test_jdbc_prepared_batch_and_error(audited, tmp_path):
     assert b"secret-" not in open(audited.audit_path, "rb").read()
 
 
-def _events_in(path):
-    with open(path, "rb") as f:
-        return [json.loads(line) for line in f]
-
-
 def test_audit_file_rotation_by_size(pg, start_proxy, tmp_path):
     """--audit-file-max-bytes: every file stays under the limit and ends on
     a whole event, --audit-file-keep files are kept, and the kept files,
@@ -601,10 +600,10 @@ def test_audit_file_rotation_by_size(pg, start_proxy, tmp_path):
         data = f.read_bytes()
         assert 0 < len(data) <= limit and data.endswith(b"\n"), (f, len(data))
         assert_valid_audit_file(f)
-        seqs += [e["session"]["seq"] for e in _events_in(f) if e["client"].get("application") == app]
+        seqs += [e["session"]["seq"] for e in events_in(f) if e["client"].get("application") == app]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
     assert seqs[0] > 1          # the oldest files were rotated away
-    assert _events_in(path)[-1]["kind"] == "session_end"
+    assert events_in(path)[-1]["kind"] == "session_end"
     # Writes are synced within the interval: fdatasync was called.
     metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port, timeout=10).read().decode()
     rotations = int(re.search(r"\npgwarden_audit_file_rotations_total (\d+)\n", metrics).group(1))
@@ -632,12 +631,12 @@ def test_sighup_reopens_the_audit_file(pg, start_proxy, tmp_path):
     with p.connect(application_name=after) as conn:
         conn.execute("SELECT 2")
     new = session_events(p, after)
-    old = _events_in(moved)
+    old = events_in(moved)
     assert [e["kind"] for e in new] == ["session_start", "statement", "session_end"]
     assert not [e for e in old if e["client"].get("application") == after]
     assert [e["kind"] for e in old if e["client"].get("application") == before] == [
         "session_start", "statement", "session_end"]
-    assert not [e for e in _events_in(path) if e["client"].get("application") == before]
+    assert not [e for e in events_in(path) if e["client"].get("application") == before]
     assert (path.stat().st_mode & 0o777) == 0o600
     assert "audit file %s reopened" % path in p.stderr_path.read_text()
     metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port, timeout=10).read().decode()
