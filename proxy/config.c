@@ -41,10 +41,13 @@ static const char usage[] =
 "  --kafka-topic NAME       the topic; messages are keyed by session id\n"
 "  --kafka-property K=V     a librdkafka producer property (security.protocol, sasl.*, ssl.*,\n"
 "                           ...), applied after pgwarden's defaults. Repeatable.\n"
-"  --spool-dir DIR          keep every Kafka event on disk until Kafka acknowledges it;\n"
-"                           statements are recorded there before they reach the server\n"
+"  --spool-dir DIR          durable audit (Kafka or audit file): statements are recorded here\n"
+"                           before they reach the server, and every event is kept until\n"
+"                           Kafka acknowledges it or it is in the audit file; a crash of\n"
+"                           pgwarden loses nothing, the next start delivers what is left\n"
 "  --spool-max-bytes N      spool size cap (default 1073741824)\n"
-"  --spool-full-policy P    block (default: statements wait) or drop (counted, audit_gap event)\n"
+"  --spool-full-policy P    block (default: statements wait) or drop (Kafka only: counted,\n"
+"                           audit_gap event)\n"
 "  --log-parameters         put Bind parameter values into statement events (default: count only)\n"
 "  --parameter-max-bytes N  cut each logged value at N bytes (default 1024)\n"
 "  --metrics-listen HOST:PORT  serve /metrics (Prometheus), /healthz and /readyz over HTTP\n"
@@ -805,8 +808,17 @@ bad:
         fprintf(stderr, "pgwarden: --audit-file-max-bytes: standard output cannot be rotated\n");
         return -1;
     }
-    if ((cfg->spool_dir || cfg->nkafka_props) && !cfg->kafka_brokers) {
-        fprintf(stderr, "pgwarden: --spool-dir and --kafka-property need --kafka-brokers and --kafka-topic\n");
+    if (cfg->nkafka_props && !cfg->kafka_brokers) {
+        fprintf(stderr, "pgwarden: --kafka-property needs --kafka-brokers and --kafka-topic\n");
+        return -1;
+    }
+    if (cfg->spool_dir && !cfg->kafka_brokers && !cfg->audit_file) {
+        fprintf(stderr, "pgwarden: --spool-dir needs an audit sink: --audit-file or --kafka-brokers\n");
+        return -1;
+    }
+    if (cfg->spool_drop && !cfg->kafka_brokers) {
+        fprintf(stderr, "pgwarden: --spool-full-policy drop needs the Kafka sink (the audit file's "
+                        "spool always blocks)\n");
         return -1;
     }
 

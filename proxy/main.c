@@ -434,6 +434,8 @@ int main(int argc, char **argv)
             .max_bytes = p.cfg.audit_max_bytes,
             .keep = p.cfg.audit_keep,
             .fsync_interval_ms = p.cfg.audit_fsync_ms,
+            .spool_dir = p.cfg.spool_dir,
+            .spool_max_bytes = p.cfg.spool_max_bytes,
         };
         if (pgw_file_sink_open(&fc, &p.sink)) {
             fprintf(stderr, "pgwarden: cannot open the audit file %s\n", p.cfg.audit_file);

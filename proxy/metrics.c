@@ -344,6 +344,12 @@ int pgw_metrics_render(pgw_worker_t *w, int n, pgw_sink_t *sink, char **buf, siz
                "Reopens of the audit file: on SIGHUP, and after a failed write.", h.reopens);
         scalar(&o, "pgwarden_audit_file_fsyncs_total", "counter",
                "fdatasync calls on the audit file (--audit-file-fsync-ms).", h.fsyncs);
+        if (sink->durable) {
+            scalar(&o, "pgwarden_audit_file_spool_bytes", "gauge",
+                   "Bytes of the audit file's spool on disk (--spool-dir).", h.spool_bytes);
+            scalar(&o, "pgwarden_audit_file_replayed_total", "counter",
+                   "Events written again from the spool at start.", h.replayed);
+        }
     }
     if (sink && strcmp(sink->ops->name, "kafka") == 0) {
         pgw_kafka_stats_t k;

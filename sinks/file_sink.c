@@ -7,7 +7,16 @@
  * policy). Rotation cuts between events, never inside one, using the
  * batches' event offsets. Write errors are retried with a backoff until
  * they succeed; nothing is dropped except at close after the close timeout,
- * and that is counted and logged. */
+ * and that is counted and logged.
+ *
+ * With a spool (spooler.h) the sink is durable: a loop thread's batch,
+ * begin records included, is appended to the thread's spool lane in the
+ * loop thread before the statements it begins are forwarded; the begins
+ * are then cut out of the batch, which is queued as usual, and the
+ * writer releases the batch's spool references once its events are in
+ * the file. A segment is deleted when every event in it is written and
+ * every statement it begins has its completion spooled. At open, what an
+ * earlier run left is written first. */
 #include "pgwarden/sink.h"
 
 #include <errno.h>
@@ -23,6 +32,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "spooler.h"
 
 #define FILE_MAX_QUEUED_DEFAULT (64u * 1024 * 1024)
 #define FILE_CLOSE_TIMEOUT_MS_DEFAULT 10000u
@@ -32,6 +42,9 @@
 #define RETRY_MAX_MS 1000u
 #define ERROR_LOG_EVERY_MS 10000     /* repeated failures are logged this often */
 #define ROTATE_RETRY_MS 10000        /* after a failed rename, append this long first */
+/* Spool segments: after a crash, the events of the segments still on disk
+ * are written again; small ones keep those duplicates few. */
+#define SPOOL_SEG_CAP (1024u * 1024)
 #define IOV_BATCH 64                 /* iovecs per writev, well under IOV_MAX */
 
 typedef struct file_sink {
@@ -41,6 +54,11 @@ typedef struct file_sink {
     uint64_t max_bytes;
     unsigned keep, fsync_interval_ms, close_timeout_ms, mode;
     size_t max_queued;
+
+    bool spooled;
+    pgw_spooler_t spooler;
+    pgw_spool_seg_t *replayed_segs;  /* from the open's replay; freed at close */
+    _Atomic uint64_t replayed;
 
     pthread_t thread;
     pthread_mutex_t mu;
@@ -338,7 +356,7 @@ static size_t next_end(const pgw_batch_t *b, size_t off)
  * counters, producers waiting for room, flush() waiters, the pool. Done
  * after every writev, so a producer held back by the cap resumes as soon
  * as some room is free, not when the whole queue is written. */
-static void release(file_sink_t *fs, pgw_batch_t *from, pgw_batch_t *to)
+static void release(file_sink_t *fs, pgw_batch_t *from, pgw_batch_t *to, bool written)
 {
     size_t nb = 0, nbytes = 0, nevents = 0;
 
@@ -347,6 +365,10 @@ static void release(file_sink_t *fs, pgw_batch_t *from, pgw_batch_t *to)
         nb++;
         nbytes += from->data.len;
         nevents += from->nrecs;
+        /* Written: the spool need not keep them. Given up: it keeps them
+         * for the next start. */
+        if (written && from->spool_seg)
+            pgw_spool_seg_release(from->spool_seg, (int64_t)from->spool_refs);
         pgw_sink_batch_put(&fs->base, from);
         from = next;
     }
@@ -418,13 +440,14 @@ static void write_list(file_sink_t *fs, pgw_batch_t *list)
         }
         if (total > 0) {
             advance(fs, &c, write_iov(fs, iov, n, total));
-            release(fs, unreleased, c.b);
+            release(fs, unreleased, c.b, true);
             unreleased = c.b;
         }
         if (rotate_after && !fs->giving_up)
             rotate(fs);
     }
-    release(fs, unreleased, NULL);
+    release(fs, unreleased, c.b, true);
+    release(fs, c.b, NULL, false);   /* given up: not (all) written */
 }
 
 static void *writer_main(void *arg)
@@ -487,9 +510,65 @@ static void *writer_main(void *arg)
 
 /* ------------------------------------------------------------ ops */
 
+/* Removes the begin records from b (they live in the spool only). */
+static void cut_begins(pgw_batch_t *b)
+{
+    size_t out = 0, len = 0;
+    for (size_t i = 0; i < b->nrecs; i++) {
+        pgw_batch_rec_t r = b->recs[i];
+        size_t start = pgw_batch_start(b, i);
+        if (r.begin)
+            continue;
+        if (start != len)
+            memmove(b->data.data + len, b->data.data + start, r.end - start);
+        len += r.end - start;
+        r.end = len;
+        r.key_end = 0;                   /* keys are Kafka's */
+        b->recs[out++] = r;
+    }
+    b->nrecs = out;
+    b->data.len = len;
+    b->keys.len = 0;
+}
+
+/* Spools b in the calling thread's lane; false when nothing is left to
+ * write (b held only begins and was given back). */
+static bool spool_batch(file_sink_t *fs, pgw_batch_t *b)
+{
+    pgw_spool_lane_t *l = pgw_spooler_lane(&fs->spooler);
+    pgw_spool_seg_t *seg = NULL;
+    size_t n = pgw_spooler_events(b);
+
+    if (!l)
+        pgw_error("audit file %s: out of memory for a spool writer: %zu event(s) written "
+                  "unspooled", shown_path(fs), n);
+    else if (pgw_spooler_append(&fs->spooler, l, b, &seg) == PGW_SPOOLED && seg) {
+        b->spool_seg = seg;
+        b->spool_refs = n;
+    }
+    if (n < b->nrecs)
+        cut_begins(b);
+    if (n)
+        return true;
+    pgw_sink_batch_put(&fs->base, b);
+    return false;
+}
+
+static int queue_batch(file_sink_t *fs, pgw_batch_t *b);
+
 static int fs_submit_batch(pgw_sink_t *s, pgw_batch_t *b)
 {
     file_sink_t *fs = (file_sink_t *)s;
+
+    if (fs->spooled && !spool_batch(fs, b))
+        return 0;
+    return queue_batch(fs, b);
+}
+
+/* Queues b for the writer, waiting while the queue is over its cap. */
+static int queue_batch(file_sink_t *fs, pgw_batch_t *b)
+{
+    pgw_sink_t *s = &fs->base;
     size_t len = b->data.len;
 
     pthread_mutex_lock(&fs->mu);
@@ -580,6 +659,8 @@ static void fs_unblock(pgw_sink_t *s)
     fs->unblocked = true;
     pthread_cond_broadcast(&fs->room);
     pthread_mutex_unlock(&fs->mu);
+    if (fs->spooled)
+        pgw_spooler_unblock(&fs->spooler);
 }
 
 static void fs_health(pgw_sink_t *s, pgw_sink_health_t *h)
@@ -599,6 +680,10 @@ static void fs_health(pgw_sink_t *s, pgw_sink_health_t *h)
     h->producer_waits = atomic_load(&fs->waits);
     h->producer_wait_us = atomic_load(&fs->wait_us);
     h->events_lost = atomic_load(&fs->lost);
+    if (fs->spooled) {
+        h->spool_bytes = atomic_load(&fs->spooler.spool.bytes);
+        h->replayed = atomic_load(&fs->replayed);
+    }
     pthread_mutex_lock(&fs->mu);
     h->queued_events = fs->queued_events;
     h->queued_bytes = fs->queued_bytes;
@@ -607,6 +692,14 @@ static void fs_health(pgw_sink_t *s, pgw_sink_health_t *h)
 
 static void fs_free(file_sink_t *fs)
 {
+    if (fs->spooled)
+        pgw_spooler_destroy(&fs->spooler);   /* after the writer: it released what it wrote */
+    while (fs->replayed_segs) {
+        pgw_spool_seg_t *seg = fs->replayed_segs;
+        fs->replayed_segs = seg->next;
+        free(seg->path);
+        free(seg);
+    }
     pthread_cond_destroy(&fs->work);
     pthread_cond_destroy(&fs->room);
     pthread_cond_destroy(&fs->done);
@@ -641,6 +734,64 @@ static const pgw_sink_ops_t file_sink_ops = {
     .unblock = fs_unblock,
     .close = fs_close,
 };
+
+/* ------------------------------------------------------------ replay */
+
+/* The spool's leftovers become batches of one segment each, whose events
+ * hold their references until written, as live batches do. */
+typedef struct replay {
+    file_sink_t *fs;
+    pgw_batch_t *b;
+    pgw_jbuf_t line;
+    size_t events, failed;
+} replay_t;
+
+static void replay_queue(replay_t *r)
+{
+    if (r->b)
+        (void)queue_batch(r->fs, r->b);
+    r->b = NULL;
+}
+
+static void replay_one(void *ud, pgw_spool_seg_t *seg, const pgw_spool_rec_t *rec)
+{
+    replay_t *r = ud;
+    if (r->b && (r->b->spool_seg != seg || r->b->data.len >= r->fs->base.limits.batch_bytes))
+        replay_queue(r);
+    if (!r->b && (r->b = pgw_sink_batch_get(&r->fs->base)) != NULL)
+        r->b->spool_seg = seg;
+    pgw_jbuf_reset(&r->line);
+    pgw_jbuf_put(&r->line, rec->value, rec->value_len);
+    pgw_jbuf_putc(&r->line, '\n');
+    if (!r->b || r->line.failed ||
+        pgw_batch_append(r->b, r->line.data, r->line.len, (pgw_str_t){ 0 }) != 0) {
+        r->failed++;                     /* its reference stays: the next start tries again */
+        return;
+    }
+    r->b->spool_refs++;
+    r->events++;
+}
+
+static int replay_spool(file_sink_t *fs, const char *dir)
+{
+    replay_t r = { .fs = fs };
+    pgw_jbuf_init(&r.line, 0);
+    ssize_t n = pgw_spool_replay(&fs->spooler.spool, replay_one, &r, &fs->replayed_segs);
+    replay_queue(&r);
+    pgw_jbuf_free(&r.line);
+    if (n < 0)
+        return (int)n;
+    add(&fs->replayed, r.events);
+    if (r.events)
+        pgw_info("audit file %s: %zu event(s) left in the spool %s written again",
+                 shown_path(fs), r.events, dir);
+    if (r.failed)
+        pgw_error("audit file %s: out of memory replaying the spool %s: %zu event(s) stay "
+                  "there for the next start", shown_path(fs), dir, r.failed);
+    return 0;
+}
+
+/* ------------------------------------------------------------ open */
 
 int pgw_file_sink_open(const pgw_file_sink_config_t *cfg, pgw_sink_t **out)
 {
@@ -701,5 +852,24 @@ int pgw_file_sink_open(const pgw_file_sink_config_t *cfg, pgw_sink_t **out)
     }
     pthread_setname_np(fs->thread, "pgw-audit-file");
     *out = &fs->base;
+    if (!cfg->spool_dir)
+        return 0;
+
+    /* The writer runs: the replay's batches wait for room as others do. */
+    rc = pgw_spooler_init(&fs->spooler, cfg->spool_dir, cfg->spool_max_bytes, SPOOL_SEG_CAP,
+                          PGW_SPOOL_BLOCK, "audit file");
+    if (rc == 0) {
+        fs->spooled = true;
+        fs->base.durable = true;
+        rc = replay_spool(fs, cfg->spool_dir);
+    }
+    if (rc != 0) {
+        pgw_error("audit file %s: spool %s: %s", shown_path(fs), cfg->spool_dir, strerror(-rc));
+        fs_close(&fs->base);
+        *out = NULL;
+        return rc;
+    }
+    pgw_info("audit file %s: statements are spooled in %s before they are forwarded",
+             shown_path(fs), cfg->spool_dir);
     return 0;
 }

@@ -35,11 +35,9 @@
 #include <time.h>
 
 #include "log.h"
-#include "spool.h"
+#include "spooler.h"
 
-#define SPOOL_MAX_DEFAULT (1ull << 30)
-#define SEG_MAX (16ull * 1024 * 1024)
-#define SEG_MIN (64ull * 1024)
+#define SEG_CAP (16ull * 1024 * 1024) /* spool segments */
 #define CLOSE_TIMEOUT_MS_DEFAULT 5000u
 #define POLL_MS 50
 #define RESTART_DRAIN_MS 5000       /* waiting for a failed producer's reports */
@@ -64,14 +62,6 @@ typedef struct resend {
     uint8_t data[];                 /* key, then value */
 } resend_t;
 
-typedef struct lane {
-    struct lane *next;
-    pgw_spool_writer_t writer;
-    pgw_jbuf_t out;                 /* records of one append */
-    pgw_spool_seg_t **holders;      /* scratch: segment per event */
-    span_t *span;                   /* open, or NULL; its owner thread only */
-} lane_t;
-
 typedef struct kafka_sink {
     pgw_sink_t base;                /* first: a pgw_sink_t * points here */
     char *topic;
@@ -81,25 +71,21 @@ typedef struct kafka_sink {
     rd_kafka_topic_t *rkt;
 
     bool spooled;
-    pgw_spool_t spool;
+    pgw_spooler_t spooler;          /* lanes: sink_state is the lane's open span */
     pgw_spool_seg_t *replayed_segs; /* from the start's replay; freed at close */
-    uint64_t spool_max, seg_max;
     pgw_spool_policy_t policy;
     unsigned close_timeout_ms;
-    pthread_key_t lane_key;
 
     pthread_t poller;
     pthread_mutex_t mu;
-    pthread_cond_t room;            /* block policy: appends wait for deletions */
     pthread_cond_t acked;           /* flush() waits */
     /* Guarded by mu. */
-    lane_t *lanes;
     resend_t *resend, **resend_tail;
-    bool stop, unblocked, fatal;
+    bool stop, fatal;
     uint64_t gap_dropped;           /* dropped since the last gap event */
     int64_t gap_from_us, gap_to_us;
     int64_t last_err_log_ms;
-    lane_t *poll_lane;              /* the poll thread's own (gap events) */
+    pgw_spool_lane_t *poll_lane;    /* the poll thread's own (gap events) */
 
     char host[256], instance[40];
     pgw_uuid7_t uuid;               /* poll thread only */
@@ -114,10 +100,8 @@ typedef struct kafka_sink {
     char rdclient[128];               /* whose it was (poll thread) */
 
     _Atomic uint64_t produced, delivered, delivery_errors, resent, replayed, restarts;
-    _Atomic uint64_t dropped, gaps, outstanding, bytes, batches, waits, wait_us, lost;
-    _Atomic uint64_t write_errors;
+    _Atomic uint64_t dropped, gaps, outstanding, bytes, batches, lost;
     _Atomic int64_t last_delivery_us;
-    _Atomic int last_errno;
     _Atomic bool ok;
 } kafka_sink_t;
 
@@ -183,14 +167,14 @@ static void span_release(kafka_sink_t *ks, span_t *sp, uint64_t n)
  * holding them; a new one when the segment changed or the open one is
  * SPAN_US old. NULL when out of memory: the events then keep their
  * segment until the next start sends them again. */
-static span_t *lane_span(kafka_sink_t *ks, lane_t *l, pgw_spool_seg_t *seg, uint64_t n)
+static span_t *lane_span(kafka_sink_t *ks, pgw_spool_lane_t *l, pgw_spool_seg_t *seg, uint64_t n)
 {
     int64_t now = pgw_event_now_us();
-    span_t *sp = l->span;
+    span_t *sp = l->sink_state;
     if (!sp || sp->seg != seg || now - sp->first_us >= SPAN_US || now < sp->first_us) {
         if (sp)
             span_release(ks, sp, SPAN_OPEN);
-        sp = l->span = span_open(ks, seg, now);
+        sp = l->sink_state = span_open(ks, seg, now);
         if (!sp) {
             pgw_error("kafka: out of memory tracking %" PRIu64 " event(s); they stay in the spool "
                       "for the next start", n);
@@ -459,80 +443,12 @@ static void send_resends(kafka_sink_t *ks)
     pthread_rwlock_unlock(&ks->rk_lock);
 }
 
-/* ------------------------------------------------------------ lanes */
+/* ------------------------------------------------------------ spooling */
 
-static void lane_free(lane_t *l)
+/* Counts the events of a batch dropped under the `drop` policy for the
+ * next audit_gap event. */
+static void count_dropped(kafka_sink_t *ks, size_t n)
 {
-    pgw_spool_writer_close(&l->writer);
-    pgw_jbuf_free(&l->out);
-    free(l->holders);
-    free(l);
-}
-
-static lane_t *lane_new(kafka_sink_t *ks)
-{
-    lane_t *l = calloc(1, sizeof *l);
-    if (!l)
-        return NULL;
-    pgw_spool_writer_init(&l->writer, &ks->spool, ks->seg_max);
-    pgw_jbuf_init(&l->out, 0);
-    pthread_mutex_lock(&ks->mu);
-    l->next = ks->lanes;
-    ks->lanes = l;
-    pthread_mutex_unlock(&ks->mu);
-    return l;
-}
-
-static lane_t *my_lane(kafka_sink_t *ks)
-{
-    lane_t *l = pthread_getspecific(ks->lane_key);
-    if (!l && (l = lane_new(ks)) != NULL)
-        pthread_setspecific(ks->lane_key, l);
-    return l;
-}
-
-static void on_free_space(void *ud)
-{
-    kafka_sink_t *ks = ud;
-    pthread_mutex_lock(&ks->mu);
-    pthread_cond_broadcast(&ks->room);
-    pthread_mutex_unlock(&ks->mu);
-}
-
-/* Block policy: waits until len more bytes fit under the cap (or
- * shutdown lifts the cap). */
-static void make_room(kafka_sink_t *ks, size_t len)
-{
-    if (atomic_load(&ks->spool.bytes) + len <= ks->spool_max)
-        return;
-    int64_t t0 = pgw_mono_us();
-    bool logged = false;
-    pthread_mutex_lock(&ks->mu);
-    while (!ks->unblocked && atomic_load(&ks->spool.bytes) + len > ks->spool_max) {
-        if (!logged) {
-            logged = true;
-            pgw_warn("kafka: spool full (%" PRIu64 " bytes): statements wait until Kafka "
-                     "acknowledges", (uint64_t)atomic_load(&ks->spool.bytes));
-        }
-        struct timespec ts = abs_real_ms(100);
-        pthread_cond_timedwait(&ks->room, &ks->mu, &ts);
-    }
-    pthread_mutex_unlock(&ks->mu);
-    add(&ks->waits, 1);
-    add(&ks->wait_us, (uint64_t)(pgw_mono_us() - t0));
-}
-
-static void drop_batch(kafka_sink_t *ks, lane_t *l, pgw_batch_t *b)
-{
-    uint64_t n = 0;
-    for (size_t i = 0; i < b->nrecs; i++) {
-        const pgw_batch_rec_t *r = &b->recs[i];
-        if (r->begin)
-            continue;
-        n++;
-        if (r->token)
-            pgw_spool_writer_resolve(&l->writer, r->token);
-    }
     if (!n)
         return;
     int64_t now = pgw_event_now_us();
@@ -548,105 +464,17 @@ static void drop_batch(kafka_sink_t *ks, lane_t *l, pgw_batch_t *b)
     pthread_mutex_unlock(&ks->mu);
 }
 
-enum { ALL_RECS, EVENTS_ONLY, BEGINS_ONLY };
-
-/* Encodes the records of b that filter selects into the lane's buffer. */
-static size_t encode_batch(lane_t *l, const pgw_batch_t *b, int filter)
-{
-    size_t n = 0;
-    pgw_jbuf_reset(&l->out);
-    for (size_t i = 0; i < b->nrecs; i++) {
-        const pgw_batch_rec_t *r = &b->recs[i];
-        if ((filter == EVENTS_ONLY && r->begin) || (filter == BEGINS_ONLY && !r->begin))
-            continue;
-        size_t s = pgw_batch_start(b, i), k0 = i ? b->recs[i - 1].key_end : 0;
-        pgw_spool_encode(&l->out, r->begin ? PGW_SPOOL_BEGIN : PGW_SPOOL_EVENT, r->token,
-                         b->keys.data + k0, r->key_end - k0, b->data.data + s, r->end - s - 1);
-        n++;
-    }
-    return n;
-}
-
-/* Writes the lane's buffer (retrying: a spool that cannot be written
- * holds statements back, as a full one does, since the crash guarantee
- * depends on it), then tracks the begins and resolves the completions of
- * the records filter selected. NULL: given up at shutdown. */
-static pgw_spool_seg_t *append_batch(kafka_sink_t *ks, lane_t *l, const pgw_batch_t *b, int filter,
-                                     int64_t holds)
+/* Spools (one write, spooler.h) and produces the events of b. */
+static void spool_and_produce(kafka_sink_t *ks, pgw_spool_lane_t *l, pgw_batch_t *b)
 {
     pgw_spool_seg_t *seg = NULL;
-    int rc;
-    int64_t retry_ms = 10;
-    while ((rc = pgw_spool_writer_append(&l->writer, l->out.data, l->out.len, holds, &seg)) != 0) {
-        add(&ks->write_errors, 1);
-        atomic_store(&ks->last_errno, -rc);
-        pgw_error("kafka: writing the spool failed: %s; retrying", strerror(-rc));
-        pthread_mutex_lock(&ks->mu);
-        bool give_up = ks->unblocked;
-        pthread_mutex_unlock(&ks->mu);
-        if (give_up) {
-            pgw_error("kafka: shutting down: events are sent unspooled");
-            return NULL;
-        }
-        struct timespec ts = { 0, retry_ms * 1000000 };
-        nanosleep(&ts, NULL);
-        if (retry_ms < 1000)
-            retry_ms *= 2;
-    }
-    for (size_t i = 0; i < b->nrecs; i++) {
-        const pgw_batch_rec_t *r = &b->recs[i];
-        if ((filter == EVENTS_ONLY && r->begin) || (filter == BEGINS_ONLY && !r->begin))
-            continue;
-        if (r->begin) {
-            if (pgw_spool_writer_track(&l->writer, r->token, seg) != 0)
-                pgw_warn("kafka: out of memory tracking a begun statement");
-        } else if (r->token) {
-            pgw_spool_writer_resolve(&l->writer, r->token);
-        }
-    }
-    pgw_spool_writer_sweep(&l->writer);
-    return seg;
-}
+    size_t nsend = pgw_spooler_events(b);
 
-/* Spools (one write) and produces the events of b.
- *
- * The size cap applies to new statements: under `block`, a full spool
- * holds back the batch's begin records (the loop thread waits, so its
- * statements are not forwarded), while the completions and session
- * events it carries are written past the cap, since they are what lets
- * the segments of earlier begins go. Under `drop`, the whole batch is
- * dropped and counted. */
-static void spool_and_produce(kafka_sink_t *ks, lane_t *l, pgw_batch_t *b)
-{
-    pgw_spool_seg_t *seg = NULL;
-    size_t nsend = 0;
-    for (size_t i = 0; i < b->nrecs; i++)
-        nsend += !b->recs[i].begin;
-
-    if (ks->spooled && l) {
-        encode_batch(l, b, ALL_RECS);
-        if (l->out.failed) {
-            pgw_error("kafka: out of memory spooling %zu event(s); they are sent unspooled", nsend);
-        } else if (atomic_load(&ks->spool.bytes) + l->out.len <= ks->spool_max) {
-            seg = append_batch(ks, l, b, ALL_RECS, (int64_t)nsend);
-        } else {
-            /* This lane's open segment may hold acknowledged events only:
-             * closing it lets its deletion free room. */
-            pgw_spool_writer_seal(&l->writer);
-            if (ks->policy == PGW_SPOOL_DROP &&
-                atomic_load(&ks->spool.bytes) + l->out.len > ks->spool_max) {
-                drop_batch(ks, l, b);
-                return;
-            }
-            if (nsend && encode_batch(l, b, EVENTS_ONLY) && !l->out.failed)
-                seg = append_batch(ks, l, b, EVENTS_ONLY, (int64_t)nsend);
-            if (encode_batch(l, b, BEGINS_ONLY) && !l->out.failed) {
-                make_room(ks, l->out.len);
-                (void)append_batch(ks, l, b, BEGINS_ONLY, 0);
-            }
-        }
+    if (ks->spooled && l &&
+        pgw_spooler_append(&ks->spooler, l, b, &seg) == PGW_SPOOL_DROPPED) {
+        count_dropped(ks, nsend);
+        return;
     }
-
     if (!nsend)
         return;
     span_t *span = seg ? lane_span(ks, l, seg, nsend) : NULL;
@@ -667,7 +495,7 @@ static void emit_gap(kafka_sink_t *ks)
     /* "Once Kafka is back": a delivery after the last drop. */
     if (!n || atomic_load(&ks->last_delivery_us) <= to)
         return;
-    if (ks->spooled && atomic_load(&ks->spool.bytes) + 4096 > ks->spool_max)
+    if (ks->spooled && atomic_load(&ks->spooler.spool.bytes) + 4096 > ks->spooler.max)
         return;
     pgw_event_t ev;
     pgw_event_init(&ev, PGW_EVENT_AUDIT_GAP, pgw_event_now_us(), &ks->uuid);
@@ -681,7 +509,7 @@ static void emit_gap(kafka_sink_t *ks)
     if (!b)
         return;
     if (!ks->poll_lane && ks->spooled)
-        ks->poll_lane = my_lane(ks);
+        ks->poll_lane = pgw_spooler_lane(&ks->spooler);
     pgw_jbuf_t line;
     pgw_jbuf_init(&line, 0);
     if (pgw_event_encode(&ev, &line) != 0 || pgw_batch_append(b, line.data, line.len, (pgw_str_t){ 0 }) != 0)
@@ -723,7 +551,7 @@ static void *poll_main(void *arg)
 static int k_submit_batch(pgw_sink_t *s, pgw_batch_t *b)
 {
     kafka_sink_t *ks = (kafka_sink_t *)s;
-    lane_t *l = ks->spooled ? my_lane(ks) : NULL;
+    pgw_spool_lane_t *l = ks->spooled ? pgw_spooler_lane(&ks->spooler) : NULL;
     if (ks->spooled && !l)
         pgw_error("kafka: out of memory for a spool writer: %zu event(s) sent unspooled",
                   b->nrecs);
@@ -754,18 +582,21 @@ static int k_reopen(pgw_sink_t *s)
 static void k_health(pgw_sink_t *s, pgw_sink_health_t *h)
 {
     kafka_sink_t *ks = (kafka_sink_t *)s;
+    pgw_spooler_stats_t sp = { 0 };
+    if (ks->spooled)
+        pgw_spooler_stats(&ks->spooler, &sp);
     memset(h, 0, sizeof *h);
     h->ok = atomic_load(&ks->ok);
-    h->last_errno = atomic_load(&ks->last_errno);
+    h->last_errno = ks->spooled ? atomic_load(&ks->spooler.last_errno) : 0;
     h->events = atomic_load(&ks->delivered);
     h->bytes = atomic_load(&ks->bytes);
     h->batches = atomic_load(&ks->batches);
-    h->write_errors = atomic_load(&ks->write_errors) + atomic_load(&ks->delivery_errors);
-    h->producer_waits = atomic_load(&ks->waits);
-    h->producer_wait_us = atomic_load(&ks->wait_us);
+    h->write_errors = sp.failed_appends + atomic_load(&ks->delivery_errors);
+    h->producer_waits = sp.waits;
+    h->producer_wait_us = sp.wait_us;
     h->events_lost = atomic_load(&ks->lost);
     h->queued_events = atomic_load(&ks->outstanding);
-    h->queued_bytes = ks->spooled ? atomic_load(&ks->spool.bytes) : 0;
+    h->queued_bytes = sp.bytes;
 }
 
 void pgw_kafka_sink_stats(pgw_sink_t *s, pgw_kafka_stats_t *st)
@@ -780,16 +611,16 @@ void pgw_kafka_sink_stats(pgw_sink_t *s, pgw_kafka_stats_t *st)
     st->producer_restarts = atomic_load(&ks->restarts);
     st->dropped = atomic_load(&ks->dropped);
     st->gap_events = atomic_load(&ks->gaps);
-    st->spool_bytes = ks->spooled ? atomic_load(&ks->spool.bytes) : 0;
     st->outstanding = atomic_load(&ks->outstanding);
     st->oldest_unacked_us = ks->spooled ? oldest_unacked_us(ks) : 0;
-    pthread_mutex_lock(&ks->mu);
-    for (lane_t *l = ks->lanes; l; l = l->next) {
-        st->spool_writes += l->writer.writes;
-        st->spool_bytes_written += l->writer.bytes_written;
-        st->spool_write_errors += l->writer.write_errors;
+    if (ks->spooled) {
+        pgw_spooler_stats_t sp;
+        pgw_spooler_stats(&ks->spooler, &sp);
+        st->spool_bytes = sp.bytes;
+        st->spool_writes = sp.writes;
+        st->spool_bytes_written = sp.bytes_written;
+        st->spool_write_errors = sp.write_errors;
     }
-    pthread_mutex_unlock(&ks->mu);
 }
 
 void pgw_kafka_sink_client_stats(pgw_sink_t *s, pgw_kafka_client_stats_t *out)
@@ -813,10 +644,8 @@ int pgw_kafka_sink_inject_fatal(pgw_sink_t *s)
 static void k_unblock(pgw_sink_t *s)
 {
     kafka_sink_t *ks = (kafka_sink_t *)s;
-    pthread_mutex_lock(&ks->mu);
-    ks->unblocked = true;
-    pthread_cond_broadcast(&ks->room);
-    pthread_mutex_unlock(&ks->mu);
+    if (ks->spooled)
+        pgw_spooler_unblock(&ks->spooler);
 }
 
 static void free_sink(kafka_sink_t *ks)
@@ -844,19 +673,12 @@ static void free_sink(kafka_sink_t *ks)
         ks->spans = sp->next;
         free(sp);
     }
-    while (ks->lanes) {
-        lane_t *l = ks->lanes;
-        ks->lanes = l->next;
-        lane_free(l);
-    }
-    if (ks->spooled || ks->spool.dir)
-        pgw_spool_destroy(&ks->spool);
-    pthread_key_delete(ks->lane_key);
+    if (ks->spooled)
+        pgw_spooler_destroy(&ks->spooler);
     pthread_rwlock_destroy(&ks->rk_lock);
     pthread_mutex_destroy(&ks->mu);
     pthread_mutex_destroy(&ks->spans_mu);
     pthread_mutex_destroy(&ks->stats_mu);
-    pthread_cond_destroy(&ks->room);
     pthread_cond_destroy(&ks->acked);
     free(ks->topic);
     pgw_sink_base_destroy(&ks->base);
@@ -948,18 +770,10 @@ int pgw_kafka_sink_open(const pgw_kafka_sink_config_t *cfg, pgw_sink_t **out)
     pthread_mutex_init(&ks->mu, NULL);
     pthread_mutex_init(&ks->spans_mu, NULL);
     pthread_mutex_init(&ks->stats_mu, NULL);
-    pthread_cond_init(&ks->room, NULL);
     pthread_cond_init(&ks->acked, NULL);
-    pthread_key_create(&ks->lane_key, NULL);
     ks->resend_tail = &ks->resend;
     ks->policy = cfg->policy;
     ks->close_timeout_ms = cfg->close_timeout_ms ? cfg->close_timeout_ms : CLOSE_TIMEOUT_MS_DEFAULT;
-    ks->spool_max = cfg->spool_max_bytes ? cfg->spool_max_bytes : SPOOL_MAX_DEFAULT;
-    ks->seg_max = ks->spool_max / 8;
-    if (ks->seg_max > SEG_MAX)
-        ks->seg_max = SEG_MAX;
-    if (ks->seg_max < SEG_MIN)
-        ks->seg_max = SEG_MIN;
     atomic_store(&ks->ok, true);
     snprintf(ks->host, sizeof ks->host, "%s", cfg->observer_host ? cfg->observer_host : "");
     snprintf(ks->instance, sizeof ks->instance, "%s",
@@ -973,7 +787,8 @@ int pgw_kafka_sink_open(const pgw_kafka_sink_config_t *cfg, pgw_sink_t **out)
 
     /* Ours first, the operator's properties after: they may override. */
     char qkb[32];
-    snprintf(qkb, sizeof qkb, "%" PRIu64, ks->spool_max / 1024 + 65536);
+    snprintf(qkb, sizeof qkb, "%" PRIu64,
+             (cfg->spool_max_bytes ? cfg->spool_max_bytes : PGW_SPOOL_MAX_DEFAULT) / 1024 + 65536);
     const char *defaults[][2] = {
         { "bootstrap.servers", cfg->brokers },
         { "enable.idempotence", "true" },
@@ -1015,14 +830,13 @@ int pgw_kafka_sink_open(const pgw_kafka_sink_config_t *cfg, pgw_sink_t **out)
         goto fail;
 
     if (cfg->spool_dir) {
-        if ((rc = pgw_spool_init(&ks->spool, cfg->spool_dir)) != 0)
+        if ((rc = pgw_spooler_init(&ks->spooler, cfg->spool_dir, cfg->spool_max_bytes,
+                                   SEG_CAP, cfg->policy, "kafka")) != 0)
             goto fail;
-        ks->spool.on_free_space = on_free_space;
-        ks->spool.ud = ks;
         ks->spooled = true;
         ks->base.durable = true;
         pthread_rwlock_rdlock(&ks->rk_lock);
-        ssize_t n = pgw_spool_replay(&ks->spool, replay_one, ks, &ks->replayed_segs);
+        ssize_t n = pgw_spool_replay(&ks->spooler.spool, replay_one, ks, &ks->replayed_segs);
         pthread_rwlock_unlock(&ks->rk_lock);
         if (ks->replay_span)
             span_release(ks, ks->replay_span, SPAN_OPEN);

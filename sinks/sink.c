@@ -133,6 +133,8 @@ void pgw_sink_batch_put(pgw_sink_t *s, pgw_batch_t *b)
     pgw_jbuf_reset(&b->keys);
     b->nrecs = 0;
     b->next = NULL;
+    b->spool_seg = NULL;
+    b->spool_refs = 0;
     /* One huge event must not pin its memory forever. */
     if (b->data.cap > 4 * s->limits.batch_bytes)
         pgw_jbuf_free(&b->data);

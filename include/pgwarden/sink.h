@@ -64,6 +64,11 @@ typedef struct pgw_batch {
     pgw_jbuf_t keys;
     pgw_batch_rec_t *recs;
     size_t nrecs, caprecs;
+    /* A sink that spools before delivering (the file sink with a spool):
+     * the segment holding these events, one reference per event, released
+     * once they are delivered; NULL otherwise. */
+    struct pgw_spool_seg *spool_seg;
+    uint64_t spool_refs;
 } pgw_batch_t;
 
 /* Appends one encoded event, which must be a single line ending in '\n',
@@ -97,6 +102,8 @@ typedef struct pgw_sink_health {
     uint64_t events_lost;        /* given up at close (see above); always logged */
     uint64_t queued_events;      /* handed over, not yet written */
     uint64_t queued_bytes;
+    uint64_t spool_bytes;        /* durable sinks: the spool on disk */
+    uint64_t replayed;           /* durable sinks: events delivered again from the spool at open */
 } pgw_sink_health_t;
 
 /* What every sink implements. Every function may be called from any thread
@@ -221,12 +228,21 @@ typedef struct pgw_file_sink_config {
     size_t max_queued_bytes;     /* hand-offs wait above this; 0: 64 MiB */
     unsigned close_timeout_ms;   /* retrying failed writes at close; 0: 10 s */
     unsigned file_mode;          /* for a created file; 0: 0600 (events hold SQL) */
+    /* A durable spool (as the Kafka sink's, full policy `block`): every
+     * statement is recorded there before it is forwarded and every event
+     * until it is written, so a crash of pgwarden loses nothing; the next
+     * open writes what is left, statements never answered with status
+     * unknown. NULL: no spool (a crash loses the events not yet written). */
+    const char *spool_dir;
+    uint64_t spool_max_bytes;    /* 0: 1 GiB */
     pgw_sink_limits_t limits;
 } pgw_file_sink_config_t;
 
 /* Opens (creates, appends to) the file and starts the writer thread. A file
  * that does not end in '\n' (a line cut by a crash) gets one first, so new
- * events never join a broken line. Returns 0, or -errno from open(2) or
+ * events never join a broken line. With a spool, what an earlier run left
+ * there is written first (at-least-once: events written just before a
+ * crash may appear twice, with the same event_id). Returns 0, or -errno from open(2) or
  * pthread_create, already logged. The writer never changes signal
  * dispositions: ignore SIGPIPE in the process when writing to a pipe. */
 int pgw_file_sink_open(const pgw_file_sink_config_t *cfg, pgw_sink_t **out)

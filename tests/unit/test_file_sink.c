@@ -10,7 +10,10 @@
  *     producers wait, nothing is lost, and when the limit goes away every
  *     event is written once, whole;
  *   - /dev/full: errors counted, and at close the loss is counted, not silent;
- *   - producer timing: due_ms, tick, flush. */
+ *   - producer timing: due_ms, tick, flush;
+ *   - with a spool: begin records never reach the file; after a process
+ *     dies without closing, the next open writes each statement it began
+ *     and never completed (status unknown) once, and the spool empties. */
 #include "check.h"
 #include "json_validate.h"
 
@@ -19,8 +22,10 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <dirent.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include "pgwarden/event.h"
@@ -706,6 +711,140 @@ static void test_fsync(void)
     unlink(path);
 }
 
+/* Lines of path: how many, and how many hold needle. */
+static size_t count_lines(const char *path, const char *needle, size_t *with)
+{
+    char line[4096];
+    size_t n = 0;
+    FILE *f = fopen(path, "r");
+    *with = 0;
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f)) {
+        n++;
+        *with += strstr(line, needle) != NULL;
+    }
+    fclose(f);
+    return n;
+}
+
+/* Distinct event_id values in path (at most 64 looked at). */
+static size_t distinct_ids(const char *path)
+{
+    char line[4096], ids[64][37];
+    size_t n = 0;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f) && n < 64) {
+        const char *p = strstr(line, "\"event_id\":\"");
+        if (!p)
+            continue;
+        p += 12;
+        bool seen = false;
+        for (size_t i = 0; i < n && !seen; i++)
+            seen = strncmp(ids[i], p, 36) == 0;
+        if (!seen) {
+            memcpy(ids[n], p, 36);
+            ids[n++][36] = 0;
+        }
+    }
+    fclose(f);
+    return n;
+}
+
+static size_t segments_in(const char *dir)
+{
+    size_t n = 0;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    if (!d)
+        return 0;
+    while ((e = readdir(d)) != NULL)
+        n += strstr(e->d_name, ".seg") != NULL;
+    closedir(d);
+    return n;
+}
+
+static void spooled_emit(pgw_sink_producer_t *p, uint64_t seq, pgw_result_status_t status, bool begin,
+                         uint64_t token)
+{
+    pgw_event_t ev;
+    char sid[16];
+    make_event(&ev, sid, 0, seq, NULL);
+    ev.result.status = status;
+    CHECK_EQ(pgw_sink_emit_rec(p, &ev, begin, token), 0);
+}
+
+static void test_spool_crash(void)
+{
+    char path[256], spool[256];
+    pgw_sink_t *sink;
+    pgw_sink_producer_t p;
+    pgw_sink_health_t h;
+    size_t unknown, n;
+
+    path_in(path, sizeof path, "durable.jsonl");
+    path_in(spool, sizeof spool, "spool");
+    pgw_file_sink_config_t cfg = { .path = path, .spool_dir = spool, .spool_max_bytes = 1 << 20 };
+
+    /* A process that begins three statements, completes one, writes one
+     * other event and dies without closing anything. */
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (pgw_file_sink_open(&cfg, &sink) != 0 || !sink->durable)
+            _exit(2);
+        pgw_sink_producer_init(&p, sink);
+        spooled_emit(&p, 1, PGW_STATUS_UNKNOWN, true, 1);
+        spooled_emit(&p, 1, PGW_STATUS_OK, false, 1);
+        spooled_emit(&p, 2, PGW_STATUS_UNKNOWN, true, 2);
+        pgw_sink_producer_flush(&p);
+        spooled_emit(&p, 3, PGW_STATUS_UNKNOWN, true, 3);   /* a batch of begins only */
+        pgw_sink_producer_flush(&p);
+        spooled_emit(&p, 4, PGW_STATUS_OK, false, 0);
+        pgw_sink_producer_flush(&p);
+        _exit(pgw_sink_flush(sink, 5000) == 0 ? 0 : 3);
+    }
+    int st;
+    CHECK_EQ(waitpid(pid, &st, 0), pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK_EQ(count_lines(path, "\"unknown\"", &unknown), 2);   /* seq 1 ok, seq 4 */
+    CHECK_EQ(unknown, 0);
+    CHECK(segments_in(spool) >= 1);
+
+    /* The next open writes the two statements never completed, and again
+     * the events of the segment the process was filling (at-least-once:
+     * the same event_id, so a consumer can drop them). */
+    CHECK_EQ(pgw_file_sink_open(&cfg, &sink), 0);
+    CHECK(sink->durable);
+    CHECK_EQ(pgw_sink_flush(sink, 5000), 0);
+    pgw_sink_health(sink, &h);
+    CHECK_EQ(h.replayed, 4);
+    pgw_sink_close(sink);
+    CHECK_EQ(count_lines(path, "\"unknown\"", &unknown), 6);
+    CHECK_EQ(unknown, 2);
+    CHECK_EQ(distinct_ids(path), 4);
+    CHECK(count_lines(path, "\"seq\":2}", &n) == 6 && n == 1);
+    CHECK(count_lines(path, "\"seq\":3}", &n) == 6 && n == 1);
+    CHECK_EQ(segments_in(spool), 0);
+
+    /* A clean run: a begin and its completion, nothing left to replay. */
+    CHECK_EQ(pgw_file_sink_open(&cfg, &sink), 0);
+    pgw_sink_producer_init(&p, sink);
+    spooled_emit(&p, 5, PGW_STATUS_UNKNOWN, true, 1);
+    spooled_emit(&p, 5, PGW_STATUS_OK, false, 1);
+    pgw_sink_producer_close(&p);
+    pgw_sink_health(sink, &h);
+    CHECK_EQ(h.replayed, 0);
+    pgw_sink_close(sink);
+    CHECK_EQ(count_lines(path, "\"unknown\"", &unknown), 7);
+    CHECK_EQ(unknown, 2);
+    CHECK_EQ(distinct_ids(path), 5);
+    CHECK_EQ(segments_in(spool), 0);
+    unlink(path);
+    rmdir(spool);
+}
+
 static void test_open_errors(void)
 {
     pgw_sink_t *sink = (pgw_sink_t *)1;
@@ -730,6 +869,7 @@ int main(void)
     test_unblock();
     test_producer_timing();
     test_fsync();
+    test_spool_crash();
     test_open_errors();
     rmdir(g_dir);
     CHECK_DONE();
