@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ALL_PROXIES, Proxy, free_port, running_cluster
+from harness import ALL_PROXIES, Proxy, free_port, pgbench, running_cluster
 from test_event_schema import assert_valid_audit_file
 
 
@@ -19,6 +19,18 @@ from test_event_schema import assert_valid_audit_file
 def pg():
     with running_cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def audited_pg():
+    """A cluster of its own with pgAudit logging every statement it runs
+    (the oracle of the crash tests), and pgbench's tables in crashbench."""
+    with running_cluster(extra_conf="shared_preload_libraries = 'pgaudit'\npgaudit.log = 'all'\n"
+                                    "log_min_messages = warning\n",
+                         setup_sql="CREATE EXTENSION IF NOT EXISTS pgaudit") as c:
+        c.sql("CREATE DATABASE crashbench")
+        pgbench(c, "-i", "-q", "-s", "1", dbname="crashbench")
+        yield c
 
 
 @pytest.fixture(scope="session")

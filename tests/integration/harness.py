@@ -10,6 +10,7 @@ Environment:
 """
 
 import os
+import re
 import pwd
 import shutil
 import signal
@@ -454,6 +455,19 @@ def psql(target, *args, dbname="postgres", user=SUPERUSER, check=True, **kw):
 def pgbench(target, *args, dbname="postgres", check=True, **kw):
     cmd = [pg_tool("pgbench")] + target.conn_args() + list(args) + [dbname]
     return run(cmd, check=check, **kw)
+
+
+def pgaudit_count(cluster, pattern):
+    """Statements pgAudit logged in cluster's server log whose text matches
+    pattern (the oracle of the crash tests)."""
+    rx = re.compile(r"AUDIT: SESSION,\d+,\d+,[A-Z_]+,[^,]*,[^,]*,[^,]*,(.*)")
+    want = re.compile(pattern, re.I)
+    n = 0
+    for line in cluster.logfile.read_text(errors="replace").splitlines():
+        m = rx.search(line)
+        if m and want.search(m.group(1).strip('"')):
+            n += 1
+    return n
 
 
 def tool(name, target, *args, check=True, **kw):

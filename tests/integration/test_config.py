@@ -104,6 +104,11 @@ def test_errors_name_file_line_and_option(tmp_path):
         (good + "audit-file = a.jsonl\naudit-file-max-bytes = 100\n",
          r"--audit-file-max-bytes: 100 is below 4096"),
         (good + "audit-file = a.jsonl\naudit-file-keep = 0\n", r"--audit-file-keep: \"0\" is not a number in"),
+        (good + "spool-dir = /tmp/s\n", r"--spool-dir needs an audit sink: --audit-file or --kafka-brokers"),
+        (good + "audit-file = a.jsonl\nspool-dir = /tmp/s\nspool-full-policy = drop\n",
+         r"--spool-full-policy drop needs the Kafka sink"),
+        (good + "audit-file = a.jsonl\nkafka-property = acks=1\n",
+         r"--kafka-property needs --kafka-brokers and --kafka-topic"),
     ]
     for text, pattern in cases:
         ini = tmp_path / "bad.ini"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import (PGW_BINARY, client_env, free_port, pg_tool, pgbench, psql, running_cluster,
-                     wait_until)
+from harness import (PGW_BINARY, client_env, free_port, pg_tool, pgaudit_count, pgbench, psql,
+                     running_cluster, wait_until)
 from kafka_broker import KafkaBroker
 from test_event_schema import _shape, assert_valid_events, load_validator
 
@@ -337,28 +337,6 @@ def test_spool_full_block_waits(kafka, topic, pg, start_proxy, tmp_path):
 
 
 # ---------------------------------------------------------------- crash, with pgAudit as the oracle
-
-
-@pytest.fixture(scope="module")
-def audited_pg():
-    """A cluster of its own with pgAudit logging every statement it runs."""
-    with running_cluster(extra_conf="shared_preload_libraries = 'pgaudit'\npgaudit.log = 'all'\n"
-                                    "log_min_messages = warning\n",
-                         setup_sql="CREATE EXTENSION IF NOT EXISTS pgaudit") as c:
-        c.sql("CREATE DATABASE crashbench")
-        pgbench(c, "-i", "-q", "-s", "1", dbname="crashbench")
-        yield c
-
-
-def pgaudit_count(cluster, pattern):
-    rx = re.compile(r"AUDIT: SESSION,\d+,\d+,[A-Z_]+,[^,]*,[^,]*,[^,]*,(.*)")
-    want = re.compile(pattern, re.I)
-    n = 0
-    for line in cluster.logfile.read_text(errors="replace").splitlines():
-        m = rx.search(line)
-        if m and want.search(m.group(1).strip('"')):
-            n += 1
-    return n
 
 
 def test_sigkill_replays_spool(kafka, topic, audited_pg, start_proxy, tmp_path):

@@ -1,0 +1,123 @@
+"""The audit file with a spool (--spool-dir): statements are recorded on
+disk before they are forwarded and events are kept until they are in the
+file, so a SIGKILLed pgwarden loses no statement the server ran (pgAudit in
+the server is the oracle); a clean run leaves the spool empty and the file
+holds no begin records."""
+
+import json
+import subprocess
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+from harness import client_env, free_port, pg_tool, pgaudit_count, psql, wait_until
+from test_event_schema import assert_valid_audit_file
+
+
+def file_events(path):
+    """The events of the audit file (and its rotated files), each once: a
+    replay after a crash may write an event again, with its event_id."""
+    seen, out = set(), []
+    for p in sorted(Path(path).parent.glob(Path(path).name + "*")):
+        for line in p.read_bytes().splitlines():
+            e = json.loads(line)
+            if e["event_id"] not in seen:
+                seen.add(e["event_id"])
+                out.append(e)
+    return out
+
+
+def statements(evs, prefix):
+    return [e for e in evs if e["kind"] == "statement"
+            and e["statement"].get("text", "").startswith(prefix)]
+
+
+def record_bytes(path):
+    """A segment's length up to its last record (the segment being filled
+    is preallocated: zeros after its records)."""
+    return len(Path(path).read_bytes().rstrip(b"\0"))
+
+
+def test_sigkill_loses_no_statement(audited_pg, start_proxy, tmp_path):
+    """pgwarden is SIGKILLed in the middle of a pgbench run and restarted on
+    the same spool: every statement the server executed (as pgAudit logged
+    it) has its event in the file, those never answered with status
+    unknown, and no session's seq numbers have a gap."""
+    c = audited_pg
+    audit, spool = tmp_path / "audit.jsonl", tmp_path / "spool"
+    args = ["--audit-file", str(audit), "--spool-dir", str(spool)]
+    p = start_proxy(upstream="127.0.0.1:%d" % c.port, extra_args=args)
+    before_upd = pgaudit_count(c, r"^UPDATE pgbench_accounts")
+    before_ins = pgaudit_count(c, r"^INSERT INTO pgbench_history")
+    proc = subprocess.Popen([pg_tool("pgbench")] + p.conn_args()
+                            + ["-n", "-c", "4", "-j", "2", "-T", "20", "-R", "300", "crashbench"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=client_env())
+    time.sleep(4)
+    p.kill()
+    proc.wait(timeout=60)           # its connections are gone: pgbench fails
+    time.sleep(1)                   # the server finishes what it was running
+    upd = pgaudit_count(c, r"^UPDATE pgbench_accounts") - before_upd
+    ins = pgaudit_count(c, r"^INSERT INTO pgbench_history") - before_ins
+    assert upd > 500
+    assert list(spool.glob("*.seg")), "the killed process left its spool"
+
+    q = start_proxy(upstream="127.0.0.1:%d" % c.port, extra_args=args)
+    wait_until(lambda: "written again" in q.log_tail(50000), 15, what="the replay")
+    assert q.stop(timeout=30) == 0, q.log_tail()
+    assert_valid_audit_file(audit)
+    evs = file_events(audit)
+    f_upd = statements(evs, "UPDATE pgbench_accounts")
+    f_ins = statements(evs, "INSERT INTO pgbench_history")
+    assert len(f_upd) >= upd, "server ran %d UPDATEs, the file has %d" % (upd, len(f_upd))
+    assert len(f_ins) >= ins, "server ran %d INSERTs, the file has %d" % (ins, len(f_ins))
+    assert {e["result"]["status"] for e in statements(evs, "")} <= {"ok", "unknown", "error"}
+
+    per_seq = defaultdict(set)
+    for e in evs:
+        if e["session"]["id"] and e["kind"] in ("session_start", "statement", "session_end"):
+            per_seq[e["session"]["id"]].add(e["session"]["seq"])
+    killed = [sid for sid in per_seq
+              if any(e["session"]["id"] == sid and e["client"].get("application") == "pgbench"
+                     for e in evs)]
+    assert len(killed) >= 4
+    for sid in killed:
+        seqs = sorted(per_seq[sid])
+        assert seqs == list(range(1, len(seqs) + 1)), "session %s: seq gaps %s" % (sid, seqs[-20:])
+    # A statement is there once: completed, or begun (unknown), never both.
+    status = defaultdict(set)
+    for e in statements(evs, ""):
+        status[(e["session"]["id"], e["session"]["seq"])].add(e["result"]["status"])
+    both = [k for k, v in status.items() if "unknown" in v and len(v) > 1]
+    assert not both, "completed statements also written as unknown: %s" % both[:5]
+    # Replayed and delivered: the spool holds nothing more.
+    assert sum(record_bytes(s) for s in spool.glob("*.seg")) < 100
+
+
+def test_clean_run_empties_the_spool(pg, start_proxy, tmp_path):
+    """Without a crash, every statement has one event, none unknown, begin
+    records never reach the file, the spool is empty at the end and the
+    metrics show it."""
+    audit, spool = tmp_path / "audit.jsonl", tmp_path / "spool"
+    mport = free_port()
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port,
+                    extra_args=["--audit-file", str(audit), "--spool-dir", str(spool),
+                                "--metrics-listen", "127.0.0.1:%d" % mport])
+    psql(p, "-c", "CREATE TABLE IF NOT EXISTS spooled (i int)",
+         "-c", "INSERT INTO spooled SELECT generate_series(1, 10)",
+         "-c", "SELECT count(*) FROM spooled", "-c", "DROP TABLE spooled",
+         env=client_env(PGAPPNAME="spooled"))
+    metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5).read().decode()
+    assert "pgwarden_audit_file_spool_bytes " in metrics
+    assert "pgwarden_audit_file_replayed_total 0" in metrics
+    assert list(spool.glob("*.seg")), "statements went through the spool"
+    assert p.stop(timeout=20) == 0, p.log_tail()
+
+    assert assert_valid_audit_file(audit) >= 6
+    evs = [json.loads(line) for line in audit.read_bytes().splitlines()]
+    assert len({e["event_id"] for e in evs}) == len(evs), "an event written twice"
+    mine = [e for e in evs if e.get("client", {}).get("application") == "spooled"]
+    assert [e["kind"] for e in mine] == ["session_start"] + ["statement"] * 4 + ["session_end"]
+    assert [e["result"]["status"] for e in mine if e["kind"] == "statement"] == ["ok"] * 4
+    assert [e["session"]["seq"] for e in mine] == list(range(1, 7))
+    assert not list(spool.glob("*.seg")) or sum(record_bytes(s) for s in spool.glob("*.seg")) < 100
