@@ -158,6 +158,8 @@ def key_ratios(targets, modes, clients, summary, results, skipped):
              ("pgwarden-audit-tcp", "direct"),
              ("pgwarden-audit-scraped-tcp", "pgwarden-audit-tcp"),
              ("pgwarden-policy-tcp", "pgwarden-audit-tcp")]
+    if "pgwarden-spool-tcp" in targets:
+        pairs += [("pgwarden-spool-tcp", "fwdlimit-tcp"), ("pgwarden-spool-tcp", "pgwarden-audit-tcp")]
     if "pgwarden-kafka-tcp" in targets:
         pairs += [("pgwarden-kafka-tcp", "fwdlimit-tcp"), ("pgwarden-kafka-tcp", "pgwarden-audit-tcp")]
     if "pgbouncer-unix" in targets:

@@ -14,6 +14,8 @@ Targets (all on loopback, the clients always speak TCP to the target):
                   full audit to the file sink (--audit-file), TCP or unix upstream
   pgwarden-audit-scraped-tcp
                   the same with /metrics scraped every second
+  pgwarden-spool-tcp  full audit to the file sink with its durable spool (--spool-dir:
+                  statements spooled before they are forwarded), TCP upstream
   pgwarden-kafka-tcp  full audit to the Kafka sink and its spool, TCP upstream; a
                   single KRaft broker on this machine (tests/integration/kafka_broker.py,
                   needs the JDK, Maven's cache and confluent-kafka: bench/run.sh uses
@@ -61,7 +63,8 @@ from benchlib import (BENCH_DIR, CLEANUP, DB, DBUSER, KAFKA_TOPIC, CpuWindow, bu
 
 ALL_TARGETS = ["direct", "direct-tls", "fwdlimit-tcp", "fwdlimit-unix", "pgbouncer", "pgbouncer-unix",
                "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix",
-               "pgwarden-audit-scraped-tcp", "pgwarden-kafka-tcp", "pgwarden-policy-tcp", "pgwarden-tls",
+               "pgwarden-audit-scraped-tcp", "pgwarden-spool-tcp", "pgwarden-kafka-tcp", "pgwarden-policy-tcp",
+               "pgwarden-tls",
                "pgwarden-tls2", "pgwarden-audit-tls"]
 DEFAULT_TARGETS = ["direct", "fwdlimit-tcp", "fwdlimit-unix", "pgbouncer",
                    "pgwarden-tcp", "pgwarden-unix", "pgwarden-audit-tcp", "pgwarden-audit-unix"]
@@ -179,6 +182,9 @@ def start_targets(args, tmp, runas, env, direct, sockdir, pgw_bin, fwd_bin, skip
             cmd = [pgw_bin] + listen + ["--upstream", up_tcp] + pgw_common
         elif name == "pgwarden-unix":
             cmd = [pgw_bin] + listen + ["--upstream", sockdir] + pgw_common
+        elif name == "pgwarden-spool-tcp":
+            cmd = [pgw_bin] + listen + ["--upstream", up_tcp, "--audit-file", os.path.join(tmp, name + ".jsonl"),
+                                        "--spool-dir", os.path.join(tmp, "file-spool")] + pgw_common
         elif name == "pgwarden-kafka-tcp":
             broker, err = start_kafka(tmp)
             if err:

@@ -16,8 +16,8 @@ from test_event_schema import assert_valid_audit_file
 
 
 def file_events(path):
-    """The events of the audit file (and its rotated files), each once: a
-    replay after a crash may write an event again, with its event_id."""
+    """The events of the audit file (and its rotated files), each once (a
+    replay after a crash may write an event again, with its event_id)."""
     seen, out = set(), []
     for p in sorted(Path(path).parent.glob(Path(path).name + "*")):
         for line in p.read_bytes().splitlines():
@@ -67,6 +67,10 @@ def test_sigkill_loses_no_statement(audited_pg, start_proxy, tmp_path):
     assert q.stop(timeout=30) == 0, q.log_tail()
     assert_valid_audit_file(audit)
     evs = file_events(audit)
+    # The events written just before the kill are still in the spool; the
+    # restart finds them in the file and does not write them again.
+    assert len(audit.read_bytes().splitlines()) == len(evs), "an event written twice"
+    assert "found in the file already" in q.log_tail(50000)
     f_upd = statements(evs, "UPDATE pgbench_accounts")
     f_ins = statements(evs, "INSERT INTO pgbench_history")
     assert len(f_upd) >= upd, "server ran %d UPDATEs, the file has %d" % (upd, len(f_upd))
