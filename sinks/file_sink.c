@@ -45,7 +45,7 @@
 #define ROTATE_RETRY_MS 10000        /* after a failed rename, append this long first */
 /* Spool segments: after a crash, the events of the segments still on disk
  * are written again; small ones keep those duplicates few. */
-#define SPOOL_SEG_CAP (1024u * 1024)
+#define SPOOL_SEG_CAP (4u * 1024 * 1024)
 #define IOV_BATCH 64                 /* iovecs per writev, well under IOV_MAX */
 
 typedef struct file_sink {
@@ -74,6 +74,8 @@ typedef struct file_sink {
     uint64_t completed;              /* batches written or given up */
     uint64_t synced;                 /* batches known durable (all completed when no fsync) */
     uint64_t sync_target;            /* a flush() wants batches up to here durable */
+    uint64_t write_target;           /* ... and written, now (with a spool, see hold()) */
+    int64_t head_born_ms;            /* when the queue's first batch came */
     unsigned room_waiters, done_waiters;
     bool writer_idle, stop, writer_exited, reopen_req;
     bool unblocked;                  /* shutdown: hand-offs no longer wait */
@@ -451,6 +453,17 @@ static void write_list(file_sink_t *fs, pgw_batch_t *list)
     release(fs, c.b, NULL, false);   /* given up: not (all) written */
 }
 
+/* With a spool, the events are safe before they are written: the writer
+ * lets the loop threads' per-iteration batches gather into writes of
+ * batch_bytes, or max_delay_us old, as the producers do without a spool,
+ * instead of waking for each. Caller holds mu. */
+static bool hold(const file_sink_t *fs, int64_t *until_ms)
+{
+    *until_ms = fs->head_born_ms + (int64_t)fs->base.limits.max_delay_us / 1000;
+    return fs->spooled && fs->head && fs->write_target <= fs->completed &&
+           fs->queued_bytes < fs->base.limits.batch_bytes && pgw_mono_ms() < *until_ms;
+}
+
 static void *writer_main(void *arg)
 {
     file_sink_t *fs = arg;
@@ -462,18 +475,25 @@ static void *writer_main(void *arg)
 
     pthread_mutex_lock(&fs->mu);
     for (;;) {
-        while (!fs->head && !fs->stop && !fs->reopen_req && fs->sync_target <= fs->synced) {
+        int64_t held_until;
+        while ((!fs->head || hold(fs, &held_until)) && !fs->stop && !fs->reopen_req &&
+               fs->sync_target <= fs->synced) {
             fs->writer_idle = true;
+            int64_t due = fs->head ? held_until : INT64_MAX;
             if (fs->dirty && fs->fsync_interval_ms) {
-                int64_t due = fs->last_sync_ms + fs->fsync_interval_ms;
-                if (pgw_mono_ms() >= due) {
+                int64_t sync_due = fs->last_sync_ms + fs->fsync_interval_ms;
+                if (pgw_mono_ms() >= sync_due) {
                     fs->writer_idle = false;
                     break;
                 }
+                if (sync_due < due)
+                    due = sync_due;
+            }
+            if (due == INT64_MAX) {
+                pthread_cond_wait(&fs->work, &fs->mu);
+            } else {
                 struct timespec ts = abs_ms(due);
                 pthread_cond_timedwait(&fs->work, &fs->mu, &ts);
-            } else {
-                pthread_cond_wait(&fs->work, &fs->mu);
             }
             fs->writer_idle = false;
         }
@@ -602,15 +622,17 @@ static int queue_batch(file_sink_t *fs, pgw_batch_t *b)
         }
     }
     b->next = NULL;
-    if (fs->tail)
+    if (fs->tail) {
         fs->tail->next = b;
-    else
+    } else {
         fs->head = b;
+        fs->head_born_ms = pgw_mono_ms();
+    }
     fs->tail = b;
     fs->queued_bytes += len;
     fs->queued_events += b->nrecs;
     fs->submitted++;
-    if (fs->writer_idle)
+    if (fs->writer_idle && (!fs->spooled || fs->queued_bytes >= fs->base.limits.batch_bytes))
         pthread_cond_signal(&fs->work);
     pthread_mutex_unlock(&fs->mu);
     return 0;
@@ -626,6 +648,8 @@ static int fs_flush(pgw_sink_t *s, int timeout_ms)
     uint64_t target = fs->submitted;
     if (fs->fsync_interval_ms && fs->sync_target < target)
         fs->sync_target = target;
+    if (fs->write_target < target)
+        fs->write_target = target;
     pthread_cond_signal(&fs->work);
     fs->done_waiters++;
     while ((fs->completed < target || fs->synced < target) && !fs->writer_exited) {
@@ -742,7 +766,7 @@ static const pgw_sink_ops_t file_sink_ops = {
  * before it (those of the segments still on disk). The ids in the last
  * REPLAY_TAIL_BYTES of the file name those, so they are not written twice;
  * older ones (a segment kept by a statement that ran for long) may be. */
-#define REPLAY_TAIL_BYTES (16u * 1024 * 1024)
+#define REPLAY_TAIL_BYTES (64u * 1024 * 1024)
 #define ID_PREFIX "{\"v\":1,\"event_id\":\""
 #define ID_LEN 36
 
