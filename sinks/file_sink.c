@@ -810,23 +810,27 @@ static void ids_written(const file_sink_t *fs, idset_t *s)
     size_t len = st.st_size > REPLAY_TAIL_BYTES ? REPLAY_TAIL_BYTES : (size_t)st.st_size;
     if (!(buf = malloc(len)) || pread(fd, buf, len, st.st_size - (off_t)len) != (ssize_t)len)
         goto out;
-    size_t lines = 0;
-    for (const char *p = buf; (p = memchr(p, '\n', (size_t)(buf + len - p))) != NULL; p++)
-        lines++;
-    size_t cap = 64;
-    while (cap < 2 * lines)
-        cap *= 2;
-    if (!(s->ids = calloc(cap, ID_LEN)))
-        goto out;
-    s->mask = cap - 1;
-    /* A first line cut by the window cannot start with the prefix: a
-     * quote inside an event's strings is always escaped. */
-    for (const char *p = buf, *end = buf + len; p < end;) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *id = event_id_of(p, (size_t)((nl ? nl : end) - p));
-        if (id)
-            memcpy(s->ids[idset_slot(s, id)], id, ID_LEN);
-        p = nl ? nl + 1 : end;
+    /* Two passes over the lines: count the ids, then keep them in a table
+     * twice that size. A first line cut by the window cannot start with
+     * the prefix: a quote inside an event's strings is always escaped. */
+    size_t nids = 0, cap = 64;
+    for (int pass = 0; pass < 2; pass++) {
+        for (const char *p = buf, *end = buf + len; p < end;) {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
+            const char *id = event_id_of(p, (size_t)((nl ? nl : end) - p));
+            if (id && pass == 0)
+                nids++;
+            else if (id)
+                memcpy(s->ids[idset_slot(s, id)], id, ID_LEN);
+            p = nl ? nl + 1 : end;
+        }
+        if (pass == 0) {
+            while (cap < 2 * nids)
+                cap *= 2;
+            if (!(s->ids = calloc(cap, ID_LEN)))
+                goto out;
+            s->mask = cap - 1;
+        }
     }
 out:
     free(buf);
