@@ -398,12 +398,19 @@ static void write_list(file_sink_t *fs, pgw_batch_t *list)
 
     while (c.b) {
         if (fs->giving_up) {
-            uint64_t n = c.b->nrecs - c.rec;
-            for (pgw_batch_t *b = c.b->next; b; b = b->next)
-                n += b->nrecs;
-            add(&fs->lost, n);
-            pgw_error("audit file %s: closing with writes still failing: %llu events lost",
-                      shown_path(fs), (unsigned long long)n);
+            /* Spooled events are not lost: the next start writes them. */
+            uint64_t n = 0, kept = 0;
+            for (pgw_batch_t *b = c.b; b; b = b->next)
+                *(b->spool_seg ? &kept : &n) += b == c.b ? b->nrecs - c.rec : b->nrecs;
+            if (n) {
+                add(&fs->lost, n);
+                pgw_error("audit file %s: closing with writes still failing: %llu events lost",
+                          shown_path(fs), (unsigned long long)n);
+            }
+            if (kept)
+                pgw_error("audit file %s: closing with writes still failing: %llu events stay "
+                          "in the spool for the next start", shown_path(fs),
+                          (unsigned long long)kept);
             break;
         }
 
@@ -706,8 +713,13 @@ static void fs_health(pgw_sink_t *s, pgw_sink_health_t *h)
     h->producer_wait_us = atomic_load(&fs->wait_us);
     h->events_lost = atomic_load(&fs->lost);
     if (fs->spooled) {
-        h->spool_bytes = atomic_load(&fs->spooler.spool.bytes);
+        pgw_spooler_stats_t sp;
+        pgw_spooler_stats(&fs->spooler, &sp);
+        h->spool_bytes = sp.bytes;
         h->replayed = atomic_load(&fs->replayed);
+        h->producer_waits += sp.waits;      /* statements held back by a full spool */
+        h->producer_wait_us += sp.wait_us;
+        h->write_errors += sp.failed_appends;
     }
     pthread_mutex_lock(&fs->mu);
     h->queued_events = fs->queued_events;

@@ -128,6 +128,7 @@ static void make_room(pgw_spooler_t *s, size_t len)
         return;
     int64_t t0 = pgw_mono_us();
     bool logged = false;
+    add(&s->waits, 1);                  /* counted as it starts: a stuck wait shows */
     pthread_mutex_lock(&s->mu);
     while (!s->unblocked && atomic_load(&s->spool.bytes) + len > s->max) {
         if (!logged) {
@@ -139,7 +140,6 @@ static void make_room(pgw_spooler_t *s, size_t len)
         pthread_cond_timedwait(&s->room, &s->mu, &ts);
     }
     pthread_mutex_unlock(&s->mu);
-    add(&s->waits, 1);
     add(&s->wait_us, (uint64_t)(pgw_mono_us() - t0));
 }
 

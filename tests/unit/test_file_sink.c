@@ -844,6 +844,81 @@ static void test_spool_crash(void)
     rmdir(spool);
 }
 
+/* A file that cannot be written, a small spool: once the spool is full,
+ * new statements wait (block); unblock lets them go, the close gives up on
+ * the file but the events stay in the spool, and the next open with a
+ * working file writes every one of them once. */
+typedef struct stuck {
+    pgw_sink_t *sink;
+    _Atomic unsigned done;
+} stuck_t;
+
+static void *stuck_producer(void *arg)
+{
+    stuck_t *st = arg;
+    pgw_sink_producer_t p;
+    pgw_sink_producer_init(&p, st->sink);
+    for (unsigned i = 1; i <= 400; i++) {
+        spooled_emit(&p, i, PGW_STATUS_UNKNOWN, true, i);
+        spooled_emit(&p, i, PGW_STATUS_OK, false, i);
+        pgw_sink_producer_flush(&p);        /* one loop iteration */
+        atomic_store(&st->done, i);
+    }
+    pgw_sink_producer_close(&p);
+    return NULL;
+}
+
+static void test_spool_full_blocks_and_keeps(void)
+{
+    char path[256], spool[256];
+    pgw_sink_health_t h;
+    size_t unknown;
+
+    if (access("/dev/full", W_OK) != 0) {
+        fprintf(stderr, "    no /dev/full: skipped\n");
+        return;
+    }
+    path_in(spool, sizeof spool, "spool-full");
+    pgw_file_sink_config_t cfg = { .path = "/dev/full", .spool_dir = spool,
+                                   .spool_max_bytes = 65536, .close_timeout_ms = 300 };
+    stuck_t st = { 0 };
+    CHECK_EQ(pgw_file_sink_open(&cfg, &st.sink), 0);
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, stuck_producer, &st), 0);
+    unsigned last = 0;
+    for (int i = 0; i < 100; i++) {          /* until it stops moving */
+        sleep_ms(50);
+        unsigned now = atomic_load(&st.done);
+        if (now == last && now > 0)
+            break;
+        last = now;
+    }
+    CHECK(last > 10 && last < 400);
+    pgw_sink_health(st.sink, &h);
+    CHECK(h.producer_waits >= 1);
+    CHECK(h.spool_bytes > 0 && h.spool_bytes <= 65536 + 4096);
+    CHECK_EQ(h.events, 0);
+    pgw_sink_unblock(st.sink);
+    CHECK_EQ(pthread_join(t, NULL), 0);
+    CHECK_EQ(atomic_load(&st.done), 400);
+    pgw_sink_health(st.sink, &h);
+    CHECK_EQ(h.events_lost, 0);
+    pgw_sink_close(st.sink);
+
+    path_in(path, sizeof path, "after-full.jsonl");
+    cfg.path = path;
+    pgw_sink_t *sink;
+    CHECK_EQ(pgw_file_sink_open(&cfg, &sink), 0);
+    pgw_sink_health(sink, &h);
+    CHECK_EQ(h.replayed, 400);
+    pgw_sink_close(sink);
+    CHECK_EQ(count_lines(path, "\"ok\"", &unknown), 400);
+    CHECK_EQ(unknown, 400);
+    CHECK_EQ(segments_in(spool), 0);
+    unlink(path);
+    rmdir(spool);
+}
+
 static void test_open_errors(void)
 {
     pgw_sink_t *sink = (pgw_sink_t *)1;
@@ -869,6 +944,7 @@ int main(void)
     test_producer_timing();
     test_fsync();
     test_spool_crash();
+    test_spool_full_blocks_and_keeps();
     test_open_errors();
     rmdir(g_dir);
     CHECK_DONE();
