@@ -105,19 +105,6 @@ typedef struct kafka_sink {
     _Atomic bool ok;
 } kafka_sink_t;
 
-static struct timespec abs_real_ms(int ms)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
-    return ts;
-}
-
 static inline void add(_Atomic uint64_t *c, uint64_t n)
 {
     atomic_fetch_add_explicit(c, n, memory_order_relaxed);
@@ -567,7 +554,7 @@ static int k_flush(pgw_sink_t *s, int timeout_ms)
     int64_t until = timeout_ms < 0 ? INT64_MAX : pgw_mono_ms() + timeout_ms;
     pthread_mutex_lock(&ks->mu);
     while (atomic_load(&ks->outstanding) > 0 && pgw_mono_ms() < until) {
-        struct timespec ts = abs_real_ms(50);
+        struct timespec ts = pgw_realtime_after_ms(50);
         pthread_cond_timedwait(&ks->acked, &ks->mu, &ts);
     }
     pthread_mutex_unlock(&ks->mu);

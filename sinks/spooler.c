@@ -17,19 +17,6 @@ static inline void add(_Atomic uint64_t *c, uint64_t n)
     atomic_fetch_add_explicit(c, n, memory_order_relaxed);
 }
 
-static struct timespec abs_real_ms(int ms)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
-    return ts;
-}
-
 static void on_free_space(void *ud)
 {
     pgw_spooler_t *s = ud;
@@ -136,7 +123,7 @@ static void make_room(pgw_spooler_t *s, size_t len)
             pgw_warn("%s: spool full (%" PRIu64 " bytes): statements wait until its events "
                      "are delivered", s->who, (uint64_t)atomic_load(&s->spool.bytes));
         }
-        struct timespec ts = abs_real_ms(100);
+        struct timespec ts = pgw_realtime_after_ms(100);
         pthread_cond_timedwait(&s->room, &s->mu, &ts);
     }
     pthread_mutex_unlock(&s->mu);

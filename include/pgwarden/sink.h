@@ -40,6 +40,20 @@ static inline int64_t pgw_mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 static inline int64_t pgw_mono_ms(void) { return pgw_mono_us() / 1000; }
+/* CLOCK_REALTIME ms from now: a deadline for pthread_cond_timedwait on a
+ * condition with the default clock. */
+static inline struct timespec pgw_realtime_after_ms(int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    return ts;
+}
 
 /* ------------------------------------------------------------ batches */
 

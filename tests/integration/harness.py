@@ -470,6 +470,25 @@ def pgaudit_count(cluster, pattern):
     return n
 
 
+def kill_during_pgbench(cluster, proxy, rate):
+    """Runs pgbench's default script on cluster's crashbench database
+    through proxy (4 clients, `rate` transactions a second), SIGKILLs the
+    proxy after 4 s, and returns how many UPDATEs of pgbench_accounts and
+    INSERTs into pgbench_history the server ran meanwhile, as pgAudit
+    logged them (the oracle of the crash tests)."""
+    before_upd = pgaudit_count(cluster, r"^UPDATE pgbench_accounts")
+    before_ins = pgaudit_count(cluster, r"^INSERT INTO pgbench_history")
+    proc = subprocess.Popen([pg_tool("pgbench")] + proxy.conn_args()
+                            + ["-n", "-c", "4", "-j", "2", "-T", "20", "-R", str(rate), "crashbench"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=client_env())
+    time.sleep(4)
+    proxy.kill()
+    proc.wait(timeout=60)           # its connections are gone: pgbench fails
+    time.sleep(1)                   # the server finishes what it was running
+    return (pgaudit_count(cluster, r"^UPDATE pgbench_accounts") - before_upd,
+            pgaudit_count(cluster, r"^INSERT INTO pgbench_history") - before_ins)
+
+
 def tool(name, target, *args, check=True, **kw):
     """Runs another client program (pg_dump, pg_restore...) against target;
     args must name the database."""

@@ -5,13 +5,11 @@ the server is the oracle); a clean run leaves the spool empty and the file
 holds no begin records."""
 
 import json
-import subprocess
-import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-from harness import client_env, free_port, pg_tool, pgaudit_count, psql, wait_until
+from harness import client_env, free_port, kill_during_pgbench, psql, wait_until
 from test_event_schema import assert_valid_audit_file
 
 
@@ -48,17 +46,7 @@ def test_sigkill_loses_no_statement(audited_pg, start_proxy, tmp_path):
     audit, spool = tmp_path / "audit.jsonl", tmp_path / "spool"
     args = ["--audit-file", str(audit), "--spool-dir", str(spool)]
     p = start_proxy(upstream="127.0.0.1:%d" % c.port, extra_args=args)
-    before_upd = pgaudit_count(c, r"^UPDATE pgbench_accounts")
-    before_ins = pgaudit_count(c, r"^INSERT INTO pgbench_history")
-    proc = subprocess.Popen([pg_tool("pgbench")] + p.conn_args()
-                            + ["-n", "-c", "4", "-j", "2", "-T", "20", "-R", "300", "crashbench"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=client_env())
-    time.sleep(4)
-    p.kill()
-    proc.wait(timeout=60)           # its connections are gone: pgbench fails
-    time.sleep(1)                   # the server finishes what it was running
-    upd = pgaudit_count(c, r"^UPDATE pgbench_accounts") - before_upd
-    ins = pgaudit_count(c, r"^INSERT INTO pgbench_history") - before_ins
+    upd, ins = kill_during_pgbench(c, p, 300)
     assert upd > 500
     assert list(spool.glob("*.seg")), "the killed process left its spool"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import (PGW_BINARY, client_env, free_port, pg_tool, pgaudit_count, pgbench, psql,
-                     running_cluster, wait_until)
+from harness import (PGW_BINARY, client_env, free_port, kill_during_pgbench, pg_tool, pgbench, psql,
+                     wait_until)
 from kafka_broker import KafkaBroker
 from test_event_schema import _shape, assert_valid_events, load_validator
 
@@ -346,17 +346,7 @@ def test_sigkill_replays_spool(kafka, topic, audited_pg, start_proxy, tmp_path):
     c = audited_pg
     spool = tmp_path / "spool"
     p = start_proxy(upstream="127.0.0.1:%d" % c.port, extra_args=kafka_args(kafka, topic, spool))
-    before_upd = pgaudit_count(c, r"^UPDATE pgbench_accounts")
-    before_ins = pgaudit_count(c, r"^INSERT INTO pgbench_history")
-    proc = subprocess.Popen([pg_tool("pgbench")] + p.conn_args()
-                            + ["-n", "-c", "4", "-j", "2", "-T", "20", "-R", "200", "crashbench"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=client_env())
-    time.sleep(4)
-    p.kill()
-    proc.wait(timeout=60)           # its connections are gone: pgbench fails
-    time.sleep(1)                   # the server finishes what it was running
-    upd = pgaudit_count(c, r"^UPDATE pgbench_accounts") - before_upd
-    ins = pgaudit_count(c, r"^INSERT INTO pgbench_history") - before_ins
+    upd, ins = kill_during_pgbench(c, p, 200)
     assert upd > 0
 
     q = start_proxy(upstream="127.0.0.1:%d" % c.port, extra_args=kafka_args(kafka, topic, spool))
