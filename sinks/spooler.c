@@ -172,7 +172,7 @@ static pgw_spool_seg_t *append_batch(pgw_spooler_t *s, pgw_spool_lane_t *l, cons
             pgw_error("%s: shutting down: events are delivered unspooled", s->who);
             return NULL;
         }
-        struct timespec ts = { 0, retry_ms * 1000000 };
+        struct timespec ts = { retry_ms / 1000, (retry_ms % 1000) * 1000000 };
         nanosleep(&ts, NULL);
         if (retry_ms < 1000)
             retry_ms *= 2;
