@@ -919,6 +919,52 @@ static void test_spool_full_blocks_and_keeps(void)
     rmdir(spool);
 }
 
+/* The spool cannot be written (its segment cannot be preallocated under a
+ * file size limit): the append is retried with a growing pause, not in a
+ * busy loop, and goes through once the limit is lifted. */
+static void *one_statement(void *arg)
+{
+    pgw_sink_producer_t p;
+    pgw_sink_producer_init(&p, arg);
+    spooled_emit(&p, 1, PGW_STATUS_UNKNOWN, true, 1);
+    spooled_emit(&p, 1, PGW_STATUS_OK, false, 1);
+    pgw_sink_producer_close(&p);
+    return NULL;
+}
+
+static void test_spool_write_retries(void)
+{
+    char path[256], spool[256];
+    struct rlimit old, lim;
+    pgw_sink_t *sink;
+    pgw_sink_health_t h;
+    size_t ok;
+
+    signal(SIGXFSZ, SIG_IGN);                /* EFBIG instead of a signal */
+    path_in(path, sizeof path, "efbig-spool.jsonl");
+    path_in(spool, sizeof spool, "spool-efbig");
+    pgw_file_sink_config_t cfg = { .path = path, .spool_dir = spool };
+    CHECK_EQ(pgw_file_sink_open(&cfg, &sink), 0);
+    CHECK_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+    lim = old;
+    lim.rlim_cur = 1024 * 1024;              /* below a segment's 4 MiB */
+    CHECK_EQ(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, one_statement, sink), 0);
+    sleep_ms(2500);
+    pgw_sink_health(sink, &h);
+    /* Pauses of 10, 20, 40 ... 1280 ms: about 9 attempts in 2.5 s. */
+    CHECK(h.write_errors >= 4 && h.write_errors <= 20);
+    CHECK_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+    CHECK_EQ(pthread_join(t, NULL), 0);
+    pgw_sink_close(sink);
+    CHECK_EQ(count_lines(path, "\"ok\"", &ok), 1);
+    CHECK_EQ(ok, 1);
+    CHECK_EQ(segments_in(spool), 0);
+    unlink(path);
+    rmdir(spool);
+}
+
 static void test_open_errors(void)
 {
     pgw_sink_t *sink = (pgw_sink_t *)1;
@@ -945,6 +991,7 @@ int main(void)
     test_fsync();
     test_spool_crash();
     test_spool_full_blocks_and_keeps();
+    test_spool_write_retries();
     test_open_errors();
     rmdir(g_dir);
     CHECK_DONE();
