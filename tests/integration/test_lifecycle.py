@@ -103,10 +103,12 @@ def test_second_instance_on_same_port_is_refused(pg, proxy):
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_sigterm_during_pgbench_flushes_every_event(pg, start_proxy, run_dir):
+@pytest.mark.parametrize("spooled", [False, True], ids=["file", "file-spool"])
+def test_sigterm_during_pgbench_flushes_every_event(pg, start_proxy, tmp_path, spooled):
     """SIGTERM in the middle of a pgbench run: the running sessions finish
     within the drain timeout, pgwarden exits 0, and the audit file holds one
-    event per statement pgbench ran, each session closed by a session_end."""
+    event per statement pgbench ran, each session closed by a session_end.
+    With a spool, no begin record reaches the file and the spool ends empty."""
     import json
     import re
     import threading
@@ -116,9 +118,11 @@ def test_sigterm_during_pgbench_flushes_every_event(pg, start_proxy, run_dir):
     if not pg.sql("SELECT 1 FROM pg_database WHERE datname = '%s'" % dbname):
         pg.sql("CREATE DATABASE %s" % dbname)
         pgbench(pg, "-i", "-s", "1", "-q", dbname=dbname)
-    audit = run_dir / "drain-pgbench.jsonl"
+    audit = tmp_path / "drain-pgbench.jsonl"
+    spool = tmp_path / "spool"
     p = start_proxy(upstream="127.0.0.1:%d" % pg.port,
-                    extra_args=["--audit-file", str(audit), "--drain-timeout", "30"])
+                    extra_args=["--audit-file", str(audit), "--drain-timeout", "30"]
+                    + (["--spool-dir", str(spool)] if spooled else []))
     result = {}
 
     def bench():
@@ -148,6 +152,11 @@ def test_sigterm_during_pgbench_flushes_every_event(pg, start_proxy, run_dir):
     starts = sum(e["kind"] == "session_start" for e in mine)
     assert starts >= 4
     assert sum(e["kind"] == "session_end" for e in mine) == starts
+    assert len({e["event_id"] for e in evs}) == len(evs)
+    if spooled:
+        assert "spooled in" in p.log_tail(50000)
+        left = [f for f in spool.glob("*.seg") if f.read_bytes().rstrip(b"\0")[8:]]
+        assert not left, "records left in the spool: %s" % left
 
 
 def test_sigterm_while_starting_is_a_clean_stop(pg, start_proxy, tmp_path):
