@@ -4,6 +4,7 @@ proxy's RSS sampled every 10 s. Fails when memory keeps growing.
 
     .venv/bin/python tests/soak.py                # 10 minutes (the default)
     .venv/bin/python tests/soak.py --minutes 2    # shorter
+    .venv/bin/python tests/soak.py --spool        # the audit file with its spool
 
 The workload: pgbench (TPC-B-like, extended protocol, 4 clients, reconnecting
 every transaction with -C half of the time) plus psycopg sessions that open,
@@ -61,6 +62,8 @@ def main():
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--interval", type=float, default=10, help="seconds between RSS samples")
     ap.add_argument("--max-growth-mib", type=float, default=8)
+    ap.add_argument("--spool", action="store_true",
+                    help="the audit file with a spool (--spool-dir); it must be empty at the end")
     args = ap.parse_args()
 
     pg = PgCluster().start()
@@ -72,7 +75,8 @@ def main():
                         "-U", "postgres", "postgres"], check=True, capture_output=True)
         proxy = Proxy(["127.0.0.1:%d" % free_port()], "127.0.0.1:%d" % pg.port, work,
                       ["--audit-file", str(work / "audit.jsonl"),
-                       "--metrics-listen", "127.0.0.1:%d" % free_port()], log_level="warn")
+                       "--metrics-listen", "127.0.0.1:%d" % free_port()]
+                      + (["--spool-dir", str(work / "spool")] if args.spool else []), log_level="warn")
         proxy.start()
         seconds = int(args.minutes * 60)
         host, port = proxy.tcp_addrs[0]
@@ -112,6 +116,10 @@ def main():
             return 1
         if rc != 0:
             print("soak: pgwarden exited with %s" % rc, file=sys.stderr)
+            return 1
+        left = [f for f in (work / "spool").glob("*.seg") if f.read_bytes().rstrip(b"\0")[8:]]
+        if left:
+            print("soak: records left in the spool: %s" % left, file=sys.stderr)
             return 1
         if counts["errors"]:
             print("soak: %d session errors, last: %s" % (counts["errors"], counts["last_error"]), file=sys.stderr)
