@@ -570,7 +570,7 @@ static bool spool_batch(file_sink_t *fs, pgw_batch_t *b)
     if (!l)
         pgw_error("audit file %s: out of memory for a spool writer: %zu event(s) written "
                   "unspooled", shown_path(fs), n);
-    else if (pgw_spooler_append(&fs->spooler, l, b, &seg) == PGW_SPOOLED && seg) {
+    else if (pgw_spooler_append(&fs->spooler, l, b, n, &seg) == PGW_SPOOLED && seg) {
         b->spool_seg = seg;
         b->spool_refs = n;
     }
@@ -856,7 +856,8 @@ typedef struct replay {
     file_sink_t *fs;
     pgw_batch_t *b;
     pgw_jbuf_t line;
-    idset_t written;
+    idset_t written;                 /* read at the first record */
+    bool looked;
     size_t events, skipped, failed;
 } replay_t;
 
@@ -870,6 +871,10 @@ static void replay_queue(replay_t *r)
 static void replay_one(void *ud, pgw_spool_seg_t *seg, const pgw_spool_rec_t *rec)
 {
     replay_t *r = ud;
+    if (!r->looked) {                    /* only when there is something to replay */
+        r->looked = true;
+        ids_written(r->fs, &r->written);
+    }
     const char *id = event_id_of(rec->value, rec->value_len);
     if (id && idset_has(&r->written, id)) {
         pgw_spool_seg_release(seg, 1);   /* in the file already */
@@ -896,7 +901,6 @@ static int replay_spool(file_sink_t *fs, const char *dir)
 {
     replay_t r = { .fs = fs };
     pgw_jbuf_init(&r.line, 0);
-    ids_written(fs, &r.written);
     ssize_t n = pgw_spool_replay(&fs->spooler.spool, replay_one, &r, &fs->replayed_segs);
     replay_queue(&r);
     pgw_jbuf_free(&r.line);

@@ -458,7 +458,7 @@ static void spool_and_produce(kafka_sink_t *ks, pgw_spool_lane_t *l, pgw_batch_t
     size_t nsend = pgw_spooler_events(b);
 
     if (ks->spooled && l &&
-        pgw_spooler_append(&ks->spooler, l, b, &seg) == PGW_SPOOL_DROPPED) {
+        pgw_spooler_append(&ks->spooler, l, b, nsend, &seg) == PGW_SPOOL_DROPPED) {
         count_dropped(ks, nsend);
         return;
     }

@@ -193,9 +193,8 @@ static pgw_spool_seg_t *append_batch(pgw_spooler_t *s, pgw_spool_lane_t *l, cons
 }
 
 pgw_spooled_t pgw_spooler_append(pgw_spooler_t *s, pgw_spool_lane_t *l, const pgw_batch_t *b,
-                                 pgw_spool_seg_t **seg)
+                                 size_t nsend, pgw_spool_seg_t **seg)
 {
-    size_t nsend = pgw_spooler_events(b);
     *seg = NULL;
     encode_batch(l, b, ALL_RECS);
     if (l->out.failed) {

@@ -75,12 +75,13 @@ typedef enum pgw_spooled {
 } pgw_spooled_t;
 
 /* Spools b's records in lane l (the calling thread's), tracking its begins
- * and resolving the begins its events complete. Retries a failing write
+ * and resolving the begins its events complete; nsend is
+ * pgw_spooler_events(b), which the caller needs anyway. Retries a failing write
  * (the crash guarantee depends on it) until it succeeds or shutdown. On
  * PGW_SPOOLED, *seg is the segment holding b's events, or NULL when b has
  * none. */
 pgw_spooled_t pgw_spooler_append(pgw_spooler_t *s, pgw_spool_lane_t *l, const pgw_batch_t *b,
-                                 pgw_spool_seg_t **seg);
+                                 size_t nsend, pgw_spool_seg_t **seg);
 
 /* Shutdown: appends stop waiting for room (and for a failing disk). */
 void pgw_spooler_unblock(pgw_spooler_t *s);
