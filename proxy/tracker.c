@@ -8,6 +8,7 @@ typedef struct acc {
     int64_t start_us;
     uint64_t rows, bytes, copy_bytes;
     pgw_copy_dir_t copy_dir;
+    uint8_t resumed;    /* went on after a PortalSuspended: the tag counts the last fetch only */
 } acc_t;
 
 /* A statement prepared by Parse. Shared by the name map, the Parse item and
@@ -138,10 +139,10 @@ static void fill(pgw_stmt_done_t *dp, pgw_tracker_item_t *it, pgw_portal_t *port
     d.rows = acc->rows;
     if (cc) {
         d.tag = cc->tag;
-        if (cc->has_rows) {
+        if (cc->has_rows && !acc->resumed) {
             d.rows = cc->rows;
             d.has_rows = 1;
-        } else if (acc->rows) {
+        } else if (acc->rows || cc->has_rows) {
             d.has_rows = 1;
         }
     } else if (acc->rows) {
@@ -933,6 +934,7 @@ void pgw_tracker_backend(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
         if (it && it->kind == IT_EXECUTE) {
             if (it->portal) {
                 it->portal->acc = it->acc;
+                it->portal->acc.resumed = 1;
                 it->portal->admit = it->admit;
                 it->portal->suspended = 1;
             }

@@ -539,6 +539,47 @@ def test_asyncpg_binary_parameters(audited):
     assert len(many) == 3
 
 
+def test_asyncpg_cursor_fetches_sum_their_rows(audited):
+    """A cursor read in pieces is one execution of one portal, suspended
+    between fetches: one event, whose rows are every row the client got, not
+    the count of the last piece that the server's tag carries."""
+    asyncpg = pytest.importorskip("asyncpg")
+    import asyncio
+    app = app_name()
+
+    async def run():
+        conn = await asyncpg.connect(host=audited.host, port=audited.port, user=SUPERUSER,
+                                     database="postgres", server_settings={"application_name": app},
+                                     ssl=False)
+        try:
+            async with conn.transaction():
+                cur = await conn.cursor("SELECT g FROM generate_series(1, 25) g WHERE g > $1", 0)
+                got = [len(await cur.fetch(10)) for _ in range(3)]
+                assert got == [10, 10, 5]
+            async with conn.transaction():
+                # Iteration prefetches 50 rows at a time: the last fetch finds
+                # nothing left, and the server's tag says "SELECT 0".
+                n = 0
+                async for _ in conn.cursor("SELECT g, 'x' FROM generate_series(1, 250) g"):
+                    n += 1
+                assert n == 250
+            async with conn.transaction():
+                cur = await conn.cursor("SELECT g, 'y' FROM generate_series(1, 100) g")
+                assert len(await cur.fetch(30)) == 30
+        finally:
+            await conn.close()
+    asyncio.run(run())
+    st = statements(session_events(audited, app))
+    runs = [s for s in st if "generate_series" in s["statement"]["text"]]
+    assert len(runs) == 3, [s["statement"]["text"] for s in runs]
+    assert all(s["result"]["status"] == "ok" and s["statement"]["portal_name"].startswith("__asyncpg_portal_")
+               for s in runs)
+    assert [s["result"]["rows"] for s in runs] == [25, 250, 30]
+    assert runs[0]["result"]["tag"] == "SELECT 5" and runs[1]["result"]["tag"] == "SELECT 0"
+    # The portal closed by COMMIT before it was exhausted carries no tag.
+    assert "tag" not in runs[2]["result"]
+
+
 PGJDBC = "org.postgresql:postgresql:42.7.14"
 
 
@@ -569,6 +610,12 @@ def test_jdbc_prepared_batch_and_error(audited, tmp_path):
     ins = [s for s in st if s["statement"]["command"] == "INSERT"]
     assert len(ins) == 10 and all(s["result"]["rows"] == 1 for s in ins)
     assert all(s["statement"]["params"]["count"] == 2 for s in ins)
+    # One execution fetched 40 rows at a time: one event, every row counted
+    # (the server's last tag says only "SELECT 10").
+    fetched = [s for s in st if "generate_series" in s["statement"]["text"]]
+    assert len(fetched) == 1, fetched
+    assert fetched[0]["result"]["rows"] == 130 and fetched[0]["result"]["status"] == "ok"
+    assert fetched[0]["result"]["tag"] == "SELECT 10"
     err = [s for s in st if s["result"]["status"] == "error"]
     assert len(err) == 1 and err[0]["result"]["sqlstate"] == "22012"
     assert b"secret-" not in open(audited.audit_path, "rb").read()

@@ -328,9 +328,25 @@ static void test_portal_suspended(void)
     rD(); rC("SELECT 1"); rZ('T');
     CHECK_EQ(nrec, 2);
     CHECK_STR(recs[1].text, "SELECT g FROM generate_series(1,3) g");
-    CHECK_EQ(recs[1].d.rows, 1);    /* the tag counts the last fetch only... */
+    /* The tag counts the last fetch only ("SELECT 1"): rows are the sum. */
+    CHECK_EQ(recs[1].d.rows, 3);
+    CHECK(recs[1].d.has_rows);
+    CHECK_STR(recs[1].tag, "SELECT 1");
     CHECK_STR(recs[1].portal, "c1");
-    /* ...so a portal suspended and then closed reports what it returned. */
+    /* The same for a RETURNING portal: the server ran it to the end at the
+     * first Execute, but its tag counts only what the last fetch returned;
+     * a last fetch that finds nothing left says 0. */
+    nrec = 0;
+    P("ins", "INSERT INTO t SELECT g FROM generate_series(1,4) g RETURNING *");
+    B("r1", "ins", 0); E("r1", 2); S();
+    r1(); r2(); rD(); rD(); rs(); rZ('T');
+    E("r1", 2); S(); rD(); rD(); rs(); rZ('T');
+    E("r1", 2); S(); rC("INSERT 0 0"); rZ('T');
+    CHECK_EQ(nrec, 1);
+    CHECK_EQ(recs[0].d.rows, 4);
+    CHECK(recs[0].d.has_rows);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_OK);
+    /* A portal suspended and then closed reports what it returned. */
     nrec = 0;
     B("c2", "", 0); E("c2", 2); S();
     r2(); rD(); rD(); rs(); rZ('T');

@@ -1,6 +1,7 @@
 // A JDBC client for the audit tests: server-side prepared statements (after
-// prepareThreshold), a batch of inserts, and a failing statement, through
-// pgwarden. Arguments: host port application_name.
+// prepareThreshold), a batch of inserts, a result fetched 40 rows at a time,
+// and a failing statement, through pgwarden. Arguments: host port
+// application_name.
 import java.sql.Connection;
 import java.sql.DriverManager;
 import java.sql.PreparedStatement;
@@ -33,6 +34,22 @@ public class AuditProbe {
                 }
                 ps.executeBatch();
             }
+            // A fetch size inside a transaction: the driver runs the portal
+            // with a row limit, and the server suspends it after each 40 rows.
+            c.setAutoCommit(false);
+            try (PreparedStatement ps = c.prepareStatement("SELECT g FROM generate_series(1, ?) g")) {
+                ps.setFetchSize(40);
+                ps.setInt(1, 130);
+                int n = 0;
+                try (ResultSet rs = ps.executeQuery()) {
+                    while (rs.next())
+                        n++;
+                }
+                if (n != 130)
+                    throw new AssertionError("fetched " + n + " rows");
+            }
+            c.commit();
+            c.setAutoCommit(true);
             try (Statement st = c.createStatement()) {
                 st.execute("SELECT 1/0");
                 throw new AssertionError("no error");
