@@ -520,6 +520,33 @@ static sql_entry_t *error_entry(const piece_in_t *p, const char *message)
     return entry_pack(&ep);
 }
 
+/* A replication command, as analysed by analysis_repl.c: NULL with *rc 0
+ * when the text is none, NULL with *rc -ENOMEM, or a new entry (*rc 0). */
+static sql_entry_t *repl_entry(const piece_in_t *p, int *rc)
+{
+    entry_parts_t ep;
+    sql_repl_t r;
+    sql_entry_t *e;
+    int found = sql_repl_analyze(p->s + p->start, p->end - p->start, &r);
+
+    *rc = found < 0 ? -ENOMEM : 0;
+    if (found <= 0)
+        return NULL;
+    memset(&ep, 0, sizeof ep);
+    ep.command = r.command;
+    ep.cls = r.cls;
+    ep.mode = ENTRY_NOCACHE;
+    ep.fingerprint = r.fingerprint;
+    ep.stmt_len = p->end - p->start;
+    ep.norm = r.norm;
+    ep.norm_len = r.norm_len;
+    e = entry_pack(&ep);
+    free(r.norm);
+    if (!e)
+        *rc = -ENOMEM;
+    return e;
+}
+
 /* Analyses one statement. Returns 0 with *out set (a new entry, one
  * reference), 0 with *out NULL when the text holds other than exactly one
  * statement (*multi set), or -ENOMEM. */
@@ -549,6 +576,9 @@ static int analyze_piece(const piece_in_t *p, sql_entry_t **out, int *multi)
 
     pr = pg_query_parse(buf);
     if (pr.error || !pr.parse_tree) {
+        *out = repl_entry(p, &rc);
+        if (*out || rc)
+            goto out;
         *out = error_entry(p, pr.error ? pr.error->message : NULL);
         rc = *out ? 0 : -ENOMEM;
         goto out;

@@ -220,4 +220,18 @@ int sql_analysis_push(pgw_analysis_t *an, sql_entry_t *e, const char *s, uint32_
 int sql_entry_same(const sql_entry_t *a, const sql_entry_t *b);
 void sql_entry_unref(sql_entry_t *e);
 
+/* ---- replication commands (analysis_repl.c) --------------------------------
+ * A walsender's command (BASE_BACKUP, START_REPLICATION, ...), which
+ * libpg_query cannot parse. Returns 1 with out filled (out->norm is the text
+ * with its literals replaced by $n, malloc'd, the caller frees it), 0 when s
+ * is no such command, -ENOMEM. */
+typedef struct sql_repl {
+    const char *command;      /* static */
+    pgw_audit_class_t cls;
+    char *norm;
+    uint32_t norm_len;
+    char fingerprint[17];
+} sql_repl_t;
+int sql_repl_analyze(const char *s, uint32_t n, sql_repl_t *out);
+
 #endif

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "conn_limits.h"
 #include "log.h"
@@ -130,8 +131,8 @@ static void statement_event(pgw_audit_t *ident, uint64_t seq, const pgw_stmt_don
     if (d->copy_dir) {
         ev.copy.direction = d->copy_dir;
         ev.copy.bytes = PGW_INT(d->copy_bytes);
-        if (d->has_rows)
-            ev.copy.rows = PGW_INT(d->rows);
+        if (d->has_rows && d->tag && strncmp(d->tag, "COPY ", 5) == 0)
+            ev.copy.rows = PGW_INT(d->rows);    /* not BASE_BACKUP's result rows */
     }
     if (d->admit.token)
         emit_rec(ident->w, &ev, begin, d->admit.token);
@@ -332,9 +333,24 @@ void pgw_audit_init(pgw_audit_t *a, pgw_worker_t *w, const struct sockaddr *peer
         a->tracker.admit = on_admit;
 }
 
+/* The server's reading of the startup parameter replication: "database",
+ * or a boolean (PostgreSQL's parse_bool: a prefix of true/yes/on, or 1). */
+static int walsender_requested(const char *v)
+{
+    size_t n = v ? strlen(v) : 0;
+
+    if (n == 0)
+        return 0;
+    if (strcasecmp(v, "database") == 0 || strcmp(v, "1") == 0)
+        return 1;
+    return strncasecmp(v, "true", n) == 0 || strncasecmp(v, "yes", n) == 0 ||
+           (n >= 2 && strncasecmp(v, "on", n) == 0);
+}
+
 void pgw_audit_startup(pgw_audit_t *a, const pgw_startup_t *st)
 {
     a->ident_valid = 0;
+    a->tracker.replication = walsender_requested(st->replication);
     snprintf(a->user, sizeof a->user, "%s", st->user);
     snprintf(a->database, sizeof a->database, "%s", st->database ? st->database : st->user);
     if (st->application_name)

@@ -1,5 +1,6 @@
 #include "tracker.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -667,8 +668,10 @@ void pgw_tracker_frontend(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
         break;
     }
     case 'd': {
+        /* a COPY OUT's bytes are the server's: the client's CopyData of a
+         * CopyBoth are its replies (standby status, feedback) */
         acc_t *a = copy_target(t);
-        if (a)
+        if (a && a->copy_dir != PGW_COPY_OUT)
             a->copy_bytes += m->body_len;
         break;
     }
@@ -729,6 +732,7 @@ static void on_error(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     }
     if (!it)
         return;
+    t->repl.pending = 0;            /* the error is the command's outcome */
     switch (it->kind) {
     case IT_QUERY:
         if (it->cur < (it->nstmts ? it->nstmts : 1)) {
@@ -771,11 +775,25 @@ static void on_error(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     }
 }
 
+/* A walsender command whose tag came: reported as it completed. */
+static void repl_report(pgw_tracker_t *t, pgw_tracker_item_t *it, int64_t now_us)
+{
+    if (!t->repl.pending)
+        return;
+    t->repl.pending = 0;
+    if (it && it->kind == IT_QUERY && it->cur < it->nstmts) {
+        pgw_complete_t cc = { t->repl.tag, t->repl.rows, t->repl.has_rows };
+        emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_OK, &cc, NULL, now_us);
+        it->cur++;
+    }
+}
+
 static void on_ready(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
 {
     if (t->nheld)
         release_held(t, PGW_STATUS_OK, NULL);   /* committed, or still in a block */
     pgw_tracker_item_t *it = head(t);
+    repl_report(t, it, now_us);
     if (it && it->kind == IT_QUERY) {
         /* Statements after an error in the same Query never ran. */
         for (; it->cur < it->nstmts; it->cur++) {
@@ -885,6 +903,16 @@ static void on_complete(pgw_tracker_t *t, const pgw_msg_t *m, int empty, int64_t
     if (!empty && pgw_parse_command_complete(m, &cc) == 0)
         ccp = &cc;
     if (it->kind == IT_QUERY) {
+        if (ccp && it->cur < it->nstmts && t->replication && it->nstmts == 1) {
+            /* BASE_BACKUP answers with its start, its tablespaces, the
+             * archive's COPY, its end and then its own tag: one execution,
+             * reported at ReadyForQuery with everything it returned. */
+            snprintf(t->repl.tag, sizeof t->repl.tag, "%s", ccp->tag);
+            t->repl.rows = ccp->rows;
+            t->repl.has_rows = ccp->has_rows;
+            t->repl.pending = 1;
+            return;
+        }
         if (it->cur < it->nstmts) {
             emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_OK, ccp, NULL, now_us);
             it->cur++;
@@ -927,6 +955,7 @@ void pgw_tracker_backend(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     case 'Z': on_ready(t, m, now_us); break;
     case 'G':
     case 'H':
+    case 'W':   /* CopyBoth (START_REPLICATION): the data flows to the client */
         if (it && (it->kind == IT_QUERY || it->kind == IT_EXECUTE))
             it->acc.copy_dir = m->type == 'G' ? PGW_COPY_IN : PGW_COPY_OUT;
         break;
@@ -993,6 +1022,7 @@ void pgw_tracker_finish(pgw_tracker_t *t, int64_t now_us)
     free(t->held);
     t->held = NULL;
     t->held_cap = 0;
+    repl_report(t, head(t), now_us);
     /* Forwarded, never answered: the server may or may not have run them. */
     while ((it = head(t))) {
         if (it->kind == IT_QUERY) {

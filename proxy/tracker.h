@@ -114,6 +114,17 @@ typedef struct pgw_tracker {
     struct pgw_held *held;
     unsigned nheld, held_cap;
 
+    /* A walsender session (startup parameter replication): a Query of one
+     * command answers with several results and its own tag last (set by
+     * the owner before the first message). */
+    int replication;
+    struct {
+        int pending;                /* the command completed; ReadyForQuery reports it */
+        char tag[64];
+        uint64_t rows;
+        int has_rows;
+    } repl;
+
     /* counters for session_end */
     uint64_t statements, errors;
     int failed;                     /* out of memory: tracking stopped */

@@ -707,6 +707,48 @@ static void check_passwords(void)
     pgw_analysis_cache_free(c);
 }
 
+/* ---- replication commands ---------------------------------------------------------- */
+
+static const char *fp_of(pgw_analysis_t *an, const char *sql)
+{
+    pgw_analysis_clear(an);
+    CHECK_EQ(pgw_analysis_parse(sql, strlen(sql), an), 0);
+    CHECK_EQ(an->count, 1);
+    CHECK(!(an->flags & PGW_ANALYSIS_PARSE_FAILED));
+    CHECK(!(pgw_analysis_stmt(an, 0)->info->flags & PGW_SQL_PARSE_ERROR));
+    CHECK(is_hex16(pgw_analysis_stmt(an, 0)->info->fingerprint));
+    return pgw_analysis_stmt(an, 0)->info->fingerprint;
+}
+
+/* A walsender's commands share a fingerprint when they differ only in
+ * literals (WAL positions, timelines, labels) and in the case of keywords;
+ * another slot, another option or another command is another shape. The
+ * label never shows, in any text or in the raw text's stand-in. */
+static void check_replication_commands(void)
+{
+    pgw_analysis_t a, b;
+    char fa[17];
+    uint32_t len;
+
+    pgw_analysis_init(&a);
+    pgw_analysis_init(&b);
+    snprintf(fa, sizeof fa, "%s", fp_of(&a, "START_REPLICATION SLOT \"s1\" 0/2000000 TIMELINE 1"));
+    CHECK_STR(fa, fp_of(&b, "start_replication slot \"s1\"  1A/FF000028 timeline 7;"));
+    CHECK(strcmp(fa, fp_of(&b, "START_REPLICATION SLOT \"s2\" 0/2000000 TIMELINE 1")) != 0);
+    CHECK(strcmp(fa, fp_of(&b, "START_REPLICATION SLOT \"S1\" 0/2000000 TIMELINE 1")) != 0);
+    CHECK(strcmp(fa, fp_of(&b, "START_REPLICATION 0/2000000 TIMELINE 1")) != 0);
+
+    snprintf(fa, sizeof fa, "%s", fp_of(&a, "BASE_BACKUP (LABEL 'secret-label', CHECKPOINT 'fast')"));
+    CHECK_STR(fa, fp_of(&b, "BASE_BACKUP (LABEL 'other', CHECKPOINT 'spread')"));
+    CHECK(strcmp(fa, fp_of(&b, "BASE_BACKUP (LABEL 'other', MANIFEST 'yes')")) != 0);
+    CHECK(!strstr(pgw_analysis_text(&a, 0, &len), "secret"));
+    CHECK_STR(pgw_analysis_stmt(&a, 0)->info->command, "BASE_BACKUP");
+    CHECK_EQ(pgw_analysis_stmt(&a, 0)->info->cls, PGW_CLASS_READ);
+    CHECK_EQ(pgw_analysis_stmt(&a, 0)->info->nobjects, 0);
+    pgw_analysis_clear(&a);
+    pgw_analysis_clear(&b);
+}
+
 /* ---- API corners ----------------------------------------------------------------- */
 
 static void check_api(void)
@@ -1156,6 +1198,7 @@ int main(int argc, char **argv)
     check_key_rules();
     check_key_tail();
     check_passwords();
+    check_replication_commands();
     check_api();
     check_prefixes();
     check_threads();

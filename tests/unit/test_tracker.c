@@ -376,6 +376,65 @@ static void test_copy(void)
     CHECK(recs[0].d.bytes >= 21);
 }
 
+static void rW(void) { pgw_wb_t *w = wb('W'); pgw_wb_u8(w, 0); pgw_wb_u16(w, 0); be(w); }
+
+/* A walsender session: a command answers with several results and its own
+ * tag last; one event at ReadyForQuery carries all it returned. */
+static void test_replication_commands(void)
+{
+    reset();
+    T.replication = 1;
+    Q("BASE_BACKUP (LABEL 'x')");
+    rT(); rD(); rC("SELECT 1");                     /* the start position */
+    rT(); rD(); rD(); rC("SELECT 2");               /* the tablespaces */
+    CHECK_EQ(nrec, 0);
+    rH(); rd(100); rd(100); rd(50); rc();           /* the archive */
+    rT(); rD(); rC("SELECT 1");                     /* the end position */
+    rC("BASE_BACKUP");
+    CHECK_EQ(nrec, 0);
+    rZ('I');
+    CHECK_EQ(nrec, 1);
+    CHECK_STR(recs[0].tag, "BASE_BACKUP");
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_OK);
+    CHECK_EQ(recs[0].d.copy_dir, PGW_COPY_OUT);
+    CHECK_EQ(recs[0].d.copy_bytes, 250);
+    CHECK(recs[0].d.bytes > 250);
+    CHECK_EQ(T.count, 0);
+
+    /* CopyBoth: the client's replies are not the stream's bytes */
+    nrec = 0;
+    Q("START_REPLICATION SLOT s 0/2000000 TIMELINE 1");
+    rW(); rd(40); Fcopy(9); rd(40); Fcopy(9); Fcopydone(); rc();
+    rC("START_STREAMING"); rC("START_REPLICATION");
+    rZ('I');
+    CHECK_EQ(nrec, 1);
+    CHECK_STR(recs[0].tag, "START_REPLICATION");
+    CHECK_EQ(recs[0].d.copy_dir, PGW_COPY_OUT);
+    CHECK_EQ(recs[0].d.copy_bytes, 80);
+
+    /* an error is the command's outcome; an end before ReadyForQuery still
+     * reports the command that completed */
+    nrec = 0;
+    Q("DROP_REPLICATION_SLOT nosuch");
+    rE("42704"); rZ('I');
+    Q("IDENTIFY_SYSTEM");
+    rT(); rD(); rC("IDENTIFY_SYSTEM");
+    pgw_tracker_finish(&T, now);
+    CHECK_EQ(nrec, 2);
+    CHECK_EQ(recs[0].d.status, PGW_STATUS_ERROR);
+    CHECK_STR(recs[0].sqlstate, "42704");
+    CHECK_EQ(recs[1].d.status, PGW_STATUS_OK);
+    CHECK_STR(recs[1].tag, "IDENTIFY_SYSTEM");
+    CHECK_EQ(recs[1].d.rows, 1);
+
+    /* an ordinary session reports each statement at its CommandComplete */
+    reset();
+    Q("SELECT 1");
+    rT(); rD(); rC("SELECT 1");
+    CHECK_EQ(nrec, 1);
+    rZ('I');
+}
+
 static void test_cancel_and_unknown(void)
 {
     reset();
@@ -703,6 +762,7 @@ int main(void)
     test_error_after_all_queued();
     test_skipped_after_error_keeps_text();
     test_portal_suspended();
+    test_replication_commands();
     test_copy();
     test_cancel_and_unknown();
     test_commit_at_sync();
