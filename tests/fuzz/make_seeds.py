@@ -90,6 +90,9 @@ SQL = {
     "nul": "SELECT 1\0; DROP TABLE t",
     "invalid_utf8": "SELECT '\xff\xfe' FROM \xc3\x28",
     "subscription": "CREATE SUBSCRIPTION s CONNECTION 'host=x password=p' PUBLICATION p",
+    "replication": "BASE_BACKUP ( LABEL 'a ''b'' c', WAIT 0, MAX_RATE 32768); IDENTIFY_SYSTEM;"
+                   "START_REPLICATION SLOT \"s\" LOGICAL 1A/FF000028 (proto_version '4');"
+                   "CREATE_REPLICATION_SLOT s2 TEMPORARY PHYSICAL (RESERVE_WAL); TIMELINE_HISTORY 2",
 }
 for name, text in SQL.items():
     put("fuzz_analysis", name, text.encode("latin-1"))
@@ -281,6 +284,23 @@ cp += rec(C, query("COPY t FROM STDIN;"), 1)
 cp += rec(S, msg("G", b"\0" + struct.pack("!Hh", 1, 0)), 1)
 cp += rec(C, msg("d", b"half"), 1, CLOSE)   # client vanishes mid-COPY
 put("fuzz_session", "copy", b"\0" + cp)
+
+# pg_basebackup: a replication session whose command answers with several
+# results and a COPY, then the WAL stream's CopyBoth
+bb = rec(C, startup([("user", "postgres"), ("replication", "true"), ("application_name", "pg_basebackup")]), 2)
+bb += rec(C, query("IDENTIFY_SYSTEM"), 1)
+bb += rec(S, rowdesc("systemid", "timeline") + datarow(b"7", b"1") + cc("IDENTIFY_SYSTEM") + rfq(), 1)
+bb += rec(C, query("BASE_BACKUP ( LABEL 'x', PROGRESS, CHECKPOINT 'fast')"), 1)
+bb += rec(S, rowdesc("recptr", "tli") + datarow(b"0/2000028", b"1") + cc("SELECT 1") +
+          msg("H", b"\0" + struct.pack("!H", 0)) + msg("d", b"n" + b"base.tar\0\0") + msg("d", b"d" + b"x" * 64) +
+          msg("c") + rowdesc("recptr", "tli") + datarow(b"0/2000100", b"1") + cc("SELECT 1") +
+          cc("BASE_BACKUP") + rfq(), 1)
+bb += rec(C, query('START_REPLICATION SLOT "s" 0/2000000 TIMELINE 1'), 1)
+bb += rec(S, msg("W", b"\0" + struct.pack("!H", 0)) + msg("d", b"w" + b"\0" * 24 + b"wal"), 1)
+bb += rec(C, msg("d", b"r" + b"\0" * 33) + msg("c"), 1)
+bb += rec(S, msg("c") + cc("START_STREAMING") + cc("START_REPLICATION") + rfq(), 1)
+bb += rec(C, TERM, 1)
+put("fuzz_session", "pg_basebackup", b"\0" + bb)
 
 put("fuzz_session", "ssl_then_startup", b"\0" + rec(C, SSL, 1) + rec(C, PSQL + query("SELECT 1"), 2) +
     rec(S, rowdesc("?column?") + datarow(b"1") + cc("SELECT 1") + rfq(), 1))
