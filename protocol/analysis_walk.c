@@ -944,6 +944,16 @@ int sql_walk(char *json, sql_walk_out_t *out, uint32_t *nstmts)
 
     if (own_transaction(&d, stmt, id))
         out->flags |= PGW_SQL_OWN_TRANSACTION;
+    if (id == N_PREPARE || id == N_EXECUTE || id == N_DEALLOCATE ||
+        (id == N_DISCARD && strcmp(out->command, "DISCARD ALL") == 0)) {
+        uint32_t body = 0;
+        const char *name;
+
+        (void)jnode(&d, stmt, &body);
+        name = id == N_DISCARD ? "" : jstr(&d, body, "name");
+        out->flags |= id == N_PREPARE ? PGW_SQL_PREPARE : id == N_EXECUTE ? PGW_SQL_EXECUTE : PGW_SQL_DEALLOCATE;
+        out->prepared = *name ? name : NULL;
+    }
 
     switch (id) {
     case N_CREATE_ROLE:
@@ -974,7 +984,7 @@ int sql_walk(char *json, sql_walk_out_t *out, uint32_t *nstmts)
         (void)jnode(&d, stmt, &body);
         q = jget(&d, body, "query");
         qn = jnode(&d, q, &body);
-        if (qn && strcmp(qn, "CreateTableAsStmt") == 0)
+        if (qn && (strcmp(qn, "CreateTableAsStmt") == 0 || strcmp(qn, "ExecuteStmt") == 0))
             out->own_redact = 1;
         break;
     }

@@ -78,6 +78,12 @@ typedef struct pgw_sql_object {
                                    * its tag is shared with forms that do not
                                    * (CREATE INDEX CONCURRENTLY, REINDEX SCHEMA,
                                    * CLUSTER of every table, ...) */
+/* SQL-level prepared statements (not the protocol's Parse): info->prepared
+ * is the name, as the server folds it */
+#define PGW_SQL_PREPARE     0x40u  /* PREPARE name AS ... (objects: what it reads and writes) */
+#define PGW_SQL_EXECUTE     0x80u  /* EXECUTE name (...) */
+#define PGW_SQL_DEALLOCATE  0x100u /* DEALLOCATE name; with prepared NULL:
+                                   * DEALLOCATE ALL or DISCARD ALL */
 
 /* The analysis of one statement shape: shared by every statement that
  * differs from it only in literals. Immutable; read freely from any thread
@@ -94,6 +100,7 @@ typedef struct pgw_sql_info {
     uint32_t nobjects;
     const pgw_sql_object_t *objects;  /* unique per (schema, name, access), in
                                        * order of first appearance */
+    const char *prepared;     /* with PGW_SQL_PREPARE, _EXECUTE, _DEALLOCATE */
 } pgw_sql_info_t;
 
 pgw_sql_info_t *pgw_sql_info_ref(pgw_sql_info_t *info);
