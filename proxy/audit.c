@@ -62,8 +62,92 @@ static void fill_common(pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t kind,
         ev->identity_json = pgw_str(a->ident_json.data, a->ident_json.len);
 }
 
+/* ---- SQL-level prepared statements --------------------------------------- */
+
+/* A session's prepared statements, by name: the PREPARE's analysis (one
+ * reference each). Beyond PREP_MAX the newest are not remembered: their
+ * EXECUTEs name no relation, as before they were prepared. */
+#define PREP_MAX 1024
+typedef struct pgw_prep_map {
+    unsigned n, cap;
+    pgw_sql_info_t **v;
+} prep_map_t;
+
+static int prep_find(const prep_map_t *m, const char *name)
+{
+    for (unsigned i = 0; m && i < m->n; i++)
+        if (strcmp(m->v[i]->prepared, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+static void prep_forget(prep_map_t *m, int i)
+{
+    pgw_sql_info_unref(m->v[i]);
+    m->v[i] = m->v[--m->n];
+}
+
+static void prep_free(prep_map_t *m)
+{
+    if (!m)
+        return;
+    while (m->n)
+        prep_forget(m, (int)m->n - 1);
+    free(m->v);
+    free(m);
+}
+
+static void prep_remember(pgw_audit_t *a, pgw_sql_info_t *info)
+{
+    prep_map_t *m = a->prepared;
+    int i = prep_find(m, info->prepared);
+    if (i >= 0) {
+        prep_forget(m, i);      /* a name prepared again (after a failed block) */
+    } else if (!m) {
+        if (!(m = a->prepared = calloc(1, sizeof *m)))
+            return;
+    }
+    if (m->n == m->cap) {
+        unsigned cap = m->cap ? m->cap * 2 : 8;
+        pgw_sql_info_t **v = cap <= PREP_MAX ? realloc(m->v, cap * sizeof *v) : NULL;
+        if (!v)
+            return;
+        m->v = v;
+        m->cap = cap;
+    }
+    m->v[m->n++] = pgw_sql_info_ref(info);
+}
+
+/* PREPARE, EXECUTE, DEALLOCATE and DISCARD ALL: the map follows what the
+ * server did (done: the statement's outcome is known, not a begin record);
+ * an EXECUTE reports its PREPARE's relations. */
+static void prep_track(pgw_audit_t *a, pgw_sql_info_t *info, bool done, pgw_result_status_t status,
+                       pgw_stmt_view_t *view, pgw_event_statement_t *out)
+{
+    prep_map_t *m = a->prepared;
+    if (info->flags & PGW_SQL_EXECUTE) {
+        int i = prep_find(m, info->prepared);
+        if (i >= 0 && m->v[i]->nobjects)
+            pgw_statement_fill_objects(view, m->v[i], out);
+        return;
+    }
+    if (!done || status != PGW_STATUS_OK)
+        return;
+    if (info->flags & PGW_SQL_PREPARE) {
+        prep_remember(a, info);
+    } else if (info->prepared) {
+        int i = prep_find(m, info->prepared);
+        if (i >= 0)
+            prep_forget(m, i);
+    } else if (m) {
+        while (m->n)
+            prep_forget(m, (int)m->n - 1);
+    }
+}
+
 static void audit_free(pgw_audit_t *a)
 {
+    prep_free(a->prepared);
     pgw_jbuf_free(&a->ident_json);
     free(a->tls);
     free(a);
@@ -97,6 +181,9 @@ static void statement_event(pgw_audit_t *ident, uint64_t seq, const pgw_stmt_don
     fill_common(ident, &ev, PGW_EVENT_STATEMENT, d->time_us, seq);
     ev.statement.truncated = PGW_BOOL(0);   /* before fill: part of the encoded analysis */
     pgw_statement_fill(ident->w->frags, d, view, &ev.statement);
+    pgw_sql_info_t *info = pgw_statement_info(view);
+    if (info && (info->flags & (PGW_SQL_PREPARE | PGW_SQL_EXECUTE | PGW_SQL_DEALLOCATE)))
+        prep_track(ident->owner ? ident->owner : ident, info, !begin, d->status, view, &ev.statement);
     ev.statement.protocol = d->protocol;
     if (d->protocol == PGW_PROTOCOL_EXTENDED) {
         ev.statement.statement_name = pgw_cstr(d->stmt_name ? d->stmt_name : "");
@@ -211,6 +298,7 @@ static int parse_later(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d, p
     j->owner = a;
     j->ident = *a;
     j->ident.ident_cached = 0;      /* a's buffer is a's alone */
+    j->ident.owner = a;
     memset(&j->ident.ident_json, 0, sizeof j->ident.ident_json);
     j->seq = seq;
     j->d = *d;

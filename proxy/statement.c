@@ -388,6 +388,23 @@ static void fill_objects(const pgw_sql_info_t *info, pgw_stmt_view_t *view,
     out->nobjects = n;
 }
 
+pgw_sql_info_t *pgw_statement_info(const pgw_stmt_view_t *view)
+{
+    const pgw_analysis_t *an = view->src;
+    if (!view->has_an || view->rc || !an || an->count <= view->idx)
+        return NULL;
+    return pgw_analysis_stmt(an, view->idx)->info;
+}
+
+void pgw_statement_fill_objects(pgw_stmt_view_t *view, const pgw_sql_info_t *from,
+                                pgw_event_statement_t *out)
+{
+    free(view->heap_objects);
+    view->heap_objects = NULL;
+    out->analysis_json = pgw_str(NULL, 0);   /* encoded field by field */
+    fill_objects(from, view, out);
+}
+
 void pgw_statement_view_free(pgw_stmt_view_t *view)
 {
     if (view->has_an)

@@ -64,6 +64,14 @@ void pgw_statement_thread_done(void);
 void pgw_statement_fill(struct pgw_frag_cache *fc, const pgw_stmt_done_t *d, pgw_stmt_view_t *view,
                         pgw_event_statement_t *out);
 void pgw_statement_view_free(pgw_stmt_view_t *view);
+/* The analysis of the statement view reports, or NULL (not analysed, a
+ * parse that failed for want of memory). */
+pgw_sql_info_t *pgw_statement_info(const pgw_stmt_view_t *view);
+/* After pgw_statement_fill: out names from's relations instead of its own
+ * (an EXECUTE, what its PREPARE reads and writes), and is encoded field by
+ * field rather than from a cached fragment. */
+void pgw_statement_fill_objects(pgw_stmt_view_t *view, const pgw_sql_info_t *from,
+                                pgw_event_statement_t *out);
 /* *to = *from, keeping what the view reports. */
 void pgw_statement_view_move(pgw_stmt_view_t *to, const pgw_stmt_view_t *from);
 

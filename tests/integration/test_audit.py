@@ -105,6 +105,50 @@ def test_simple_query_events_and_identity(pg, audited):
     assert evs[-1]["statements"] == len(st)
 
 
+def test_sql_prepared_statements_name_their_relations(audited):
+    """EXECUTE of a statement made with SQL's PREPARE reads and writes what
+    the PREPARE named: its event lists those relations (class stays MISC, as
+    pgAudit files EXECUTE), until DEALLOCATE, DEALLOCATE ALL or DISCARD ALL;
+    by either protocol, in the Query of its PREPARE or later."""
+    app = app_name()
+    with audited.connect(application_name=app) as conn:
+        conn.execute("CREATE TEMP TABLE acct (id int, bal int)")
+        conn.execute("CREATE TEMP TABLE ledger (id int)")
+        # one Query: PREPARE and EXECUTE in the simple protocol
+        conn.pgconn.exec_(b"PREPARE bump (int) AS UPDATE acct SET bal = bal + 1 WHERE id = $1 "
+                          b"RETURNING (SELECT count(*) FROM ledger); EXECUTE bump(7)")
+        conn.execute("PREPARE look AS SELECT * FROM acct")
+        conn.execute("EXECUTE look", prepare=True)       # the extended protocol
+        conn.execute("EXECUTE bump(8)")
+        conn.execute("DEALLOCATE bump")
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            conn.execute("EXECUTE bump(9)")
+        conn.execute("EXECUTE look")
+        conn.execute("DEALLOCATE ALL")
+        conn.execute("PREPARE look AS SELECT id FROM ledger")   # the name again, another statement
+        conn.execute("EXECUTE look")
+        conn.execute("DISCARD ALL")
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            conn.execute("EXECUTE look")
+    st = statements(session_events(audited, app))
+    ex = [s for s in st if s["statement"]["command"] == "EXECUTE"]
+    bump = [{"name": "acct", "type": "table", "access": "write"},
+            {"name": "ledger", "type": "table", "access": "read"}]
+    acct = [{"name": "acct", "type": "table", "access": "read"}]
+    ledger = [{"name": "ledger", "type": "table", "access": "read"}]
+    assert [(s["statement"]["text"], s["result"]["status"], s["statement"]["objects"]) for s in ex] == [
+        ("EXECUTE bump($1)", "ok", bump),
+        ("EXECUTE look", "ok", acct),
+        ("EXECUTE bump($1)", "ok", bump),
+        ("EXECUTE bump($1)", "error", []),               # after DEALLOCATE
+        ("EXECUTE look", "ok", acct),
+        ("EXECUTE look", "ok", ledger),                  # after DEALLOCATE ALL and a new PREPARE
+        ("EXECUTE look", "error", []),                   # after DISCARD ALL
+    ]
+    assert all(s["statement"]["class"] == "MISC" for s in ex)
+    assert ex[0]["statement"]["protocol"] == "simple" and ex[1]["statement"]["protocol"] == "extended"
+
+
 def test_multi_statement_with_error_and_skipped(audited):
     app = app_name()
     with audited.connect(application_name=app) as conn:
@@ -304,8 +348,11 @@ def test_pgbench_exactly_one_event_per_statement(pg, audited, mode):
     done = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
     assert done == clients * per_client
     def all_ended():
+        # pgbench's own first connection is a session too: every session
+        # that started must have ended, not just as many as the clients
         evs = [e for e in events(audited) if e.get("client", {}).get("application") == app]
-        return evs if sum(e["kind"] == "session_end" for e in evs) >= clients else None
+        ends = sum(e["kind"] == "session_end" for e in evs)
+        return evs if ends >= clients and ends == sum(e["kind"] == "session_start" for e in evs) else None
     evs = wait_until(all_ended, 15, what="pgbench sessions ended")
     st = [s for s in statements(evs)
           if s["statement"].get("objects") and s["statement"]["objects"][0]["name"].startswith("pgbench_")
