@@ -302,6 +302,18 @@ bb += rec(S, msg("c") + cc("START_STREAMING") + cc("START_REPLICATION") + rfq(),
 bb += rec(C, TERM, 1)
 put("fuzz_session", "pg_basebackup", b"\0" + bb)
 
+# SQL-level PREPARE, EXECUTE (whose event names the PREPARE's relations),
+# DEALLOCATE, DISCARD ALL
+sp = rec(C, PSQL, 2)
+sp += rec(C, query("PREPARE p (int) AS UPDATE t SET v = 1 WHERE id = $1; EXECUTE p(1)"), 1)
+sp += rec(S, cc("PREPARE") + cc("UPDATE 1") + rfq(), 1)
+sp += rec(C, parse("", "EXECUTE p(2)") + B("", "", []) + execute("") + SYNC, 1)
+sp += rec(S, msg("1") + msg("2") + cc("UPDATE 1") + rfq(), 1)
+sp += rec(C, query("DEALLOCATE p; EXECUTE p(3); DISCARD ALL"), 1)
+sp += rec(S, cc("DEALLOCATE") + err("26000", 'prepared statement "p" does not exist') + rfq(), 1)
+sp += rec(C, TERM, 1)
+put("fuzz_session", "sql_prepare", b"\0" + sp)
+
 put("fuzz_session", "ssl_then_startup", b"\0" + rec(C, SSL, 1) + rec(C, PSQL + query("SELECT 1"), 2) +
     rec(S, rowdesc("?column?") + datarow(b"1") + cc("SELECT 1") + rfq(), 1))
 put("fuzz_session", "gss_ssl_startup", b"\0" + rec(C, GSS, 1) + rec(C, SSL, 1) + rec(C, PSQL, 2))

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from harness import SUPERUSER, client_env, pg_tool, running_cluster
+from harness import SUPERUSER, client_env, pg_tool, running_cluster, wait_until
 from test_event_schema import assert_valid_audit_file
 
 
@@ -122,6 +122,50 @@ def test_pg_recvlogical_streams_the_changes(rpg, start_proxy, tmp_path):
     assert len(sr) == 1 and sr[0]["statement"]["class"] == "READ"
     assert sr[0]["copy"]["direction"] == "out" and sr[0]["copy"]["bytes"] > 50 * 60
     assert sr[0]["result"]["status"] in ("ok", "unknown")   # the client may just hang up
+    assert not [x for x in evs if x["kind"] == "statement" and "parse_error" in x["statement"]]
+
+
+def test_subscription_through_pgwarden(rpg, start_proxy, tmp_path):
+    """Another cluster subscribes to a publication through pgwarden: the
+    initial copy and the changes after it arrive, and the audit shows the
+    subscriber's slot, its table copy and its stream."""
+    p, audit = audited_proxy(start_proxy, rpg, tmp_path)
+    host, port = p.tcp_addrs[0]
+    rpg.sql("CREATE TABLE pubt (id int PRIMARY KEY, v text)")
+    rpg.sql("INSERT INTO pubt SELECT g, 'before ' || g FROM generate_series(1, 100) g")
+    rpg.sql("CREATE PUBLICATION pub FOR TABLE pubt")
+    try:
+        with running_cluster() as sub:
+            sub.sql("CREATE TABLE pubt (id int PRIMARY KEY, v text)")
+            sub.sql("CREATE SUBSCRIPTION s CONNECTION 'host=%s port=%d user=%s dbname=postgres' "
+                    "PUBLICATION pub" % (host, port, SUPERUSER))
+            wait_until(lambda: sub.sql("SELECT count(*) FROM pubt")[0][0] == 100, 60,
+                       what="the initial copy")
+            rpg.sql("INSERT INTO pubt SELECT g, 'after ' || g FROM generate_series(101, 150) g")
+            rpg.sql("UPDATE pubt SET v = 'changed' WHERE id = 7")
+            wait_until(lambda: sub.sql("SELECT count(*), max(v) FILTER (WHERE id = 7) FROM pubt")[0]
+                       == (150, "changed"), 60, what="the changes")
+            # drops its slot on the publisher, through pgwarden too
+            sub.sql("DROP SUBSCRIPTION s")
+    finally:
+        wait_until(lambda: not rpg.sql("SELECT 1 FROM pg_replication_slots WHERE active"), 30,
+                   what="the slots released")
+        rpg.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots")
+        rpg.sql("DROP PUBLICATION pub")
+    evs = stopped_events(p, audit)
+    slots = by_command(evs, "CREATE_REPLICATION_SLOT")
+    assert slots and all(e["statement"]["class"] == "DDL" for e in slots)
+    assert any('"s" LOGICAL pgoutput' in e["statement"]["text"] for e in slots)
+    copies = [e for e in evs if e["kind"] == "statement" and e["statement"].get("command") == "COPY"]
+    assert any(e["copy"] == {"direction": "out", "rows": 100, "bytes": e["copy"]["bytes"]}
+               and e["result"]["status"] == "ok" for e in copies), copies
+    sr = by_command(evs, "START_REPLICATION")
+    assert sr and all(e["statement"]["class"] == "READ" for e in sr)
+    assert any(e["copy"]["bytes"] > 50 * 20 for e in sr)
+    drop = by_command(evs, "DROP_REPLICATION_SLOT")
+    # the table copy's temporary slot, then the subscription's own
+    assert all(e["result"]["status"] == "ok" and e["statement"]["class"] == "DDL" for e in drop)
+    assert drop[-1]["statement"]["text"] == "DROP_REPLICATION_SLOT s WAIT"
     assert not [x for x in evs if x["kind"] == "statement" and "parse_error" in x["statement"]]
 
 
