@@ -101,8 +101,11 @@ static int keep_value(const uint8_t *s, const sql_tok_t *t, uint32_t i)
 /* After a closing quote at q-1: does a continuation follow? PostgreSQL joins
  * 'a'<newline>'b' into one literal when only white space with at least one
  * newline (and -- comments ending in newlines) separates them. Returns the
- * offset just past the next opening quote, or 0. */
-static uint32_t quote_continues(const uint8_t *s, uint32_t n, uint32_t q)
+ * offset just past the next opening quote, or 0. A comment in between sets
+ * *odd: the server joins across it, libpg_query's scanner does not (it
+ * reports a syntax error), so such a literal must never be a cache hit --
+ * the hit would say what the server does, the parser the opposite. */
+static uint32_t quote_continues(const uint8_t *s, uint32_t n, uint32_t q, int *odd)
 {
     uint32_t k = q;
 
@@ -118,6 +121,7 @@ static uint32_t quote_continues(const uint8_t *s, uint32_t n, uint32_t q)
                 k++;
             if (k >= n)
                 return 0;
+            *odd = 1;
             continue;
         }
         break;
@@ -127,11 +131,12 @@ static uint32_t quote_continues(const uint8_t *s, uint32_t n, uint32_t q)
 
 /* Scans a quoted literal whose opening quote is at q. backslash: E'' rules;
  * doubled: '' stands for a quote. Returns the end offset or 0 when
- * unterminated. */
-static uint32_t scan_string(const uint8_t *s, uint32_t n, uint32_t q, int backslash, int doubled)
+ * unterminated; *odd is set when it continues across a comment. */
+static uint32_t scan_string(const uint8_t *s, uint32_t n, uint32_t q, int backslash, int doubled, int *odd)
 {
     uint32_t j = q + 1;
 
+    *odd = 0;
     while (j < n) {
         uint8_t c = s[j];
 
@@ -146,9 +151,11 @@ static uint32_t scan_string(const uint8_t *s, uint32_t n, uint32_t q, int backsl
                 j += 2;
                 continue;
             }
-            next = quote_continues(s, n, j + 1);
+            int across = 0;
+            next = quote_continues(s, n, j + 1, &across);
             if (!next)
                 return j + 1;
+            *odd |= across;
             j = next;
             continue;
         }
@@ -386,6 +393,7 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
     while (i < n) {
         uint8_t c = s[i], cl = cclass[c], type;
         uint32_t start = i, end;
+        int odd = 0;
 
         if (cl & C_SPACE) {
             do
@@ -404,18 +412,18 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
                 while (end < n && is_idcont(s[end]))
                     end++;
             } else if (c1 == '\'' && (c == 'e' || c == 'E')) {
-                end = scan_string(s, n, i + 1, 1, 1);
+                end = scan_string(s, n, i + 1, 1, 1, &odd);
                 type = TK_L_ESTR;
             } else if (c1 == '\'' && (c == 'b' || c == 'B')) {
-                end = scan_string(s, n, i + 1, 0, 0);
+                end = scan_string(s, n, i + 1, 0, 0, &odd);
                 type = TK_L_BSTR;
             } else if (c1 == '\'' && (c == 'x' || c == 'X')) {
-                end = scan_string(s, n, i + 1, 0, 0);
+                end = scan_string(s, n, i + 1, 0, 0, &odd);
                 type = TK_L_XSTR;
             } else if (c1 == '&' && (c == 'u' || c == 'U') && i + 2 < n &&
                        (s[i + 2] == '\'' || s[i + 2] == '"')) {
                 if (s[i + 2] == '\'') {
-                    end = scan_string(s, n, i + 2, 0, 1);
+                    end = scan_string(s, n, i + 2, 0, 1, &odd);
                     type = TK_L_USTR;
                 } else {
                     end = scan_qident(s, n, i + 3);
@@ -468,7 +476,7 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
         } else if (cl & C_DIGIT || (c == '.' && i + 1 < n && is_digit(s[i + 1]))) {
             end = scan_number(s, n, i, &type);
         } else if (c == '\'') {
-            end = scan_string(s, n, i, 0, 1);
+            end = scan_string(s, n, i, 0, 1, &odd);
             type = TK_L_STR;
             if (!end) {
                 type = TK_BAD;
@@ -543,6 +551,8 @@ int sql_lex_run(sql_lex_t *lx, const char *str, uint32_t n, int whole)
                 end = i + 2;
         }
 
+        if (odd)
+            type = TK_BAD;      /* a literal joined across a comment */
         if (push_tok(lx, start, end, type))
             return -ENOMEM;
         i = end;
