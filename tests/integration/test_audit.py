@@ -554,24 +554,33 @@ def test_big_statement_does_not_stall_other_sessions(pg, start_proxy, tmp_path):
         setup.execute("DROP TABLE big_ins")
 
 
-def test_asyncpg_binary_parameters(audited):
+def with_asyncpg(proxy, app, body):
+    """Runs the coroutine body(conn) on an asyncpg connection through the
+    proxy, with application_name app."""
     asyncpg = pytest.importorskip("asyncpg")
     import asyncio
-    app = app_name()
 
     async def run():
-        conn = await asyncpg.connect(host=audited.host, port=audited.port, user=SUPERUSER,
+        conn = await asyncpg.connect(host=proxy.host, port=proxy.port, user=SUPERUSER,
                                      database="postgres", server_settings={"application_name": app},
                                      ssl=False)
         try:
-            assert await conn.fetchval("SELECT $1::int8 + $2::int8", 40, 2) == 42
-            stmt = await conn.prepare("SELECT $1::bytea || $2::bytea")
-            for i in range(5):
-                assert await stmt.fetchval(b"\x00\x01", bytes([i])) == b"\x00\x01" + bytes([i])
-            await conn.executemany("SELECT $1::text", [("a",), ("b",), ("c",)])
+            await body(conn)
         finally:
             await conn.close()
     asyncio.run(run())
+
+
+def test_asyncpg_binary_parameters(audited):
+    app = app_name()
+
+    async def body(conn):
+        assert await conn.fetchval("SELECT $1::int8 + $2::int8", 40, 2) == 42
+        stmt = await conn.prepare("SELECT $1::bytea || $2::bytea")
+        for i in range(5):
+            assert await stmt.fetchval(b"\x00\x01", bytes([i])) == b"\x00\x01" + bytes([i])
+        await conn.executemany("SELECT $1::text", [("a",), ("b",), ("c",)])
+    with_asyncpg(audited, app, body)
     st = statements(session_events(audited, app))
     add = [s for s in st if "int8 + " in s["statement"]["text"]]
     assert len(add) == 1
@@ -590,32 +599,24 @@ def test_asyncpg_cursor_fetches_sum_their_rows(audited):
     """A cursor read in pieces is one execution of one portal, suspended
     between fetches: one event, whose rows are every row the client got, not
     the count of the last piece that the server's tag carries."""
-    asyncpg = pytest.importorskip("asyncpg")
-    import asyncio
     app = app_name()
 
-    async def run():
-        conn = await asyncpg.connect(host=audited.host, port=audited.port, user=SUPERUSER,
-                                     database="postgres", server_settings={"application_name": app},
-                                     ssl=False)
-        try:
-            async with conn.transaction():
-                cur = await conn.cursor("SELECT g FROM generate_series(1, 25) g WHERE g > $1", 0)
-                got = [len(await cur.fetch(10)) for _ in range(3)]
-                assert got == [10, 10, 5]
-            async with conn.transaction():
-                # Iteration prefetches 50 rows at a time: the last fetch finds
-                # nothing left, and the server's tag says "SELECT 0".
-                n = 0
-                async for _ in conn.cursor("SELECT g, 'x' FROM generate_series(1, 250) g"):
-                    n += 1
-                assert n == 250
-            async with conn.transaction():
-                cur = await conn.cursor("SELECT g, 'y' FROM generate_series(1, 100) g")
-                assert len(await cur.fetch(30)) == 30
-        finally:
-            await conn.close()
-    asyncio.run(run())
+    async def body(conn):
+        async with conn.transaction():
+            cur = await conn.cursor("SELECT g FROM generate_series(1, 25) g WHERE g > $1", 0)
+            got = [len(await cur.fetch(10)) for _ in range(3)]
+            assert got == [10, 10, 5]
+        async with conn.transaction():
+            # Iteration prefetches 50 rows at a time: the last fetch finds
+            # nothing left, and the server's tag says "SELECT 0".
+            n = 0
+            async for _ in conn.cursor("SELECT g, 'x' FROM generate_series(1, 250) g"):
+                n += 1
+            assert n == 250
+        async with conn.transaction():
+            cur = await conn.cursor("SELECT g, 'y' FROM generate_series(1, 100) g")
+            assert len(await cur.fetch(30)) == 30
+    with_asyncpg(audited, app, body)
     st = statements(session_events(audited, app))
     runs = [s for s in st if "generate_series" in s["statement"]["text"]]
     assert len(runs) == 3, [s["statement"]["text"] for s in runs]
