@@ -903,7 +903,7 @@ static void on_complete(pgw_tracker_t *t, const pgw_msg_t *m, int empty, int64_t
     if (!empty && pgw_parse_command_complete(m, &cc) == 0)
         ccp = &cc;
     if (it->kind == IT_QUERY) {
-        if (ccp && it->cur < it->nstmts && t->replication && it->nstmts == 1) {
+        if (t->replication && ccp && it->nstmts == 1 && it->cur == 0) {
             /* BASE_BACKUP answers with its start, its tablespaces, the
              * archive's COPY, its end and then its own tag: one execution,
              * reported at ReadyForQuery with everything it returned. */
