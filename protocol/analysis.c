@@ -243,7 +243,7 @@ typedef struct entry_parts {
     const char *kept_src;
     const char *norm;
     uint32_t norm_len;
-    const char *prepared;
+    const char *name;
 } entry_parts_t;
 
 #define ALIGN8(x) (((x) + 7) & ~(size_t)7)
@@ -279,8 +279,8 @@ static sql_entry_t *entry_pack(const entry_parts_t *ep)
                (size_t)ep->norm_len + 1;
     if (ep->parse_error)
         strings += strlen(ep->parse_error) + 1;
-    if (ep->prepared)
-        strings += strlen(ep->prepared) + 1;
+    if (ep->name)
+        strings += strlen(ep->name) + 1;
     total = fixed + strings;
     if (total > UINT32_MAX)
         return NULL;
@@ -299,7 +299,7 @@ static sql_entry_t *entry_pack(const entry_parts_t *ep)
     e->pub.fingerprint = put_str(&p, ep->fingerprint, strlen(ep->fingerprint));
     e->pub.fingerprint_value = e->pub.fingerprint[0] ? strtoull(e->pub.fingerprint, NULL, 16) : 0;
     e->pub.parse_error = ep->parse_error ? put_str(&p, ep->parse_error, strlen(ep->parse_error)) : NULL;
-    e->pub.prepared = ep->prepared ? put_str(&p, ep->prepared, strlen(ep->prepared)) : NULL;
+    e->pub.name = ep->name ? put_str(&p, ep->name, strlen(ep->name)) : NULL;
     for (i = 0; i < ep->nobjs; i++) {
         objs[i].schema = put_str(&p, ep->objs[i].schema, strlen(ep->objs[i].schema));
         objs[i].name = put_str(&p, ep->objs[i].name, strlen(ep->objs[i].name));
@@ -613,7 +613,7 @@ static int analyze_piece(const piece_in_t *p, sql_entry_t **out, int *multi)
     ep.flags = (wo.no_raw ? PGW_SQL_NO_RAW : 0) | wo.flags;
     ep.objs = wo.objs;
     ep.nobjs = wo.nobjs;
-    ep.prepared = wo.prepared;
+    ep.name = wo.name;
     ep.ntok = p->n;
     ep.stmt_len = len;
     ep.key_len = sql_key_build(p->s, p->t, p->n, key);

@@ -183,7 +183,8 @@ typedef struct sql_walk_out {
     uint32_t flags;           /* PGW_SQL_NO_WHERE, PGW_SQL_COPY_*, PGW_SQL_OWN_TRANSACTION */
     sql_obj_t *objs;
     uint32_t nobjs, cap;
-    const char *prepared;     /* PREPARE, EXECUTE, DEALLOCATE's name (in the json) */
+    const char *name;         /* PREPARE, EXECUTE, DEALLOCATE, DECLARE, FETCH,
+                               * CLOSE's name (in the json) */
     int oom;
 } sql_walk_out_t;
 

@@ -944,15 +944,25 @@ int sql_walk(char *json, sql_walk_out_t *out, uint32_t *nstmts)
 
     if (own_transaction(&d, stmt, id))
         out->flags |= PGW_SQL_OWN_TRANSACTION;
-    if (id == N_PREPARE || id == N_EXECUTE || id == N_DEALLOCATE ||
+    if (id == N_PREPARE || id == N_EXECUTE || id == N_DEALLOCATE || id == N_DECLARE_CURSOR ||
+        id == N_FETCH || id == N_CLOSE_PORTAL ||
         (id == N_DISCARD && strcmp(out->command, "DISCARD ALL") == 0)) {
         uint32_t body = 0;
         const char *name;
 
         (void)jnode(&d, stmt, &body);
-        name = id == N_DISCARD ? "" : jstr(&d, body, "name");
-        out->flags |= id == N_PREPARE ? PGW_SQL_PREPARE : id == N_EXECUTE ? PGW_SQL_EXECUTE : PGW_SQL_DEALLOCATE;
-        out->prepared = *name ? name : NULL;
+        switch (id) {
+        case N_PREPARE:         out->flags |= PGW_SQL_PREPARE; break;
+        case N_EXECUTE:         out->flags |= PGW_SQL_EXECUTE; break;
+        case N_DEALLOCATE:      out->flags |= PGW_SQL_DEALLOCATE; break;
+        case N_DECLARE_CURSOR:  out->flags |= PGW_SQL_DECLARE; break;
+        case N_FETCH:           out->flags |= PGW_SQL_FETCH; break;
+        case N_CLOSE_PORTAL:    out->flags |= PGW_SQL_CLOSE; break;
+        default:                out->flags |= PGW_SQL_DEALLOCATE | PGW_SQL_CLOSE; break;
+        }
+        name = id == N_DISCARD ? "" :
+               jstr(&d, body, id == N_PREPARE || id == N_EXECUTE || id == N_DEALLOCATE ? "name" : "portalname");
+        out->name = *name ? name : NULL;
     }
 
     switch (id) {

@@ -62,54 +62,59 @@ static void fill_common(pgw_audit_t *a, pgw_event_t *ev, pgw_event_kind_t kind,
         ev->identity_json = pgw_str(a->ident_json.data, a->ident_json.len);
 }
 
-/* ---- SQL-level prepared statements --------------------------------------- */
+/* ---- SQL-level prepared statements and cursors --------------------------- */
 
-/* A session's prepared statements, by name: the PREPARE's analysis (one
- * reference each). Beyond PREP_MAX the newest are not remembered: their
- * EXECUTEs name no relation, as before they were prepared. */
-#define PREP_MAX 1024
-typedef struct pgw_prep_map {
+/* A session's prepared statements (or cursors), by name: the PREPARE's (or
+ * DECLARE's) analysis, one reference each. Beyond NAMED_MAX the newest are
+ * not remembered: their EXECUTEs (FETCHes) name no relation, as before. */
+#define NAMED_MAX 1024
+typedef struct pgw_named_map {
     unsigned n, cap;
     pgw_sql_info_t **v;
-} prep_map_t;
+} named_map_t;
 
-static int prep_find(const prep_map_t *m, const char *name)
+static int named_find(const named_map_t *m, const char *name)
 {
-    for (unsigned i = 0; m && i < m->n; i++)
-        if (strcmp(m->v[i]->prepared, name) == 0)
+    for (unsigned i = 0; m && name && i < m->n; i++)
+        if (strcmp(m->v[i]->name, name) == 0)
             return (int)i;
     return -1;
 }
 
-static void prep_forget(prep_map_t *m, int i)
+static void named_forget(named_map_t *m, int i)
 {
     pgw_sql_info_unref(m->v[i]);
     m->v[i] = m->v[--m->n];
 }
 
-static void prep_free(prep_map_t *m)
+static void named_clear(named_map_t *m)
+{
+    while (m && m->n)
+        named_forget(m, (int)m->n - 1);
+}
+
+static void named_free(named_map_t *m)
 {
     if (!m)
         return;
-    while (m->n)
-        prep_forget(m, (int)m->n - 1);
+    named_clear(m);
     free(m->v);
     free(m);
 }
 
-static void prep_remember(pgw_audit_t *a, pgw_sql_info_t *info)
+static void named_remember(named_map_t **mp, pgw_sql_info_t *info)
 {
-    prep_map_t *m = a->prepared;
-    int i = prep_find(m, info->prepared);
+    named_map_t *m = *mp;
+    int i = named_find(m, info->name);
     if (i >= 0) {
-        prep_forget(m, i);      /* a name prepared again (after a failed block) */
+        named_forget(m, i);     /* the name used again (after a failed block, a commit) */
     } else if (!m) {
-        if (!(m = a->prepared = calloc(1, sizeof *m)))
+        if (!(m = *mp = calloc(1, sizeof *m)))
             return;
     }
     if (m->n == m->cap) {
         unsigned cap = m->cap ? m->cap * 2 : 8;
-        pgw_sql_info_t **v = cap <= PREP_MAX ? realloc(m->v, cap * sizeof *v) : NULL;
+        pgw_sql_info_t **v = cap <= NAMED_MAX ? realloc(m->v, cap * sizeof *v) : NULL;
         if (!v)
             return;
         m->v = v;
@@ -118,36 +123,56 @@ static void prep_remember(pgw_audit_t *a, pgw_sql_info_t *info)
     m->v[m->n++] = pgw_sql_info_ref(info);
 }
 
-/* PREPARE, EXECUTE, DEALLOCATE and DISCARD ALL: the map follows what the
- * server did (done: the statement's outcome is known, not a begin record);
- * an EXECUTE reports its PREPARE's relations. */
-static void prep_track(pgw_audit_t *a, pgw_sql_info_t *info, bool done, pgw_result_status_t status,
-                       pgw_stmt_view_t *view, pgw_event_statement_t *out)
+/* A statement that uses a name (EXECUTE, FETCH, MOVE) reports the
+ * relations of the one that defined it. */
+static void named_use(const named_map_t *m, const pgw_sql_info_t *info, pgw_stmt_view_t *view,
+                      pgw_event_statement_t *out)
 {
-    prep_map_t *m = a->prepared;
+    int i = named_find(m, info->name);
+    if (i >= 0 && m->v[i]->nobjects)
+        pgw_statement_fill_objects(view, m->v[i], out);
+}
+
+/* PREPARE/EXECUTE/DEALLOCATE, DECLARE/FETCH/MOVE/CLOSE and DISCARD ALL: the
+ * maps follow what the server did (done: the statement's outcome is known,
+ * not a begin record). A cursor that its transaction's end closed stays in
+ * the map until its name is declared again or closed: only a FETCH that
+ * fails (34000) could use it. */
+static void named_track(pgw_audit_t *a, pgw_sql_info_t *info, bool done, pgw_result_status_t status,
+                        pgw_stmt_view_t *view, pgw_event_statement_t *out)
+{
     if (info->flags & PGW_SQL_EXECUTE) {
-        int i = prep_find(m, info->prepared);
-        if (i >= 0 && m->v[i]->nobjects)
-            pgw_statement_fill_objects(view, m->v[i], out);
+        named_use(a->prepared, info, view, out);
+        return;
+    }
+    if (info->flags & PGW_SQL_FETCH) {
+        named_use(a->cursors, info, view, out);
         return;
     }
     if (!done || status != PGW_STATUS_OK)
         return;
-    if (info->flags & PGW_SQL_PREPARE) {
-        prep_remember(a, info);
-    } else if (info->prepared) {
-        int i = prep_find(m, info->prepared);
+    if (info->flags & PGW_SQL_PREPARE)
+        named_remember(&a->prepared, info);
+    else if (info->flags & PGW_SQL_DECLARE)
+        named_remember(&a->cursors, info);
+    if (info->flags & (PGW_SQL_DEALLOCATE | PGW_SQL_CLOSE)) {
+        named_map_t *m = info->flags & PGW_SQL_DEALLOCATE ? a->prepared : a->cursors;
+        int i = named_find(m, info->name);
         if (i >= 0)
-            prep_forget(m, i);
-    } else if (m) {
-        while (m->n)
-            prep_forget(m, (int)m->n - 1);
+            named_forget(m, i);
+        else if (!info->name) {         /* DEALLOCATE ALL, CLOSE ALL, DISCARD ALL (both) */
+            if (info->flags & PGW_SQL_DEALLOCATE)
+                named_clear(a->prepared);
+            if (info->flags & PGW_SQL_CLOSE)
+                named_clear(a->cursors);
+        }
     }
 }
 
 static void audit_free(pgw_audit_t *a)
 {
-    prep_free(a->prepared);
+    named_free(a->prepared);
+    named_free(a->cursors);
     pgw_jbuf_free(&a->ident_json);
     free(a->tls);
     free(a);
@@ -182,8 +207,8 @@ static void statement_event(pgw_audit_t *ident, uint64_t seq, const pgw_stmt_don
     ev.statement.truncated = PGW_BOOL(0);   /* before fill: part of the encoded analysis */
     pgw_statement_fill(ident->w->frags, d, view, &ev.statement);
     pgw_sql_info_t *info = pgw_statement_info(view);
-    if (info && (info->flags & (PGW_SQL_PREPARE | PGW_SQL_EXECUTE | PGW_SQL_DEALLOCATE)))
-        prep_track(ident->owner ? ident->owner : ident, info, !begin, d->status, view, &ev.statement);
+    if (info && (info->flags & PGW_SQL_NAMED))
+        named_track(ident->owner ? ident->owner : ident, info, !begin, d->status, view, &ev.statement);
     ev.statement.protocol = d->protocol;
     if (d->protocol == PGW_PROTOCOL_EXTENDED) {
         ev.statement.statement_name = pgw_cstr(d->stmt_name ? d->stmt_name : "");

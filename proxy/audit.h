@@ -53,10 +53,11 @@ typedef struct pgw_audit {
      * the access policy's gate (borrowed for that call; the split may move
      * it into the Query's memo), or NULL. */
     pgw_analysis_t *given;
-    /* The session's SQL-level prepared statements (PREPARE name AS ...), so
-     * that an EXECUTE's event names what it reads and writes; NULL until
-     * the first. Shared with the copies that parse jobs take. */
-    struct pgw_prep_map *prepared;
+    /* The session's SQL-level prepared statements (PREPARE name AS ...)
+     * and cursors (DECLARE name CURSOR FOR ...), so that an EXECUTE's or a
+     * FETCH's event names what it reads and writes; NULL until the first.
+     * Shared with the copies that parse jobs take. */
+    struct pgw_named_map *prepared, *cursors;
     struct pgw_audit *owner;        /* in a parse job's copy: the session's own */
 } pgw_audit_t;
 

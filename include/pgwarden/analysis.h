@@ -78,12 +78,19 @@ typedef struct pgw_sql_object {
                                    * its tag is shared with forms that do not
                                    * (CREATE INDEX CONCURRENTLY, REINDEX SCHEMA,
                                    * CLUSTER of every table, ...) */
-/* SQL-level prepared statements (not the protocol's Parse): info->prepared
- * is the name, as the server folds it */
+/* SQL-level prepared statements (not the protocol's Parse) and cursors:
+ * info->name is the statement's or the cursor's name, as the server folds
+ * it */
 #define PGW_SQL_PREPARE     0x40u  /* PREPARE name AS ... (objects: what it reads and writes) */
 #define PGW_SQL_EXECUTE     0x80u  /* EXECUTE name (...) */
-#define PGW_SQL_DEALLOCATE  0x100u /* DEALLOCATE name; with prepared NULL:
+#define PGW_SQL_DEALLOCATE  0x100u /* DEALLOCATE name; with name NULL:
                                    * DEALLOCATE ALL or DISCARD ALL */
+#define PGW_SQL_DECLARE     0x200u /* DECLARE name CURSOR FOR ... (objects: what it reads) */
+#define PGW_SQL_FETCH       0x400u /* FETCH or MOVE ... name */
+#define PGW_SQL_CLOSE       0x800u /* CLOSE name; with name NULL: CLOSE ALL or
+                                   * DISCARD ALL */
+#define PGW_SQL_NAMED (PGW_SQL_PREPARE | PGW_SQL_EXECUTE | PGW_SQL_DEALLOCATE | \
+                       PGW_SQL_DECLARE | PGW_SQL_FETCH | PGW_SQL_CLOSE)
 
 /* The analysis of one statement shape: shared by every statement that
  * differs from it only in literals. Immutable; read freely from any thread
@@ -100,7 +107,8 @@ typedef struct pgw_sql_info {
     uint32_t nobjects;
     const pgw_sql_object_t *objects;  /* unique per (schema, name, access), in
                                        * order of first appearance */
-    const char *prepared;     /* with PGW_SQL_PREPARE, _EXECUTE, _DEALLOCATE */
+    const char *name;         /* with PGW_SQL_PREPARE, _EXECUTE, _DEALLOCATE,
+                               * _DECLARE, _FETCH, _CLOSE */
 } pgw_sql_info_t;
 
 pgw_sql_info_t *pgw_sql_info_ref(pgw_sql_info_t *info);

@@ -149,6 +149,63 @@ def test_sql_prepared_statements_name_their_relations(audited):
     assert ex[0]["statement"]["protocol"] == "simple" and ex[1]["statement"]["protocol"] == "extended"
 
 
+def test_cursor_fetches_name_their_relations(audited):
+    """FETCH and MOVE read through a cursor what its DECLARE named: their
+    events list those relations until CLOSE, CLOSE ALL or DISCARD ALL, or
+    until the name is declared again for another query. psycopg's
+    server-side cursors are made of exactly these statements."""
+    app = app_name()
+    with audited.connect(application_name=app) as conn:
+        conn.execute("CREATE TEMP TABLE acct (id int, bal int)")
+        conn.execute("CREATE TEMP TABLE ledger (id int)")
+        conn.execute("INSERT INTO acct SELECT g, g FROM generate_series(1, 25) g")
+        conn.execute("INSERT INTO ledger SELECT generate_series(1, 5)")
+        with conn.transaction(), conn.cursor(name="Big Scan") as cur:   # DECLARE, FETCH, CLOSE
+            cur.itersize = 10
+            cur.execute("SELECT * FROM acct WHERE bal > %s", (0,))
+            assert sum(1 for _ in cur) == 25
+        conn.execute("BEGIN")
+        conn.execute("DECLARE c1 CURSOR WITH HOLD FOR SELECT a.id FROM acct a JOIN ledger l USING (id)")
+        conn.execute("COMMIT")                            # a held cursor outlives it
+        assert len(conn.execute("FETCH 2 FROM c1").fetchall()) == 2
+        conn.execute("MOVE FORWARD 1 IN c1")
+        conn.execute("CLOSE c1")
+        with pytest.raises(psycopg.errors.InvalidCursorName):
+            conn.execute("FETCH 1 FROM c1")
+        conn.execute("BEGIN")
+        conn.execute("DECLARE c1 CURSOR FOR SELECT id FROM ledger")  # the name again
+        conn.execute("FETCH ALL FROM c1")
+        conn.execute("CLOSE ALL")
+        with pytest.raises(psycopg.errors.InvalidCursorName):
+            conn.execute("FETCH 1 FROM c1")
+        conn.execute("ROLLBACK")
+        conn.execute("DECLARE c2 CURSOR WITH HOLD FOR SELECT bal FROM acct")
+        conn.execute("DISCARD ALL")
+        with pytest.raises(psycopg.errors.InvalidCursorName):
+            conn.execute("FETCH 1 FROM c2")
+    st = statements(session_events(audited, app))
+    acct = [{"name": "acct", "type": "table", "access": "read"}]
+    ledger = [{"name": "ledger", "type": "table", "access": "read"}]
+    fetched = [(s["statement"]["text"], s["result"]["status"], s["result"].get("rows"),
+                s["statement"]["objects"]) for s in st
+               if s["statement"]["command"] in ("FETCH", "MOVE")]
+    assert fetched == [
+        ('FETCH FORWARD 10 FROM "Big Scan"', "ok", 10, acct),
+        ('FETCH FORWARD 10 FROM "Big Scan"', "ok", 10, acct),
+        ('FETCH FORWARD 10 FROM "Big Scan"', "ok", 5, acct),
+        ("FETCH 2 FROM c1", "ok", 2, acct + ledger),
+        ("MOVE FORWARD 1 IN c1", "ok", 1, acct + ledger),
+        ("FETCH 1 FROM c1", "error", None, []),          # after CLOSE
+        ("FETCH ALL FROM c1", "ok", 5, ledger),           # declared again
+        ("FETCH 1 FROM c1", "error", None, []),          # after CLOSE ALL
+        ("FETCH 1 FROM c2", "error", None, []),          # after DISCARD ALL
+    ], fetched
+    declared = [s for s in st if s["statement"]["command"] == "DECLARE CURSOR"]
+    assert [d["statement"]["objects"] for d in declared] == [acct, acct + ledger, ledger, acct]
+    assert all(s["statement"]["class"] == "MISC" for s in st
+               if s["statement"]["command"] in ("FETCH", "MOVE", "CLOSE CURSOR", "CLOSE CURSOR ALL"))
+
+
 def test_multi_statement_with_error_and_skipped(audited):
     app = app_name()
     with audited.connect(application_name=app) as conn:

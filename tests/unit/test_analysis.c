@@ -35,7 +35,7 @@ static void render(sbuf_t *b, const pgw_analysis_t *an)
         sb_escaped(b, t, tl);
         sb_puts(b, "\n");
         if (in->flags)
-            sb_printf(b, "  flags:%s%s%s%s%s%s%s%s%s\n", in->flags & PGW_SQL_PARSE_ERROR ? " parse_error" : "",
+            sb_printf(b, "  flags:%s%s%s%s%s%s%s%s%s%s%s%s\n", in->flags & PGW_SQL_PARSE_ERROR ? " parse_error" : "",
                       in->flags & PGW_SQL_NO_RAW ? " no_raw" : "",
                       in->flags & PGW_SQL_NO_WHERE ? " no_where" : "",
                       in->flags & PGW_SQL_COPY_PROGRAM ? " copy_program" : "",
@@ -43,9 +43,12 @@ static void render(sbuf_t *b, const pgw_analysis_t *an)
                       in->flags & PGW_SQL_OWN_TRANSACTION ? " own_transaction" : "",
                       in->flags & PGW_SQL_PREPARE ? " prepare" : "",
                       in->flags & PGW_SQL_EXECUTE ? " execute" : "",
-                      in->flags & PGW_SQL_DEALLOCATE ? " deallocate" : "");
-        if (in->prepared)
-            sb_printf(b, "  prepared: %s\n", in->prepared);
+                      in->flags & PGW_SQL_DEALLOCATE ? " deallocate" : "",
+                      in->flags & PGW_SQL_DECLARE ? " declare" : "",
+                      in->flags & PGW_SQL_FETCH ? " fetch" : "",
+                      in->flags & PGW_SQL_CLOSE ? " close" : "");
+        if (in->name)
+            sb_printf(b, "  name: %s\n", in->name);
         if (in->parse_error)
             sb_printf(b, "  error: %s\n", in->parse_error);
         for (j = 0; j < in->nobjects; j++)
