@@ -309,6 +309,10 @@ void pgw_statement_fill(struct pgw_frag_cache *fc, const pgw_stmt_done_t *d, pgw
     if (d->protocol == PGW_PROTOCOL_FUNCTION_CALL) {
         out->command = PGW_STR_LIT("FUNCTION CALL");
         out->class_ = PGW_STMT_CLASS_FUNCTION;
+        if (d->text) {              /* the call, its arguments as $n */
+            out->text = pgw_str(d->text, d->text_len);
+            out->redacted = PGW_BOOL(1);
+        }
         return;
     }
     if (!d->text) {

@@ -46,9 +46,10 @@ struct pgw_tracker_item {
     uint8_t close_kind;             /* IT_CLOSE: 'S' or 'P' */
     int64_t time_us;
     pgw_prepared_t *stmt;           /* IT_PARSE, IT_CLOSE 'S' */
-    pgw_portal_t *portal;           /* IT_BIND, IT_EXECUTE, IT_CLOSE 'P' */
+    pgw_portal_t *portal;           /* IT_BIND, IT_EXECUTE, IT_CLOSE 'P'; IT_FCALL: its
+                                     * arguments, in a portal of its own (not mapped) */
     acc_t acc;                      /* IT_QUERY (current statement), IT_EXECUTE, IT_FCALL */
-    /* IT_QUERY */
+    /* IT_QUERY; IT_FCALL: the call as text */
     char *text;                     /* the whole Query text, then the spans */
     size_t text_len, block_cap;
     uint32_t (*spans)[2];
@@ -171,7 +172,12 @@ static void fill(pgw_stmt_done_t *dp, pgw_tracker_item_t *it, pgw_portal_t *port
         d.memo = &it->memo;
     } else if (it && it->kind == IT_FCALL) {
         d.protocol = PGW_PROTOCOL_FUNCTION_CALL;
-        d.text = "";
+        d.text = it->text;
+        d.text_len = it->text_len;
+        if (it->portal) {
+            d.nparams = it->portal->nparams;
+            d.params = it->portal->params;
+        }
     } else {
         d.protocol = PGW_PROTOCOL_EXTENDED;
         if (!stmt && portal)
@@ -566,6 +572,75 @@ static pgw_event_param_t *copy_params(const pgw_tracker_t *t, const pgw_bind_t *
     return v;
 }
 
+/* The functions a FunctionCall names in practice: libpq's and JDBC's
+ * large-object API calls them by the OIDs PostgreSQL gives them. */
+static const char *fcall_name(uint32_t oid)
+{
+    static const struct { uint32_t oid; const char *name; } fn[] = {
+        { 715, "lo_create" },   { 764, "lo_import" },   { 765, "lo_export" },
+        { 767, "lo_import" },   { 952, "lo_open" },     { 953, "lo_close" },
+        { 954, "loread" },      { 955, "lowrite" },     { 956, "lo_lseek" },
+        { 957, "lo_creat" },    { 958, "lo_tell" },     { 964, "lo_unlink" },
+        { 1004, "lo_truncate" }, { 3170, "lo_lseek64" }, { 3171, "lo_tell64" },
+        { 3172, "lo_truncate64" }, { 3457, "lo_from_bytea" }, { 3458, "lo_get" },
+        { 3459, "lo_get" },     { 3460, "lo_put" },
+    };
+    for (size_t i = 0; i < sizeof fn / sizeof fn[0]; i++)
+        if (fn[i].oid == oid)
+            return fn[i].name;
+    return NULL;
+}
+
+/* A FunctionCall as the statement it amounts to: "SELECT
+ * pg_catalog.lowrite($1, $2)" for a function of the table above, else
+ * "FUNCTION CALL OID 16500 ($1)"; past FCALL_ARGS_SHOWN arguments, "...". */
+#define FCALL_ARGS_SHOWN 16
+static char *fcall_text(uint32_t oid, uint16_t nargs, size_t *len, size_t *cap)
+{
+    const char *name = fcall_name(oid);
+    size_t n = 64 + (size_t)(nargs < FCALL_ARGS_SHOWN ? nargs : FCALL_ARGS_SHOWN + 1) * 9;
+    char *s = malloc(n);
+    if (!s)
+        return NULL;
+    int at = name ? snprintf(s, n, "SELECT pg_catalog.%s(", name)
+                  : snprintf(s, n, "FUNCTION CALL OID %u (", oid);
+    for (unsigned i = 1; i <= nargs; i++) {
+        if (i > FCALL_ARGS_SHOWN && i < nargs) {
+            at += snprintf(s + at, n - (size_t)at, ", ...");
+            i = nargs - 1u;
+            continue;
+        }
+        at += snprintf(s + at, n - (size_t)at, "%s$%u", i > 1 ? ", " : "", i);
+    }
+    at += snprintf(s + at, n - (size_t)at, ")");
+    *len = (size_t)at;
+    *cap = n;
+    return s;
+}
+
+static void on_fcall(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
+{
+    pgw_fcall_t f;
+    pgw_tracker_item_t *it = push(t, IT_FCALL, now_us);
+    if (!it)
+        return;
+    if (pgw_parse_function_call(m, &f) == 0) {
+        it->text = fcall_text(f.oid, f.nargs, &it->text_len, &it->block_cap);
+        pgw_portal_t *po = portal_new(t, "");
+        if (po) {
+            pgw_bind_t b = { .nformats = f.nformats, .formats = f.formats,
+                             .nparams = f.nargs, .params = f.args };
+            po->nparams = f.nargs;
+            if (t->param_max && f.nargs)
+                po->params = copy_params(t, &b);
+            po->refs = 1;
+            it->portal = po;
+        }
+    }
+    if (t->admit)
+        admit(t, it, now_us);
+}
+
 static void on_bind(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
 {
     pgw_bind_t b;
@@ -661,12 +736,7 @@ void pgw_tracker_frontend(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     case 'D': (void)push(t, IT_DESCRIBE, now_us); break;
     case 'C': on_close_msg(t, m, now_us); break;
     case 'S': (void)push(t, IT_SYNC, now_us); break;
-    case 'F': {
-        pgw_tracker_item_t *it = push(t, IT_FCALL, now_us);
-        if (it && t->admit)
-            admit(t, it, now_us);
-        break;
-    }
+    case 'F': on_fcall(t, m, now_us); break;
     case 'd': {
         /* a COPY OUT's bytes are the server's: the client's CopyData of a
          * CopyBoth are its replies (standby status, feedback) */
@@ -973,8 +1043,10 @@ void pgw_tracker_backend(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     case 'V':
         /* The server commits a function call after its answer: reported
          * at ReadyForQuery, or with the error that failed the commit. */
-        if (it && it->kind == IT_FCALL && !it->errored)
+        if (it && it->kind == IT_FCALL && !it->errored) {
             it->answered_us = now_us;
+            it->acc.bytes += (uint64_t)m->len + 1;
+        }
         break;
     case '1':
         if (it && it->kind == IT_PARSE)

@@ -388,6 +388,40 @@ def test_function_call_whose_commit_fails(pg, audited):
         ("error", "23503"), ("ok", None)], calls
 
 
+def test_large_object_calls_name_their_function_and_bytes(audited, tmp_path):
+    """psql's \\lo_import and \\lo_export (libpq's large-object API) work
+    through FunctionCalls by OID: each call's event names the function,
+    counts its arguments (values only with parameter logging) and the bytes
+    of its answer, so an export of a large object shows every byte read."""
+    blob = os.urandom(300_000)
+    src, out = tmp_path / "blob.bin", tmp_path / "blob.out"
+    src.write_bytes(blob)
+    imp, exp = app_name(), app_name()
+    r = psql(audited, "-c", "\\lo_import %s" % src, env=client_env(PGAPPNAME=imp))
+    oid = int(r.stdout.split()[1])
+    psql(audited, "-c", "\\lo_export %d %s" % (oid, out), "-c", "\\lo_unlink %d" % oid,
+         env=client_env(PGAPPNAME=exp))
+    assert out.read_bytes() == blob
+
+    def calls(app):
+        return [s for s in statements(session_events(audited, app))
+                if s["statement"]["protocol"] == "function_call"]
+    written, read = calls(imp), calls(exp)
+    for c in written + read:
+        st = c["statement"]
+        assert st["command"] == "FUNCTION CALL" and st["class"] == "FUNCTION" and st["redacted"] is True
+        assert "values" not in st["params"] and c["result"]["status"] == "ok"
+    texts = [c["statement"]["text"] for c in written]
+    assert texts[0] == "SELECT pg_catalog.lo_creat($1)" and texts[-1] == "SELECT pg_catalog.lo_close($1)"
+    writes = [c for c in written if c["statement"]["text"] == "SELECT pg_catalog.lowrite($1, $2)"]
+    assert writes and all(c["statement"]["params"]["count"] == 2 for c in writes)
+    reads = [c for c in read if c["statement"]["text"] == "SELECT pg_catalog.loread($1, $2)"]
+    # every byte of the object came back in the answers (5 bytes of framing
+    # and a 4-byte length each)
+    assert len(blob) <= sum(c["result"]["bytes"] for c in reads) <= len(blob) + 9 * len(reads)
+    assert [c["statement"]["text"] for c in read][-1] == "SELECT pg_catalog.lo_unlink($1)"
+
+
 PGBENCH_TPCB = ["BEGIN", "UPDATE", "SELECT", "UPDATE", "UPDATE", "INSERT", "COMMIT"]
 
 

@@ -11,6 +11,9 @@
 typedef struct rec {
     pgw_stmt_done_t d;
     char text[128], stmt[32], portal[32], tag[32], sqlstate[8];
+    int nvalues;                    /* logged parameter values (d.params dies with the emit) */
+    size_t value_len[2];
+    int value_binary[2];
 } rec_t;
 
 static rec_t recs[MAXREC];
@@ -28,6 +31,11 @@ static void on_emit(void *ud, const pgw_stmt_done_t *d)
     snprintf(r->portal, sizeof r->portal, "%s", d->portal_name ? d->portal_name : "(none)");
     snprintf(r->tag, sizeof r->tag, "%s", d->tag ? d->tag : "(none)");
     snprintf(r->sqlstate, sizeof r->sqlstate, "%s", d->sqlstate ? d->sqlstate : "");
+    r->nvalues = d->params ? d->nparams : 0;
+    for (int i = 0; i < r->nvalues && i < 2; i++) {
+        r->value_len[i] = d->params[i].len;
+        r->value_binary[i] = d->params[i].binary;
+    }
 }
 
 /* A naive split on ';' for the tests (the real one is libpg_query's). */
@@ -114,6 +122,18 @@ static void F(uint32_t oid)
 {
     pgw_wb_t *w = wb('F'); pgw_wb_u32(w, oid); pgw_wb_u16(w, 0); pgw_wb_u16(w, 0); pgw_wb_u16(w, 0); fe(w);
 }
+/* A call with nargs binary int4 arguments 1, 2, 3, ... */
+static void Fargs(uint32_t oid, uint16_t nargs)
+{
+    pgw_wb_t *w = wb('F'); pgw_wb_u32(w, oid);
+    pgw_wb_u16(w, 1); pgw_wb_u16(w, 1);
+    pgw_wb_u16(w, nargs);
+    for (uint16_t i = 1; i <= nargs; i++) { pgw_wb_u32(w, 4); pgw_wb_u32(w, i); }
+    pgw_wb_u16(w, 1);
+    fe(w);
+}
+/* A FunctionCallResponse carrying n bytes. */
+static void rVn(int n) { pgw_wb_t *w = wb('V'); pgw_wb_u32(w, (uint32_t)n); for (int i = 0; i < n; i++) pgw_wb_u8(w, 'x'); be(w); }
 
 static void rT(void) { pgw_wb_t *w = wb('T'); pgw_wb_u16(w, 0); be(w); }
 static void rD(void) { pgw_wb_t *w = wb('D'); pgw_wb_u16(w, 1); pgw_wb_u32(w, 1); pgw_wb_u8(w, '1'); be(w); }
@@ -749,6 +769,48 @@ static void test_function_call(void)
     pgw_tracker_init(&T, on_emit, split_semicolons, NULL);
 }
 
+/* A call says which function it is, with its arguments as $n, and counts
+ * the bytes of its answer: libpq's lo_export reads a large object through
+ * loread calls, whose answers are the object's bytes. */
+static void test_function_call_text_and_bytes(void)
+{
+    reset();
+    Fargs(954, 2); rVn(300); rZ('I');           /* loread(fd, 300) */
+    CHECK_EQ(nrec, 1);
+    CHECK_STR(recs[0].text, "SELECT pg_catalog.loread($1, $2)");
+    CHECK_EQ(recs[0].d.nparams, 2);
+    CHECK(recs[0].d.params == NULL);            /* values are not logged by default */
+    CHECK_EQ(recs[0].d.bytes, 1 + 4 + 4 + 300);
+    Fargs(16500, 20); rVn(0); rZ('I');          /* a function of the database's own */
+    CHECK_EQ(nrec, 2);
+    CHECK_STR(recs[1].text, "FUNCTION CALL OID 16500 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
+              "$11, $12, $13, $14, $15, $16, ..., $20)");
+    CHECK_EQ(recs[1].d.nparams, 20);
+    F(957); rE("42501"); rZ('I');               /* lo_creat() with no argument, refused */
+    CHECK_EQ(nrec, 3);
+    CHECK_STR(recs[2].text, "SELECT pg_catalog.lo_creat()");
+    CHECK_EQ(recs[2].d.status, PGW_STATUS_ERROR);
+    CHECK_EQ(recs[2].d.bytes, 0);
+
+    /* With parameter logging, the arguments as a Bind's: binary, cut at
+     * the maximum. */
+    T.param_max = 2;
+    Fargs(955, 2); rVn(4); rZ('I');
+    CHECK_EQ(nrec, 4);
+    CHECK_EQ(recs[3].nvalues, 2);
+    CHECK(recs[3].value_binary[0] && recs[3].value_len[0] == 2);
+    CHECK(recs[3].value_binary[1] && recs[3].value_len[1] == 2);
+    /* A malformed call is forwarded and still has its event, without text. */
+    pgw_wb_t *w = wb('F'); pgw_wb_u32(w, 955); pgw_wb_u16(w, 3); fe(w);
+    rE("08P01"); rZ('I');
+    CHECK_EQ(nrec, 5);
+    CHECK_STR(recs[4].text, "");
+    CHECK_EQ(recs[4].d.protocol, PGW_PROTOCOL_FUNCTION_CALL);
+    T.param_max = 0;
+    pgw_tracker_finish(&T, now);
+    pgw_tracker_init(&T, on_emit, split_semicolons, NULL);
+}
+
 int main(void)
 {
     pgw_tracker_init(&T, on_emit, split_semicolons, NULL);
@@ -767,6 +829,7 @@ int main(void)
     test_cancel_and_unknown();
     test_commit_at_sync();
     test_function_call();
+    test_function_call_text_and_bytes();
     test_memo();
     pgw_tracker_finish(&T, now);
     CHECK_DONE();
