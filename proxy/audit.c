@@ -257,6 +257,7 @@ static void statement_event(pgw_audit_t *ident, uint64_t seq, const pgw_stmt_don
  * job owns copies of everything the event needs. */
 typedef struct parse_job {
     uv_work_t req;
+    struct parse_job *next;         /* in owner->waiting: no parse, only a wait */
     pgw_audit_t *owner;             /* kept alive until its jobs are done */
     pgw_audit_t ident;
     uint64_t seq;
@@ -286,11 +287,23 @@ static void job_done(uv_work_t *req, int status)
     statement_event(&j->ident, j->seq, &j->d, &j->view, false);
     pgw_statement_view_free(&j->view);
     free(j);
-    /* The session ended while its statement was parsed: its session_end
-     * comes now, after all its statements, and the audit is freed. */
-    if (--a->jobs == 0 && a->end_deferred) {
-        session_end_event(a);
-        audit_free(a);
+    if (--a->jobs == 0) {
+        /* Every PREPARE and DECLARE that was out is in the maps now. */
+        parse_job_t *q;
+        while ((q = a->waiting)) {
+            a->waiting = q->next;
+            statement_event(&q->ident, q->seq, &q->d, &q->view, false);
+            pgw_statement_view_free(&q->view);
+            free(q);
+        }
+        a->waiting_tail = NULL;
+        /* The session ended while its statement was parsed: its
+         * session_end comes now, after all its statements, and the audit
+         * is freed. */
+        if (a->end_deferred) {
+            session_end_event(a);
+            audit_free(a);
+        }
     }
     w->nhelpers--;
     pgw_worker_maybe_finish(w);
@@ -307,7 +320,8 @@ static const char *keep(char **at, const char *s, size_t n)
     return p;
 }
 
-static int parse_later(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d, pgw_stmt_view_t *view)
+/* A copy of everything d's event needs, its view moved in. */
+static parse_job_t *job_new(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d, pgw_stmt_view_t *view)
 {
     size_t lstmt = d->stmt_name ? strlen(d->stmt_name) : 0, lportal = d->portal_name ? strlen(d->portal_name) : 0;
     size_t ltag = d->tag ? strlen(d->tag) : 0, lstate = d->sqlstate ? strlen(d->sqlstate) : 0;
@@ -318,8 +332,9 @@ static int parse_later(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d, p
     parse_job_t *j = malloc(sizeof *j + np * sizeof *d->params + d->text_len + lstmt + lportal +
                             ltag + lstate + lmsg + lparams + 6);
     if (!j)
-        return -1;
+        return NULL;
     j->req.data = j;
+    j->next = NULL;
     j->owner = a;
     j->ident = *a;
     j->ident.ident_cached = 0;      /* a's buffer is a's alone */
@@ -327,6 +342,7 @@ static int parse_later(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d, p
     memset(&j->ident.ident_json, 0, sizeof j->ident.ident_json);
     j->seq = seq;
     j->d = *d;
+    j->d.memo = NULL;               /* the tracker's: gone before the job is */
     pgw_statement_view_move(&j->view, view);
     pgw_event_param_t *params = (pgw_event_param_t *)(void *)j->strings;
     char *at = j->strings + np * sizeof *params;
@@ -345,12 +361,56 @@ static int parse_later(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d, p
     j->d.tag = keep(&at, d->tag, ltag);
     j->d.sqlstate = keep(&at, d->sqlstate, lstate);
     j->d.message = keep(&at, d->message, lmsg);
+    return j;
+}
+
+static int parse_later(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d, pgw_stmt_view_t *view)
+{
+    parse_job_t *j = job_new(a, seq, d, view);
+    if (!j)
+        return -1;
     if (uv_queue_work(&a->w->loop, &j->req, job_parse, job_done)) {
+        pgw_statement_view_move(view, &j->view);    /* back to the caller */
         free(j);
         return -1;
     }
     a->w->nhelpers++;
     a->jobs++;
+    return 0;
+}
+
+/* An EXECUTE or a FETCH while statements are parsed off the loop: its
+ * PREPARE or DECLARE may be one of them, so its event waits for them all
+ * (and says what it uses). Returns 0 when it waits (view then moved). */
+static int wait_for_jobs(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d, pgw_stmt_view_t *view)
+{
+    const pgw_sql_info_t *info = pgw_statement_info(view);
+    if (!a->jobs || !info || !(info->flags & (PGW_SQL_EXECUTE | PGW_SQL_FETCH)))
+        return -1;
+    /* A view that reports a memo's analysis borrows it from the tracker,
+     * which may free it before the wait ends: the wait takes an analysis
+     * of its own (a cache hit). */
+    pgw_stmt_view_t own;
+    pgw_stmt_view_t *v = view;
+    if (view->src != &view->an) {
+        pgw_stmt_done_t mine = *d;
+        mine.memo = NULL;
+        if (pgw_statement_analyze(a->w->analysis, &mine, &own) != 1 || own.rc || !pgw_statement_info(&own)) {
+            pgw_statement_view_free(&own);
+            return -1;
+        }
+        v = &own;
+    }
+    parse_job_t *j = job_new(a, seq, d, v);
+    if (!j) {
+        if (v == &own)
+            pgw_statement_view_free(&own);
+        return -1;
+    }
+    if (v == &own)
+        pgw_statement_view_free(view);
+    *(a->waiting_tail ? a->waiting_tail : &a->waiting) = j;
+    a->waiting_tail = &j->next;
     return 0;
 }
 
@@ -369,6 +429,8 @@ static void on_statement(void *ud, const pgw_stmt_done_t *d)
         pgw_warn("audit: no memory to parse a %zu-byte statement off the loop: parsing it here",
                  (size_t)d->text_len);
         pgw_statement_parse(d, &view);
+    } else if (wait_for_jobs(a, seq, d, &view) == 0) {
+        return;
     }
     statement_event(a, seq, d, &view, false);
     pgw_statement_view_free(&view);

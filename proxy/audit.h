@@ -37,6 +37,10 @@ typedef struct pgw_audit {
     uint64_t bytes_in, bytes_out;
     unsigned jobs;                  /* statements being parsed off the loop */
     int end_deferred;               /* ended while jobs were out */
+    /* EXECUTEs and FETCHes that completed while jobs were out: their
+     * events wait for the jobs, one of which may be their PREPARE or
+     * DECLARE (audit.c, in completion order) */
+    struct parse_job *waiting, **waiting_tail;
     int64_t end_us;
     pgw_end_reason_t end_reason;
     /* The identity part of every event (observer, client, server, user),

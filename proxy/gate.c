@@ -395,8 +395,7 @@ static int gate_report(pgw_session_t *s, const pgw_policy_verdict_t *v, const ch
     return 1;
 }
 
-/* Statement rules on one Query ('Q') or Parse ('P') text. Returns 1 when
- * refused (*msg_out set), 0 to pass, 2 to wait, -1 when the session ended. *//* Statement rules on one Query ('Q') or Parse ('P') text, whose analysis
+/* Statement rules on one Query ('Q') or Parse ('P') text, whose analysis
  * is left in *an (the caller clears it). Returns 1 when refused (*msg_out
  * set), 0 to pass, 2 to wait, -1 when the session ended. */
 static int gate_check(pgw_session_t *s, char kind, const char *text, size_t len, const char *stmt_name,

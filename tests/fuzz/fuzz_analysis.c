@@ -85,7 +85,7 @@ static void same(const pgw_analysis_t *a, const pgw_analysis_t *b, const char *s
             fprintf(stderr, "statement %u [%.*s]: flags %#x, fresh %#x, command %s\n", i,
                     (int)sa->length, sql + sa->offset, x->flags, y->flags, x->command);
         SAME(x->flags == y->flags);
-        SAME(same_str(x->prepared, y->prepared));
+        SAME(same_str(x->name, y->name));
         SAME(same_str(x->fingerprint, y->fingerprint));
         SAME(same_str(x->parse_error, y->parse_error));
         SAME(al == bl && memcmp(ta, tb, al) == 0);

@@ -314,6 +314,49 @@ sp += rec(S, cc("DEALLOCATE") + err("26000", 'prepared statement "p" does not ex
 sp += rec(C, TERM, 1)
 put("fuzz_session", "sql_prepare", b"\0" + sp)
 
+# A PREPARE too long to parse on the loop, its EXECUTE and a FETCH behind
+# it in the same Query: their events wait for the parse job
+ids = ", ".join(str(i) for i in range(1200))
+lp = rec(C, PSQL, 2)
+lp += rec(C, query("PREPARE big AS SELECT v FROM t WHERE id IN (%s); EXECUTE big; FETCH 1 FROM c" % ids), 1)
+lp += rec(S, cc("PREPARE") + rowdesc("v") + datarow(b"1") + cc("SELECT 1") +
+          err("34000", 'cursor "c" does not exist') + rfq(), 3)
+lp += rec(C, query("SELECT 1"), 1)
+lp += rec(S, rowdesc("a") + datarow(b"1") + cc("SELECT 1") + rfq(), 1)
+lp += rec(C, TERM, 1)
+put("fuzz_session", "sql_prepare_long", b"\0" + lp)
+
+# SQL cursors: DECLARE, FETCH (whose event names the DECLARE's relations),
+# MOVE, CLOSE, CLOSE ALL
+cu = rec(C, PSQL, 2)
+cu += rec(C, query("BEGIN; DECLARE c CURSOR FOR SELECT * FROM t JOIN u USING (id); FETCH 2 FROM c"), 1)
+cu += rec(S, cc("BEGIN") + cc("DECLARE CURSOR") + rowdesc("id") + datarow(b"1") + datarow(b"2") +
+          cc("FETCH 2") + rfq("T"), 1)
+cu += rec(C, parse("", "MOVE 1 IN c") + B("", "", []) + execute("") + SYNC, 1)
+cu += rec(S, msg("1") + msg("2") + cc("MOVE 1") + rfq("T"), 1)
+cu += rec(C, query("CLOSE c; FETCH 1 FROM c; CLOSE ALL; COMMIT"), 1)
+cu += rec(S, cc("CLOSE CURSOR") + err("34000", 'cursor "c" does not exist') + rfq("E"), 1)
+cu += rec(C, TERM, 1)
+put("fuzz_session", "sql_cursor", b"\0" + cu)
+
+# libpq's large-object calls by OID: lo_open, loread (its answer the
+# object's bytes), lo_close, and a call of an unknown OID with many
+# binary arguments
+def fcall(oid, args, fmt=1):
+    body = struct.pack("!IHH", oid, 1, fmt) + struct.pack("!H", len(args))
+    for a in args:
+        body += struct.pack("!i", len(a)) + a
+    return msg("F", body + struct.pack("!H", 1))
+lo = rec(C, PSQL, 2)
+lo += rec(C, fcall(952, [struct.pack("!I", 16437), struct.pack("!i", 0x40000)]), 1)
+lo += rec(S, msg("V", struct.pack("!ii", 4, 0)) + rfq("T"), 1)
+lo += rec(C, fcall(954, [struct.pack("!i", 0), struct.pack("!i", 64)]), 1)
+lo += rec(S, msg("V", struct.pack("!i", 64) + bytes(range(64))) + rfq("T"), 1)
+lo += rec(C, fcall(953, [struct.pack("!i", 0)]) + fcall(16500, [b"a"] * 20), 1)
+lo += rec(S, msg("V", struct.pack("!ii", 4, 0)) + rfq("T") + err("42883", "function does not exist") + rfq("E"), 1)
+lo += rec(C, TERM, 1)
+put("fuzz_session", "large_object", b"\0" + lo)
+
 put("fuzz_session", "ssl_then_startup", b"\0" + rec(C, SSL, 1) + rec(C, PSQL + query("SELECT 1"), 2) +
     rec(S, rowdesc("?column?") + datarow(b"1") + cc("SELECT 1") + rfq(), 1))
 put("fuzz_session", "gss_ssl_startup", b"\0" + rec(C, GSS, 1) + rec(C, SSL, 1) + rec(C, PSQL, 2))

@@ -206,6 +206,40 @@ def test_cursor_fetches_name_their_relations(audited):
                if s["statement"]["command"] in ("FETCH", "MOVE", "CLOSE CURSOR", "CLOSE CURSOR ALL"))
 
 
+def test_execute_and_fetch_wait_for_a_long_prepare_parsed_off_the_loop(audited):
+    """A PREPARE or DECLARE too long to parse on the loop (over 4 KiB, a
+    shape not seen before) is analysed in the thread pool; the EXECUTE or
+    FETCH right behind it in the same Query must still name its
+    relations."""
+    app = app_name()
+    n = 1500 + int(uuid.uuid4().int % 500)         # a shape the cache has not seen
+    ids = ", ".join(str(i) for i in range(n))
+    with audited.connect(application_name=app) as conn:
+        conn.execute("CREATE TEMP TABLE acct (id int, bal int)")
+        conn.execute("INSERT INTO acct SELECT g, g FROM generate_series(1, 10) g")
+        conn.pgconn.exec_(("PREPARE big AS SELECT bal FROM acct WHERE id IN (%s); EXECUTE big"
+                           % ids).encode())
+        conn.pgconn.exec_(("BEGIN; DECLARE bigc CURSOR FOR SELECT id FROM acct WHERE bal IN (%s, -1); "
+                           "FETCH 3 FROM bigc; COMMIT" % ids).encode())
+        # pipelined, by the extended protocol: the EXECUTE's analysis is
+        # its unnamed statement's memo, which is gone before the wait ends
+        with conn.pipeline():
+            conn.execute("PREPARE big2 AS SELECT bal FROM acct WHERE id IN (%s, -2)" % ids)
+            conn.execute("EXECUTE big2")
+            conn.execute("SELECT 1")
+    st = statements(session_events(audited, app))
+    acct = [{"name": "acct", "type": "table", "access": "read"}]
+    by = {}
+    for s in st:
+        by.setdefault(s["statement"]["command"], []).append(s)
+    assert [len(p["statement"]["text"]) > 4096 for p in by["PREPARE"]] == [True, True]
+    assert [(e["statement"]["text"], e["statement"]["protocol"], e["statement"]["objects"], e["result"]["rows"])
+            for e in by["EXECUTE"]] == [("EXECUTE big", "simple", acct, 10),
+                                        ("EXECUTE big2", "extended", acct, 10)]
+    (f,) = by["FETCH"]
+    assert f["statement"]["objects"] == acct and f["result"]["rows"] == 3
+
+
 def test_multi_statement_with_error_and_skipped(audited):
     app = app_name()
     with audited.connect(application_name=app) as conn:
