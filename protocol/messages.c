@@ -9,6 +9,7 @@
  * thing while the database does another. */
 #include "pgwarden/protocol.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* ---- readers --------------------------------------------------------- */
@@ -308,6 +309,45 @@ int pgw_parse_function_call(const pgw_msg_t *msg, pgw_fcall_t *out)
     rd_values(&r, out->nargs);
     out->result_format = pgw_rd_u16(&r);
     return rd_end(&r);
+}
+
+static const char *fcall_name(uint32_t oid)
+{
+    static const struct { uint32_t oid; const char *name; } fn[] = {
+        { 715, "lo_create" },   { 764, "lo_import" },   { 765, "lo_export" },
+        { 767, "lo_import" },   { 952, "lo_open" },     { 953, "lo_close" },
+        { 954, "loread" },      { 955, "lowrite" },     { 956, "lo_lseek" },
+        { 957, "lo_creat" },    { 958, "lo_tell" },     { 964, "lo_unlink" },
+        { 1004, "lo_truncate" }, { 3170, "lo_lseek64" }, { 3171, "lo_tell64" },
+        { 3172, "lo_truncate64" }, { 3457, "lo_from_bytea" }, { 3458, "lo_get" },
+        { 3459, "lo_get" },     { 3460, "lo_put" },
+    };
+    for (size_t i = 0; i < sizeof fn / sizeof fn[0]; i++)
+        if (fn[i].oid == oid)
+            return fn[i].name;
+    return NULL;
+}
+
+#define FCALL_ARGS_SHOWN 16
+
+size_t pgw_fcall_describe(const pgw_fcall_t *f, char *buf)
+{
+    /* the longest: 30 bytes of name, 16 arguments of 9 ("$65535, "
+     * and its kin), ", ...", the last and ")" */
+    const size_t cap = PGW_FCALL_TEXT_MAX;
+    const char *name = fcall_name(f->oid);
+    int at = name ? snprintf(buf, cap, "SELECT pg_catalog.%s(", name)
+                  : snprintf(buf, cap, "FUNCTION CALL OID %u (", f->oid);
+    for (unsigned i = 1; i <= f->nargs; i++) {
+        if (i > FCALL_ARGS_SHOWN && i < f->nargs) {
+            at += snprintf(buf + at, cap - (size_t)at, ", ...");
+            i = f->nargs - 1u;
+            continue;
+        }
+        at += snprintf(buf + at, cap - (size_t)at, "%s$%u", i > 1 ? ", " : "", i);
+    }
+    at += snprintf(buf + at, cap - (size_t)at, ")");
+    return (size_t)at;
 }
 
 /* ---- backend --------------------------------------------------------- */

@@ -664,7 +664,7 @@ void pgw_audit_refused(pgw_audit_t *a, const char *sqlstate, const char *message
 
 void pgw_audit_denied(pgw_audit_t *a, const char *rule, int enforced, const char *sqlstate,
                       const char *message, const pgw_analysis_t *an, uint32_t idx,
-                      pgw_stmt_protocol_t protocol, const char *stmt_name)
+                      pgw_stmt_protocol_t protocol, const char *stmt_name, const char *call_text)
 {
     if (a->ended)
         return;
@@ -678,10 +678,15 @@ void pgw_audit_denied(pgw_audit_t *a, const char *rule, int enforced, const char
     pgw_stmt_view_t view;
     memset(&view, 0, sizeof view);
     if (protocol != PGW_PROTOCOL_ABSENT) {
-        /* A statement (of an), or a FunctionCall (no text). */
+        /* A statement (of an), or a FunctionCall (call_text, when it parsed). */
         pgw_stmt_done_t d;
         memset(&d, 0, sizeof d);
         d.protocol = protocol;
+        if (call_text) {
+            d.text = call_text;
+            d.text_len = strlen(call_text);
+            ev.statement.truncated = PGW_BOOL(0);
+        }
         if (an) {
             d.text = "";
             view.has_an = 1;

@@ -77,12 +77,13 @@ void pgw_audit_frontend(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us);
 void pgw_audit_backend(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us);
 /* The access policy refused (enforced) or would have refused (a dry-run
  * rule) a connection (an NULL, protocol PGW_PROTOCOL_ABSENT), a
- * FunctionCall (an NULL, PGW_PROTOCOL_FUNCTION_CALL) or statement idx of
- * analysis an: a `denied` event naming the rule. An enforced connection
- * refusal is the session's last event. */
+ * FunctionCall (an NULL, PGW_PROTOCOL_FUNCTION_CALL, call_text from
+ * pgw_fcall_describe or NULL) or statement idx of analysis an: a `denied`
+ * event naming the rule. An enforced connection refusal is the session's
+ * last event. */
 void pgw_audit_denied(pgw_audit_t *a, const char *rule, int enforced, const char *sqlstate,
                       const char *message, const pgw_analysis_t *an, uint32_t idx,
-                      pgw_stmt_protocol_t protocol, const char *stmt_name);
+                      pgw_stmt_protocol_t protocol, const char *stmt_name, const char *call_text);
 /* pgwarden itself refused the session before it started. */
 void pgw_audit_refused(pgw_audit_t *a, const char *sqlstate, const char *message);
 /* The session is over: pending statements are reported (status unknown)

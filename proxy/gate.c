@@ -176,13 +176,13 @@ int pgw_gate_connect(pgw_session_t *s)
         slog(PGW_LOG_INFO, s, "dry run: %s", c.dry_message[i]);
         if (s->audit)
             pgw_audit_denied(s->audit, pgw_policy_rule_name(c.dry[i]), 0, state, c.dry_message[i], NULL, 0,
-                             PGW_PROTOCOL_ABSENT, NULL);
+                             PGW_PROTOCOL_ABSENT, NULL, NULL);
     }
     if (c.refused) {
         pgw_ctr_add(&s->w->metrics.denied[0], 1);
         if (s->audit)
             pgw_audit_denied(s->audit, pgw_policy_rule_name(c.rule), 1, c.sqlstate, c.message, NULL, 0,
-                             PGW_PROTOCOL_ABSENT, NULL);
+                             PGW_PROTOCOL_ABSENT, NULL, NULL);
         s->refusal = strcmp(c.sqlstate, "53300") == 0 ? PGW_REFUSED_LIMIT : PGW_REFUSED_AUTHENTICATION;
         pgw_session_fatal(s, c.sqlstate, "%s", c.message);
         return -1;
@@ -372,7 +372,8 @@ static int gate_analyze(pgw_session_t *s, const char *text, size_t len, pgw_anal
  * (*msg_out set), else 0. */
 static int gate_report(pgw_session_t *s, const pgw_policy_verdict_t *v, const char *what,
                        const pgw_analysis_t *an, const uint32_t *dry_idx, uint32_t deny_idx,
-                       pgw_stmt_protocol_t proto, const char *stmt_name, char *msg_out, size_t msg_cap)
+                       pgw_stmt_protocol_t proto, const char *stmt_name, const char *call_text,
+                       char *msg_out, size_t msg_cap)
 {
     for (unsigned k = 0; k < v->ndry; k++) {
         const char *rule = pgw_policy_rule_name(v->dry[k]);
@@ -382,7 +383,8 @@ static int gate_report(pgw_session_t *s, const pgw_policy_verdict_t *v, const ch
         pgw_ctr_add(&s->w->metrics.denied_dry_run[1], 1);
         slog(PGW_LOG_INFO, s, "%s", dmsg);
         if (s->audit)
-            pgw_audit_denied(s->audit, rule, 0, "42501", dmsg, an, dry_idx ? dry_idx[k] : 0, proto, stmt_name);
+            pgw_audit_denied(s->audit, rule, 0, "42501", dmsg, an, dry_idx ? dry_idx[k] : 0, proto, stmt_name,
+                             call_text);
     }
     if (!v->deny)
         return 0;
@@ -390,7 +392,7 @@ static int gate_report(pgw_session_t *s, const pgw_policy_verdict_t *v, const ch
     slog(PGW_LOG_INFO, s, "denied: %s", v->message);
     if (s->audit)
         pgw_audit_denied(s->audit, pgw_policy_rule_name(v->deny), 1, "42501", v->message, an, deny_idx, proto,
-                         stmt_name);
+                         stmt_name, call_text);
     snprintf(msg_out, msg_cap, "%s", v->message);
     return 1;
 }
@@ -424,21 +426,31 @@ static int gate_check(pgw_session_t *s, char kind, const char *text, size_t len,
             passed_add(s->gate, info);
     }
     pgw_stmt_protocol_t proto = kind == 'Q' ? PGW_PROTOCOL_SIMPLE : PGW_PROTOCOL_EXTENDED;
-    return gate_report(s, &v, "statement", an, dry_idx, deny_idx, proto, stmt_name, msg_out, msg_cap);
+    return gate_report(s, &v, "statement", an, dry_idx, deny_idx, proto, stmt_name, NULL, msg_out, msg_cap);
 }
 
-/* A FunctionCall ('F'): a call of a function by its OID, outside SQL. The
- * rules see it as a statement of class FUNCTION, command "FUNCTION CALL",
- * that names no relation. Returns 1 when refused (*msg_out set), else 0. */
-static int gate_check_call(pgw_session_t *s, char *msg_out, size_t msg_cap)
+/* A FunctionCall ('F', body of blen bytes): a call of a function by its
+ * OID, outside SQL. The rules see it as a statement of class FUNCTION,
+ * command "FUNCTION CALL", that names no relation; its denied event names
+ * the function. Returns 1 when refused (*msg_out set), else 0. */
+static int gate_check_call(pgw_session_t *s, const char *body, size_t blen, char *msg_out, size_t msg_cap)
 {
     static const pgw_sql_info_t call = { .command = "FUNCTION CALL", .cls = PGW_CLASS_FUNCTION,
                                          .fingerprint = "" };
     pgw_policy_verdict_t v;
     memset(&v, 0, sizeof v);
     pgw_policy_statement(s->pol, s->pol_rules, s->pol_nrules, &call, &v);
-    return gate_report(s, &v, "function call", NULL, NULL, 0, PGW_PROTOCOL_FUNCTION_CALL, NULL, msg_out,
-                       msg_cap);
+    if (!v.deny && !v.ndry)
+        return 0;
+    pgw_msg_t m = { .type = 'F', .len = (uint32_t)blen + 4, .body = (const uint8_t *)body,
+                    .body_len = (uint32_t)blen };
+    pgw_fcall_t f;
+    char text[PGW_FCALL_TEXT_MAX];
+    int described = pgw_parse_function_call(&m, &f) == 0;
+    if (described)
+        (void)pgw_fcall_describe(&f, text);
+    return gate_report(s, &v, "function call", NULL, NULL, 0, PGW_PROTOCOL_FUNCTION_CALL, NULL,
+                       described ? text : NULL, msg_out, msg_cap);
 }
 
 /* A message the server receives in place of the client's: the refusal's
@@ -510,7 +522,7 @@ static int gate_decide(pgw_session_t *s, const uint8_t *m, size_t n, uint8_t **s
     } else if (m[0] == 'F') {
         /* Refused: the server runs the refusal as a Query, which answers
          * as a failed call does (ErrorResponse, then ReadyForQuery). */
-        if (gate_check_call(s, msg, sizeof msg)) {
+        if (gate_check_call(s, body, blen, msg, sizeof msg)) {
             size_t ql = refusal_sql(sql, sizeof sql, msg);
             if (!ql) {
                 pgw_session_fatal(s, "42501", "%s", msg);

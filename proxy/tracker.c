@@ -572,52 +572,6 @@ static pgw_event_param_t *copy_params(const pgw_tracker_t *t, const pgw_bind_t *
     return v;
 }
 
-/* The functions a FunctionCall names in practice: libpq's and JDBC's
- * large-object API calls them by the OIDs PostgreSQL gives them. */
-static const char *fcall_name(uint32_t oid)
-{
-    static const struct { uint32_t oid; const char *name; } fn[] = {
-        { 715, "lo_create" },   { 764, "lo_import" },   { 765, "lo_export" },
-        { 767, "lo_import" },   { 952, "lo_open" },     { 953, "lo_close" },
-        { 954, "loread" },      { 955, "lowrite" },     { 956, "lo_lseek" },
-        { 957, "lo_creat" },    { 958, "lo_tell" },     { 964, "lo_unlink" },
-        { 1004, "lo_truncate" }, { 3170, "lo_lseek64" }, { 3171, "lo_tell64" },
-        { 3172, "lo_truncate64" }, { 3457, "lo_from_bytea" }, { 3458, "lo_get" },
-        { 3459, "lo_get" },     { 3460, "lo_put" },
-    };
-    for (size_t i = 0; i < sizeof fn / sizeof fn[0]; i++)
-        if (fn[i].oid == oid)
-            return fn[i].name;
-    return NULL;
-}
-
-/* A FunctionCall as the statement it amounts to: "SELECT
- * pg_catalog.lowrite($1, $2)" for a function of the table above, else
- * "FUNCTION CALL OID 16500 ($1)"; past FCALL_ARGS_SHOWN arguments, "...". */
-#define FCALL_ARGS_SHOWN 16
-static char *fcall_text(uint32_t oid, uint16_t nargs, size_t *len, size_t *cap)
-{
-    const char *name = fcall_name(oid);
-    size_t n = 64 + (size_t)(nargs < FCALL_ARGS_SHOWN ? nargs : FCALL_ARGS_SHOWN + 1) * 9;
-    char *s = malloc(n);
-    if (!s)
-        return NULL;
-    int at = name ? snprintf(s, n, "SELECT pg_catalog.%s(", name)
-                  : snprintf(s, n, "FUNCTION CALL OID %u (", oid);
-    for (unsigned i = 1; i <= nargs; i++) {
-        if (i > FCALL_ARGS_SHOWN && i < nargs) {
-            at += snprintf(s + at, n - (size_t)at, ", ...");
-            i = nargs - 1u;
-            continue;
-        }
-        at += snprintf(s + at, n - (size_t)at, "%s$%u", i > 1 ? ", " : "", i);
-    }
-    at += snprintf(s + at, n - (size_t)at, ")");
-    *len = (size_t)at;
-    *cap = n;
-    return s;
-}
-
 static void on_fcall(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
 {
     pgw_fcall_t f;
@@ -625,7 +579,10 @@ static void on_fcall(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     if (!it)
         return;
     if (pgw_parse_function_call(m, &f) == 0) {
-        it->text = fcall_text(f.oid, f.nargs, &it->text_len, &it->block_cap);
+        if ((it->text = malloc(PGW_FCALL_TEXT_MAX))) {
+            it->text_len = pgw_fcall_describe(&f, it->text);
+            it->block_cap = PGW_FCALL_TEXT_MAX;
+        }
         pgw_portal_t *po = portal_new(t, "");
         if (po) {
             pgw_bind_t b = { .nformats = f.nformats, .formats = f.formats,

@@ -180,6 +180,13 @@ typedef struct pgw_fcall {                                                      
     uint16_t result_format;
 } pgw_fcall_t;
 int pgw_parse_function_call(const pgw_msg_t *msg, pgw_fcall_t *out);
+/* The call as the statement it amounts to, its arguments as $n: "SELECT
+ * pg_catalog.loread($1, $2)" for the large-object functions (libpq's and
+ * JDBC's large-object APIs call them by the OIDs PostgreSQL gives them),
+ * else "FUNCTION CALL OID 16500 ($1)"; past 16 arguments, "...". Writes at
+ * most PGW_FCALL_TEXT_MAX bytes with the NUL; returns the length. */
+#define PGW_FCALL_TEXT_MAX 256
+size_t pgw_fcall_describe(const pgw_fcall_t *f, char *buf);
 /* 'p' (PasswordMessage / SASLInitialResponse / SASLResponse) is deliberately
  * given no reader: its contents must never be logged. */
 

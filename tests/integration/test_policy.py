@@ -391,7 +391,8 @@ def test_function_call_is_checked(pol, lpg):
         (v,) = [b for t, b in msgs if t == "V"]
         assert struct.unpack("!i", v[:4])[0] > 0 and int(v[4:]) == c.backend_pid
     (d,) = wait_denied(pol, "reporting")
-    assert d["statement"] == {"command": "FUNCTION CALL", "class": "FUNCTION", "protocol": "function_call"}
+    assert d["statement"] == {"command": "FUNCTION CALL", "class": "FUNCTION", "protocol": "function_call",
+                              "text": "FUNCTION CALL OID %d ()" % oid, "redacted": True, "truncated": False}
     assert d["enforced"] is True and d["result"]["sqlstate"] == "42501"
     def calls_recorded():
         calls = [e for e in events(pol.audit_path, "statement")

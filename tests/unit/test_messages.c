@@ -561,6 +561,22 @@ static void test_malformed(void)
         CHECK_EQ(pgw_parse_function_call(&m, &fc), -1);
         m = body_msg('F', BODY("\0\0\0\1\0\0\0\1\0\0\0\5ab\0\0"));          /* short value */
         CHECK_EQ(pgw_parse_function_call(&m, &fc), -1);
+
+        /* What an event says of a call: the widest fits the buffer. */
+        char text[PGW_FCALL_TEXT_MAX + 1];
+        memset(text, 'Z', sizeof text);
+        fc = (pgw_fcall_t){ .oid = UINT32_MAX, .nargs = UINT16_MAX };
+        size_t tl = pgw_fcall_describe(&fc, text);
+        CHECK(tl < PGW_FCALL_TEXT_MAX && text[tl] == '\0' && text[PGW_FCALL_TEXT_MAX] == 'Z');
+        CHECK(strncmp(text, "FUNCTION CALL OID 4294967295 ($1, $2, ", 38) == 0);
+        const char *tail = "$15, $16, ..., $65535)";
+        CHECK(tl > strlen(tail) && strcmp(text + tl - strlen(tail), tail) == 0);
+        fc = (pgw_fcall_t){ .oid = 764, .nargs = 1 };
+        CHECK_EQ(pgw_fcall_describe(&fc, text), strlen("SELECT pg_catalog.lo_import($1)"));
+        CHECK(strcmp(text, "SELECT pg_catalog.lo_import($1)") == 0);
+        fc = (pgw_fcall_t){ .oid = 955, .nargs = 0 };
+        (void)pgw_fcall_describe(&fc, text);
+        CHECK(strcmp(text, "SELECT pg_catalog.lowrite()") == 0);
     }
 
     /* Unterminated strings, everywhere a string is read. */
