@@ -205,7 +205,7 @@ static void statement_event(pgw_audit_t *ident, uint64_t seq, const pgw_stmt_don
     pgw_event_t ev;
     fill_common(ident, &ev, PGW_EVENT_STATEMENT, d->time_us, seq);
     ev.statement.truncated = PGW_BOOL(0);   /* before fill: part of the encoded analysis */
-    pgw_statement_fill(ident->w->frags, d, view, &ev.statement);
+    pgw_statement_fill(ident->w->frags, d, view, &ev.statement, ident->text_max);
     pgw_sql_info_t *info = pgw_statement_info(view);
     if (info && (info->flags & PGW_SQL_NAMED))
         named_track(ident->owner ? ident->owner : ident, info, !begin, d->status, view, &ev.statement);
@@ -254,10 +254,15 @@ static void statement_event(pgw_audit_t *ident, uint64_t seq, const pgw_stmt_don
 
 /* A statement whose text is too long to parse on the loop and missed the
  * cache: parsed in libuv's thread pool, its event written when done. The
- * job owns copies of everything the event needs. */
+ * job owns copies of everything the event needs. The statements that
+ * complete meanwhile in the same session wait behind it in the same
+ * queue (owner->waiting), ready at once: a session's events go out in
+ * the order of their seq, and an EXECUTE or FETCH whose PREPARE or
+ * DECLARE was out names its relations. */
 typedef struct parse_job {
     uv_work_t req;
-    struct parse_job *next;         /* in owner->waiting: no parse, only a wait */
+    struct parse_job *next;         /* in owner->waiting */
+    int ready;                      /* parsed, or nothing to parse */
     pgw_audit_t *owner;             /* kept alive until its jobs are done */
     pgw_audit_t ident;
     uint64_t seq;
@@ -284,26 +289,22 @@ static void job_done(uv_work_t *req, int status)
     pgw_worker_t *w = a->w;
     pgw_ctr_add(&w->metrics.parse_pool_ns, j->parse_ns);
     pgw_statement_learn(w->analysis, &j->view);
-    statement_event(&j->ident, j->seq, &j->d, &j->view, false);
-    pgw_statement_view_free(&j->view);
-    free(j);
-    if (--a->jobs == 0) {
-        /* Every PREPARE and DECLARE that was out is in the maps now. */
-        parse_job_t *q;
-        while ((q = a->waiting)) {
-            a->waiting = q->next;
-            statement_event(&q->ident, q->seq, &q->d, &q->view, false);
-            pgw_statement_view_free(&q->view);
-            free(q);
-        }
-        a->waiting_tail = NULL;
-        /* The session ended while its statement was parsed: its
-         * session_end comes now, after all its statements, and the audit
-         * is freed. */
-        if (a->end_deferred) {
-            session_end_event(a);
-            audit_free(a);
-        }
+    j->ready = 1;
+    /* The queue's ready head goes out, in order. */
+    parse_job_t *q;
+    while ((q = a->waiting) && q->ready) {
+        if (!(a->waiting = q->next))
+            a->waiting_tail = NULL;
+        statement_event(&q->ident, q->seq, &q->d, &q->view, false);
+        pgw_statement_view_free(&q->view);
+        free(q);
+    }
+    /* The session ended while its statements were parsed: its session_end
+     * comes now, after all of them (none waits: each waits only for
+     * parses), and the audit is freed. */
+    if (--a->jobs == 0 && a->end_deferred) {
+        session_end_event(a);
+        audit_free(a);
     }
     w->nhelpers--;
     pgw_worker_maybe_finish(w);
@@ -335,6 +336,7 @@ static parse_job_t *job_new(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t 
         return NULL;
     j->req.data = j;
     j->next = NULL;
+    j->ready = 0;
     j->owner = a;
     j->ident = *a;
     j->ident.ident_cached = 0;      /* a's buffer is a's alone */
@@ -364,6 +366,12 @@ static parse_job_t *job_new(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t 
     return j;
 }
 
+static void enqueue(pgw_audit_t *a, parse_job_t *j)
+{
+    *(a->waiting_tail ? a->waiting_tail : &a->waiting) = j;
+    a->waiting_tail = &j->next;
+}
+
 static int parse_later(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d, pgw_stmt_view_t *view)
 {
     parse_job_t *j = job_new(a, seq, d, view);
@@ -374,19 +382,18 @@ static int parse_later(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d, p
         free(j);
         return -1;
     }
+    enqueue(a, j);
     a->w->nhelpers++;
     a->jobs++;
     return 0;
 }
 
-/* An EXECUTE or a FETCH while statements are parsed off the loop: its
- * PREPARE or DECLARE may be one of them, so its event waits for them all
- * (and says what it uses). Returns 0 when it waits (view then moved). */
-static int wait_for_jobs(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d, pgw_stmt_view_t *view)
+/* A statement analysed at once while an earlier one of the session is
+ * parsed off the loop: its event waits for that one's. Returns 0 when it
+ * waits (view then moved), -1 to report it now (out of memory: out of
+ * order rather than lost). */
+static int wait_in_line(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d, pgw_stmt_view_t *view)
 {
-    const pgw_sql_info_t *info = pgw_statement_info(view);
-    if (!a->jobs || !info || !(info->flags & (PGW_SQL_EXECUTE | PGW_SQL_FETCH)))
-        return -1;
     /* A view that reports a memo's analysis borrows it from the tracker,
      * which may free it before the wait ends: the wait takes an analysis
      * of its own (a cache hit). */
@@ -395,7 +402,7 @@ static int wait_for_jobs(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d,
     if (view->src != &view->an) {
         pgw_stmt_done_t mine = *d;
         mine.memo = NULL;
-        if (pgw_statement_analyze(a->w->analysis, &mine, &own) != 1 || own.rc || !pgw_statement_info(&own)) {
+        if (pgw_statement_analyze(a->w->analysis, &mine, &own) != 1 || own.rc) {
             pgw_statement_view_free(&own);
             return -1;
         }
@@ -409,8 +416,8 @@ static int wait_for_jobs(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t *d,
     }
     if (v == &own)
         pgw_statement_view_free(view);
-    *(a->waiting_tail ? a->waiting_tail : &a->waiting) = j;
-    a->waiting_tail = &j->next;
+    j->ready = 1;
+    enqueue(a, j);
     return 0;
 }
 
@@ -429,7 +436,7 @@ static void on_statement(void *ud, const pgw_stmt_done_t *d)
         pgw_warn("audit: no memory to parse a %zu-byte statement off the loop: parsing it here",
                  (size_t)d->text_len);
         pgw_statement_parse(d, &view);
-    } else if (wait_for_jobs(a, seq, d, &view) == 0) {
+    } else if (a->waiting && wait_in_line(a, seq, d, &view) == 0) {
         return;
     }
     statement_event(a, seq, d, &view, false);
@@ -503,6 +510,11 @@ void pgw_audit_init(pgw_audit_t *a, pgw_worker_t *w, const struct sockaddr *peer
     a->ident_cached = 1;
     pgw_tracker_init(&a->tracker, on_statement, split, a);
     a->tracker.param_max = pgw_limits_param_max();
+    /* The configured cap, and never so long that the escaped text alone
+     * could pass the sink's largest event. */
+    a->text_max = pgw_limits_statement_max();
+    if (a->text_max > w->sink->limits.max_event_bytes / 8)
+        a->text_max = (uint32_t)(w->sink->limits.max_event_bytes / 8);
     a->tracker.own_xact = own_xact;
     if (w->sink->durable)
         a->tracker.admit = on_admit;
@@ -694,7 +706,7 @@ void pgw_audit_denied(pgw_audit_t *a, const char *rule, int enforced, const char
             view.idx = idx;
             ev.statement.truncated = PGW_BOOL(0);
         }
-        pgw_statement_fill(NULL, &d, &view, &ev.statement);
+        pgw_statement_fill(NULL, &d, &view, &ev.statement, a->text_max);
         ev.statement.protocol = protocol;
         if (protocol == PGW_PROTOCOL_EXTENDED) {
             /* Refused at Parse: no portal exists yet. */

@@ -34,12 +34,12 @@ typedef struct pgw_audit {
     int authenticated;              /* AuthenticationOk seen */
     int started;                    /* session_start emitted */
     int ended;
+    uint32_t text_max;              /* statement text cut at this many bytes */
     uint64_t bytes_in, bytes_out;
     unsigned jobs;                  /* statements being parsed off the loop */
     int end_deferred;               /* ended while jobs were out */
-    /* EXECUTEs and FETCHes that completed while jobs were out: their
-     * events wait for the jobs, one of which may be their PREPARE or
-     * DECLARE (audit.c, in completion order) */
+    /* Statements parsed off the loop and those that completed after them:
+     * their events go out in this order (audit.c) */
     struct parse_job *waiting, **waiting_tail;
     int64_t end_us;
     pgw_end_reason_t end_reason;

@@ -50,6 +50,8 @@ static const char usage[] =
 "                           audit_gap event)\n"
 "  --log-parameters         put Bind parameter values into statement events (default: count only)\n"
 "  --parameter-max-bytes N  cut each logged value at N bytes (default 1024)\n"
+"  --statement-max-bytes N  cut statement text in events at N bytes, marked truncated\n"
+"                           (default 65536; at most an eighth of the sink's largest event)\n"
 "  --metrics-listen HOST:PORT  serve /metrics (Prometheus), /healthz and /readyz over HTTP\n"
 "  --threads N              event-loop threads (default: online CPUs)\n"
 "  --drain-timeout SECONDS  on SIGTERM/SIGINT, how long sessions may finish (default 30)\n"
@@ -274,7 +276,8 @@ static int parse_number(const char *opt, const char *arg, double lo, double hi, 
 }
 
 enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_HELP, O_VERSION,
-       O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX, O_METRICS, O_LOGFORMAT, O_STARTUP_TIMEOUT, O_IDLE_TIMEOUT,
+       O_AUDIT_FILE, O_LOG_PARAMS, O_PARAM_MAX, O_STMT_MAX, O_METRICS, O_LOGFORMAT, O_STARTUP_TIMEOUT,
+       O_IDLE_TIMEOUT,
        O_MAX_CLIENTS, O_MAX_PER_ADDR, O_MAX_PENDING, O_CONFIG, O_CHECK, O_LIST,
        O_KAFKA_BROKERS, O_KAFKA_TOPIC, O_KAFKA_PROP, O_SPOOL_DIR, O_SPOOL_MAX, O_SPOOL_POLICY,
        O_TLS_CERT, O_TLS_KEY, O_TLS_CLIENT_CA, O_TLS_CLIENT_CERT, O_TLS_MIN, O_TLS_CIPHERS,
@@ -293,6 +296,7 @@ static const struct option opts[] = {
     { "audit-file-fsync-ms", required_argument, NULL, O_AUDIT_FSYNC },
     { "log-parameters", no_argument, NULL, O_LOG_PARAMS },
     { "parameter-max-bytes", required_argument, NULL, O_PARAM_MAX },
+    { "statement-max-bytes", required_argument, NULL, O_STMT_MAX },
     { "metrics-listen", required_argument, NULL, O_METRICS },
     { "kafka-brokers", required_argument, NULL, O_KAFKA_BROKERS },
     { "kafka-topic", required_argument, NULL, O_KAFKA_TOPIC },
@@ -561,6 +565,7 @@ static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origi
     cfg->max_message_size = 1u << 30;
     cfg->log_level = PGW_LOG_INFO;
     cfg->parameter_max_bytes = 1024;
+    cfg->statement_max_bytes = 64 * 1024;
     cfg->audit_keep = 5;
     cfg->tls.min_version = TLS1_2_VERSION;
     cfg->startup_timeout = 60;
@@ -642,6 +647,11 @@ static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origi
             if (parse_number("--parameter-max-bytes", optarg, 1, 1u << 20, &v))
                 goto bad;
             cfg->parameter_max_bytes = (uint32_t)v;
+            break;
+        case O_STMT_MAX:
+            if (parse_number("--statement-max-bytes", optarg, 1024, 16u << 20, &v))
+                goto bad;
+            cfg->statement_max_bytes = (uint32_t)v;
             break;
         case O_KAFKA_BROKERS:
             cfg->kafka_brokers = optarg;

@@ -51,6 +51,7 @@ typedef struct pgw_config {
     unsigned audit_fsync_ms;        /* fdatasync at most this long after a write; 0: never */
     int log_parameters;             /* Bind values in statement events */
     uint32_t parameter_max_bytes;   /* each value cut at this length */
+    uint32_t statement_max_bytes;   /* statement text in events cut at this length */
     pgw_tls_config_t tls;
     double startup_timeout;         /* s from accept to the first ReadyForQuery; 0: none */
     double idle_timeout;            /* s a session may wait for its client; 0: none */

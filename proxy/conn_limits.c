@@ -24,7 +24,7 @@ static addr_count_t *buckets[NBUCKETS];
 
 static _Atomic uint64_t startup_ms, idle_ms;
 static _Atomic size_t max_pending;
-static _Atomic uint32_t param_max;
+static _Atomic uint32_t param_max, statement_max;
 
 void pgw_limits_configure(const pgw_config_t *cfg)
 {
@@ -37,6 +37,7 @@ void pgw_limits_configure(const pgw_config_t *cfg)
     atomic_store_explicit(&max_pending, cfg->max_pending_bytes, memory_order_relaxed);
     atomic_store_explicit(&param_max, cfg->log_parameters ? cfg->parameter_max_bytes : 0,
                           memory_order_relaxed);
+    atomic_store_explicit(&statement_max, cfg->statement_max_bytes, memory_order_relaxed);
 }
 
 uint64_t pgw_limits_startup_timeout_ms(void)
@@ -57,6 +58,11 @@ size_t pgw_limits_max_pending(void)
 uint32_t pgw_limits_param_max(void)
 {
     return atomic_load_explicit(&param_max, memory_order_relaxed);
+}
+
+uint32_t pgw_limits_statement_max(void)
+{
+    return atomic_load_explicit(&statement_max, memory_order_relaxed);
 }
 
 static uint32_t hash(const char *s)

@@ -28,6 +28,7 @@ uint64_t pgw_limits_startup_timeout_ms(void);
 uint64_t pgw_limits_idle_timeout_ms(void);
 size_t pgw_limits_max_pending(void);
 uint32_t pgw_limits_param_max(void);       /* Bind values logged up to this; 0: not logged */
+uint32_t pgw_limits_statement_max(void);   /* statement text in events cut at this */
 /* addr: the client's IP as text; NULL or "" for unix-socket clients, which
  * count towards the total only. On PGW_ADMIT_OK the caller holds a slot. */
 pgw_admit_t pgw_limits_admit(const char *addr);

@@ -90,6 +90,7 @@ static void reload_config(proxy_t *p)
         { "max-pending-bytes", next.max_pending_bytes != cur->max_pending_bytes },
         { "log-parameters", next.log_parameters != cur->log_parameters },
         { "parameter-max-bytes", next.parameter_max_bytes != cur->parameter_max_bytes },
+        { "statement-max-bytes", next.statement_max_bytes != cur->statement_max_bytes },
     };
     for (size_t i = 0; i < sizeof now / sizeof now[0]; i++)
         if (now[i].changed)
@@ -102,6 +103,7 @@ static void reload_config(proxy_t *p)
     p->cfg.max_pending_bytes = next.max_pending_bytes;
     p->cfg.log_parameters = next.log_parameters;
     p->cfg.parameter_max_bytes = next.parameter_max_bytes;
+    p->cfg.statement_max_bytes = next.statement_max_bytes;
     struct { const char *name; int changed; } fixed[] = {
         { "listen", next.nlisten != cur->nlisten ||
                     memcmp(next.listen, cur->listen, sizeof next.listen[0] * (size_t)next.nlisten) != 0 },

@@ -314,10 +314,11 @@ int pgw_metrics_render(pgw_worker_t *w, int n, pgw_sink_t *sink, char **buf, siz
         put(&o, "pgwarden_denied_dry_run_total{kind=\"%s\"} %llu\n", denied_kinds[k],
             (unsigned long long)SUM(denied_dry_run[k]));
 
-    uint64_t emitted = 0, refused = 0;
+    uint64_t emitted = 0, refused = 0, shrunk = 0;
     for (int i = 0; i < n; i++) {
         emitted += atomic_load_explicit(&w[i].producer.events, memory_order_relaxed);
         refused += atomic_load_explicit(&w[i].producer.refused, memory_order_relaxed);
+        shrunk += atomic_load_explicit(&w[i].producer.shrunk, memory_order_relaxed);
     }
     pgw_sink_health_t h = { 0 };
     if (sink)
@@ -332,6 +333,9 @@ int pgw_metrics_render(pgw_worker_t *w, int n, pgw_sink_t *sink, char **buf, siz
            "Failed sink writes; each is retried.", h.write_errors);
     scalar(&o, "pgwarden_audit_events_dropped_total", "counter",
            "Audit events lost: could not be encoded, or given up at shutdown.", (refused + h.events_lost));
+    scalar(&o, "pgwarden_audit_events_shrunk_total", "counter",
+           "Audit events over the sink's largest, recorded without parameter values and with "
+           "message and text cut.", shrunk);
     scalar(&o, "pgwarden_audit_queued_events", "gauge",
            "Audit events handed to the sink, not yet written.", h.queued_events);
     scalar(&o, "pgwarden_audit_queued_bytes", "gauge", "Bytes of those events.", h.queued_bytes);

@@ -304,7 +304,7 @@ static void fill_objects(const pgw_sql_info_t *info, pgw_stmt_view_t *view,
                          pgw_event_statement_t *out);
 
 void pgw_statement_fill(struct pgw_frag_cache *fc, const pgw_stmt_done_t *d, pgw_stmt_view_t *view,
-                        pgw_event_statement_t *out)
+                        pgw_event_statement_t *out, uint32_t text_max)
 {
     if (d->protocol == PGW_PROTOCOL_FUNCTION_CALL) {
         out->command = PGW_STR_LIT("FUNCTION CALL");
@@ -334,6 +334,10 @@ void pgw_statement_fill(struct pgw_frag_cache *fc, const pgw_stmt_done_t *d, pgw
     const pgw_sql_info_t *info = st->info;
     uint32_t tlen;
     const char *text = pgw_analysis_text(an, view->idx, &tlen);
+    if (tlen > text_max) {
+        tlen = (uint32_t)pgw_utf8_prefix(text, tlen, text_max);
+        out->truncated = PGW_BOOL(1);
+    }
     out->text = pgw_str(text, tlen);
     out->redacted = PGW_BOOL(1);
     out->command = pgw_cstr(info->command);

@@ -60,9 +60,11 @@ void pgw_statement_thread_done(void);
 /* Fills out (text, redacted, fingerprint, command, class, objects,
  * parse_error, or their encoded form in analysis_json) from view; out
  * borrows from view and fc until pgw_statement_view_free(view) and the
- * next call with fc. fc may be NULL (nothing kept). */
+ * next call with fc. fc may be NULL (nothing kept). A text longer than
+ * text_max bytes is cut there (at a character's start) and marked
+ * truncated. */
 void pgw_statement_fill(struct pgw_frag_cache *fc, const pgw_stmt_done_t *d, pgw_stmt_view_t *view,
-                        pgw_event_statement_t *out);
+                        pgw_event_statement_t *out, uint32_t text_max);
 void pgw_statement_view_free(pgw_stmt_view_t *view);
 /* The analysis of the statement view reports, or NULL (not analysed, a
  * parse that failed for want of memory). */

@@ -131,6 +131,16 @@ static inline int utf8_seq(const uint8_t *s, size_t avail)
  * sequence past it, plus the two quotes. */
 #define STR_SLACK 128
 
+size_t pgw_utf8_prefix(const void *s, size_t len, size_t max)
+{
+    const uint8_t *p = s;
+    if (len <= max)
+        return len;
+    while (max > 0 && (p[max] & 0xC0) == 0x80)
+        max--;
+    return max;
+}
+
 void pgw_json_str(pgw_jbuf_t *b, const void *sv, size_t n)
 {
     const uint8_t *s = sv;

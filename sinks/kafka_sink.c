@@ -45,6 +45,7 @@
 #define STATS_INTERVAL_MS_DEFAULT "5000"
 #define SPAN_US 1000000             /* a span takes a lane's appends for this long */
 #define SPAN_OPEN (1ull << 40)      /* a span's reference while its lane appends to it */
+#define MESSAGE_MARGIN 1024         /* a record's framing and key, under message.max.bytes */
 
 /* The events one lane appended to one segment within SPAN_US: what ages
  * are measured on. */
@@ -213,6 +214,39 @@ static void to_resend(kafka_sink_t *ks, const void *key, size_t klen, const void
     pthread_mutex_unlock(&ks->mu);
 }
 
+/* An event settled: acknowledged, or given up. Its spool segment may go,
+ * and close may stop waiting for it. */
+static void settle(kafka_sink_t *ks, span_t *span)
+{
+    if (span) {
+        pgw_spool_seg_release(span->seg, 1);
+        span_release(ks, span, 1);
+    }
+    if (atomic_fetch_sub(&ks->outstanding, 1) == 1) {
+        pthread_mutex_lock(&ks->mu);
+        pthread_cond_broadcast(&ks->acked);
+        pthread_mutex_unlock(&ks->mu);
+    }
+}
+
+/* librdkafka refused the message itself: larger than the producer's
+ * message.max.bytes (an event spooled under another limit: new events are
+ * kept under it, pgw_sink_emit). Sending it again would fail for ever and
+ * hold its spool segment, and in the end the whole spool: it is counted
+ * lost and logged instead. Anything else goes to the resend list. */
+static void not_queued(kafka_sink_t *ks, rd_kafka_resp_err_t err, const void *key, size_t klen,
+                       const void *val, size_t vlen, span_t *span)
+{
+    if (err != RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
+        to_resend(ks, key, klen, val, vlen, span);
+        return;
+    }
+    add(&ks->lost, 1);
+    pgw_error("kafka: an event of %zu bytes is over the producer's message.max.bytes: not sent, "
+              "counted lost", vlen);
+    settle(ks, span);
+}
+
 /* One event to librdkafka; on failure it goes to the resend list. Each call
  * is one outstanding event until its delivery report; span (NULL without a
  * spool) holds it. Caller holds rk_lock (read). */
@@ -225,7 +259,7 @@ static void produce_locked(kafka_sink_t *ks, const void *key, size_t klen, const
         RD_KAFKA_V_KEY(klen ? key : NULL, klen), RD_KAFKA_V_OPAQUE(span), RD_KAFKA_V_END);
     add(&ks->produced, 1);
     if (err)
-        to_resend(ks, key, klen, val, vlen, span);
+        not_queued(ks, err, key, klen, val, vlen, span);
 }
 
 /* The events of b (not its begin records, which only the spool keeps) in
@@ -262,7 +296,8 @@ static void produce_batch_locked(kafka_sink_t *ks, const pgw_batch_t *b, span_t 
             continue;
         for (int j = 0; j < n; j++)
             if (msgs[j].err)
-                to_resend(ks, msgs[j].key, msgs[j].key_len, msgs[j].payload, msgs[j].len, span);
+                not_queued(ks, msgs[j].err, msgs[j].key, msgs[j].key_len, msgs[j].payload, msgs[j].len,
+                           span);
     }
 }
 
@@ -276,15 +311,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         atomic_store(&ks->last_delivery_us, pgw_event_now_us());
         if (!atomic_exchange(&ks->ok, true))
             pgw_info("kafka: delivering to %s again", ks->topic);
-        if (span) {
-            pgw_spool_seg_release(span->seg, 1);
-            span_release(ks, span, 1);
-        }
-        if (atomic_fetch_sub(&ks->outstanding, 1) == 1) {
-            pthread_mutex_lock(&ks->mu);
-            pthread_cond_broadcast(&ks->acked);
-            pthread_mutex_unlock(&ks->mu);
-        }
+        settle(ks, span);
         return;
     }
     add(&ks->delivery_errors, 1);
@@ -808,6 +835,15 @@ int pgw_kafka_sink_open(const pgw_kafka_sink_config_t *cfg, pgw_sink_t **out)
         name[eq - cfg->props[i]] = '\0';
         if (set_prop(ks->conf, name, eq + 1))
             goto fail;
+    }
+    /* No event larger than a Kafka message: pgw_sink_emit shrinks those.
+     * The margin covers the record's framing and its key (a session id). */
+    char mmb[32];
+    size_t mmb_len = sizeof mmb;
+    if (rd_kafka_conf_get(ks->conf, "message.max.bytes", mmb, &mmb_len) == RD_KAFKA_CONF_OK) {
+        size_t m = strtoull(mmb, NULL, 10);
+        if (m > 2 * MESSAGE_MARGIN && m - MESSAGE_MARGIN < ks->base.limits.max_event_bytes)
+            ks->base.limits.max_event_bytes = m - MESSAGE_MARGIN;
     }
     rd_kafka_conf_set_dr_msg_cb(ks->conf, on_delivery);
     rd_kafka_conf_set_error_cb(ks->conf, on_error);

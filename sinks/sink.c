@@ -190,6 +190,7 @@ void pgw_sink_producer_init(pgw_sink_producer_t *p, pgw_sink_t *s)
     p->now_us = 0;
     atomic_init(&p->events, 0);
     atomic_init(&p->refused, 0);
+    atomic_init(&p->shrunk, 0);
 }
 
 static void handoff(pgw_sink_producer_t *p)
@@ -204,6 +205,34 @@ static void handoff(pgw_sink_producer_t *p)
 int pgw_sink_emit(pgw_sink_producer_t *p, const pgw_event_t *ev)
 {
     return pgw_sink_emit_rec(p, ev, false, 0);
+}
+
+/* An event over the sink's largest (a statement's logged parameter
+ * values, a server message quoting a huge value, a text longer than the
+ * cap of the statement's analysis when it was encoded): encoded again
+ * without the parameter values, with the message cut to 1 KiB and the text
+ * to 4 KiB (marked truncated), rather than lost. */
+#define SHRUNK_MESSAGE 1024
+#define SHRUNK_TEXT 4096
+static int encode_shrunk(const pgw_event_t *ev, pgw_jbuf_t *data, size_t start, size_t max)
+{
+    pgw_event_t e = *ev;
+    e.statement.param_values = NULL;
+    e.statement.nparam_values = 0;
+    if (ev->statement.param_values && !e.statement.param_count.set)
+        e.statement.param_count = PGW_INT(ev->statement.nparam_values);
+    if (e.result.message.ptr)
+        e.result.message.len = pgw_utf8_prefix(e.result.message.ptr, e.result.message.len, SHRUNK_MESSAGE);
+    if (!e.statement.analysis_json.ptr && e.statement.text.len > SHRUNK_TEXT) {
+        e.statement.text.len = pgw_utf8_prefix(e.statement.text.ptr, e.statement.text.len, SHRUNK_TEXT);
+        e.statement.truncated = PGW_BOOL(1);
+    }
+    int rc = pgw_event_encode(&e, data);
+    if (rc == 0 && data->len - start > max)
+        rc = -E2BIG;
+    if (rc != 0)
+        data->len = start;
+    return rc;
 }
 
 int pgw_sink_emit_rec(pgw_sink_producer_t *p, const pgw_event_t *ev, bool begin, uint64_t token)
@@ -222,9 +251,16 @@ int pgw_sink_emit_rec(pgw_sink_producer_t *p, const pgw_event_t *ev, bool begin,
     size_t start = b->data.len;
 
     rc = pgw_event_encode(ev, &b->data);
-    if (rc == 0 && b->data.len - start > s->limits.max_event_bytes) {
+    if (rc == -E2BIG || (rc == 0 && b->data.len - start > s->limits.max_event_bytes)) {
         b->data.len = start;
-        rc = -E2BIG;
+        rc = encode_shrunk(ev, &b->data, start, s->limits.max_event_bytes);
+        if (rc == 0) {
+            count(&p->shrunk);
+            pgw_warn("audit: %s event of session %.*s is over the sink's largest (%zu bytes): "
+                     "recorded without its parameter values, its message and text cut",
+                     pgw_event_kind_name(ev->kind), (int)ev->session.id.len, ev->session.id.ptr,
+                     s->limits.max_event_bytes);
+        }
     }
     if (rc == 0)
         rc = batch_commit(b, start, ev->session.id, begin, token);

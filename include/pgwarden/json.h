@@ -67,6 +67,10 @@ static inline void pgw_jbuf_putc(pgw_jbuf_t *b, char c)
 
 /* JSON values. Each appends one complete value. */
 void pgw_json_str(pgw_jbuf_t *b, const void *s, size_t n);     /* quoted, escaped, UTF-8 repaired */
+/* The length of s cut to at most max bytes, not inside a UTF-8 sequence
+ * (text in another encoding may be cut inside a character, as any byte
+ * cap would). */
+size_t pgw_utf8_prefix(const void *s, size_t len, size_t max);
 void pgw_json_u64(pgw_jbuf_t *b, uint64_t v);
 void pgw_json_i64(pgw_jbuf_t *b, int64_t v);
 /* "YYYY-MM-DDTHH:MM:SS.ffffffZ" from microseconds since the Unix epoch (UTC);

@@ -209,10 +209,13 @@ typedef struct pgw_sink_producer {
                                   * loop's cached time; 0: the clock is read */
     _Atomic uint64_t events;     /* encoded and accepted into a batch */
     _Atomic uint64_t refused;    /* could not be encoded (too large, out of memory) */
+    _Atomic uint64_t shrunk;     /* over max_event_bytes, recorded shrunk (in events too) */
 } pgw_sink_producer_t;
 
 void pgw_sink_producer_init(pgw_sink_producer_t *p, pgw_sink_t *s);
 /* Encodes ev into this thread's batch and hands the batch over when full.
+ * An event over max_event_bytes is encoded again without its parameter
+ * values, with its message and text cut (counted in `shrunk`, logged).
  * ev is only read during the call. Returns 0, or
  *   -EINVAL  bad kind; -E2BIG encoded event over max_event_bytes;
  *   -ENOMEM  out of memory;

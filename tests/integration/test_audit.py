@@ -227,7 +227,9 @@ def test_execute_and_fetch_wait_for_a_long_prepare_parsed_off_the_loop(audited):
             conn.execute("PREPARE big2 AS SELECT bal FROM acct WHERE id IN (%s, -2)" % ids)
             conn.execute("EXECUTE big2")
             conn.execute("SELECT 1")
-    st = statements(session_events(audited, app))
+    evs = session_events(audited, app)
+    assert [e["session"]["seq"] for e in evs] == list(range(1, len(evs) + 1)), "in the order of seq"
+    st = statements(evs)
     acct = [{"name": "acct", "type": "table", "access": "read"}]
     by = {}
     for s in st:
@@ -542,11 +544,20 @@ def test_passwords_never_logged(audited):
         conn.execute("CREATE USER pgw_bob WITH PASSWORD 'xyzzy-secret'")
         with pytest.raises(psycopg.errors.SyntaxError):
             conn.execute("ALTER ROLE pgw_alice PASSWORD 'hunter2' garbage")
+        # what psql's \\password sends: the verifier libpq computed, which
+        # is as good as the password to an offline attack
+        scram = conn.pgconn.encrypt_password(b"s3cret-scram", b"pgw_alice", b"scram-sha-256")
+        md5 = conn.pgconn.encrypt_password(b"s3cret-md5", b"pgw_alice", b"md5")
+        conn.execute(b"ALTER USER pgw_alice PASSWORD '" + scram + b"'")
+        conn.execute(b"ALTER ROLE pgw_alice WITH LOGIN ENCRYPTED PASSWORD E'" + md5 + b"' VALID UNTIL 'infinity'")
         conn.execute("DROP ROLE pgw_alice")
         conn.execute("DROP USER pgw_bob")
     evs = session_events(audited, app)
     blob = open(audited.audit_path, "rb").read()
     assert b"hunter2" not in blob and b"xyzzy-secret" not in blob
+    assert scram.startswith(b"SCRAM-SHA-256$") and md5.startswith(b"md5")
+    for secret in (scram, md5, scram.split(b"$")[2].split(b":")[0], md5[3:]):
+        assert secret not in blob
     roles = [s for s in statements(evs) if s["statement"].get("class") == "ROLE"]
     assert len(roles) >= 4
     bad = [s for s in statements(evs) if s["result"]["status"] == "error"]
@@ -628,8 +639,9 @@ def test_concurrent_sessions_each_complete(audited):
 def test_big_statement_does_not_stall_other_sessions(pg, start_proxy, tmp_path):
     """A 2 MB INSERT ... VALUES takes the parser half a second: it is parsed
     off the loop, so another session on the same (only) loop thread keeps
-    its usual latency meanwhile, and the big statement still gets its full
-    event."""
+    its usual latency meanwhile, and the big statement still gets its
+    event: the analysis of the whole statement, its text cut at the
+    default 64 KiB."""
     audit = tmp_path / "audit.jsonl"
     p = start_proxy(upstream="127.0.0.1:%d" % pg.port, threads=1,
                     extra_args=["--audit-file", str(audit)])
@@ -667,7 +679,7 @@ def test_big_statement_does_not_stall_other_sessions(pg, start_proxy, tmp_path):
     assert max(lat) < limit, "a session stalled for %.3f s while big statements were analysed" % max(lat)
     evs = session_events(p, app)
     assert evs[-1]["kind"] == "session_end", "session_end must follow the statements parsed off the loop"
-    assert evs[-1]["session"]["seq"] == len(evs)
+    assert [e["session"]["seq"] for e in evs] == list(range(1, len(evs) + 1)), "in the order of seq"
     st = statements(evs)
     big = [s for s in st if s["statement"]["command"] == "INSERT"]
     assert len(big) == 3
@@ -675,8 +687,35 @@ def test_big_statement_does_not_stall_other_sessions(pg, start_proxy, tmp_path):
         assert s["result"]["rows"] == 60000
         assert s["statement"]["objects"] == [{"name": "big_ins", "type": "table", "access": "write"}]
         assert "value number" not in s["statement"]["text"]
+        text = s["statement"]["text"]
+        assert s["statement"]["truncated"] is True and 65536 - 8 < len(text.encode()) <= 65536
+        assert text.startswith("INSERT INTO big_ins VALUES ($1, $2),($3, $4)")
     with p.connect() as setup:
         setup.execute("DROP TABLE big_ins")
+
+
+def test_statement_text_cut_at_the_configured_length(pg, start_proxy, tmp_path):
+    """--statement-max-bytes: a longer text is cut there, never inside a
+    character, and marked truncated; the analysis is of the whole statement
+    (the relation named after the cut is listed); shorter texts are whole."""
+    audit = tmp_path / "audit.jsonl"
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port,
+                    extra_args=["--audit-file", str(audit), "--statement-max-bytes", "1024"])
+    p.audit_path = audit
+    app = app_name()
+    # 1023 bytes of SQL (no literal: the text is the client's), a two-byte
+    # character across the cut, then relations only the full text names
+    head = "SELECT c.relname AS k" + "k" * 986 + ", c.relname AS \""
+    sql = head + "é\" FROM pg_namespace n, pg_class c"
+    assert len(head.encode()) == 1023
+    with p.connect(application_name=app) as conn:
+        conn.execute(sql)
+        conn.execute("SELECT 'short'")
+    long_, short = statements(session_events(p, app))
+    st = long_["statement"]
+    assert st["truncated"] is True and st["text"] == head
+    assert [o["name"] for o in st["objects"]] == ["pg_namespace", "pg_class"]
+    assert short["statement"]["truncated"] is False and short["statement"]["text"] == "SELECT $1"
 
 
 def with_asyncpg(proxy, app, body):

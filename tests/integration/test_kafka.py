@@ -13,6 +13,7 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from harness import (PGW_BINARY, client_env, free_port, kill_during_pgbench, pg_tool, pgbench, psql,
@@ -169,6 +170,44 @@ def test_mixed_workload_reaches_kafka(kafka, topic, pg, bench_db, start_proxy, t
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 session(s) with gaps" in r.stdout and "0 wrong key(s)" in r.stdout, r.stdout
+
+
+def test_events_larger_than_a_kafka_message(kafka, topic, pg, start_proxy, tmp_path):
+    """Kafka takes no message over message.max.bytes (librdkafka's default
+    1,000,000). Events that would be larger arrive all the same, and
+    nothing stays stuck in the spool: the statement text within an eighth
+    of that even when configured longer, parameter values over it left out
+    (their count stays), a server message quoting a 2 MB value cut."""
+    spool = tmp_path / "spool"
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port,
+                    extra_args=kafka_args(kafka, topic, spool, "--statement-max-bytes", "4000000",
+                                          "--log-parameters", "--parameter-max-bytes", "1048576"))
+    app = "pgw-big-%s" % uuid.uuid4().hex[:8]
+    rows = ",".join("(%d, 'value number %d')" % (i, i) for i in range(60000))
+    with p.connect(application_name=app) as conn:
+        conn.execute("CREATE TEMP TABLE kb (i int, s text)")
+        conn.execute("INSERT INTO kb VALUES " + rows)                     # 1.5 MB of text
+        v = "y" * 700_000
+        assert conn.execute("SELECT length(%s::text) + length(%s::text)", (v, v)).fetchone() == (1_400_000,)
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            conn.execute("SELECT repeat('x', 2000000)::int")
+        conn.execute("SELECT 'after'")
+    assert p.stop(timeout=30) == 0, p.log_tail()
+    assert not list(spool.glob("*.seg")) or spool_bytes(spool) < 100, "every event was acknowledged"
+    assert "over the sink's largest" in p.log_tail()
+
+    evs = [e for e in unique(events_of(kafka, topic, min_count=7)) if e["client"].get("application") == app]
+    assert_sessions_complete(evs)
+    st = {e["statement"]["text"][:20]: e for e in evs if e["kind"] == "statement"}
+    ins = st["INSERT INTO kb VALUES"[:20]]
+    assert ins["statement"]["truncated"] is True and ins["result"]["rows"] == 60000
+    assert 100_000 < len(ins["statement"]["text"]) <= (1_000_000 - 1024) // 8
+    bind = st["SELECT length($1::te"]
+    assert bind["statement"]["params"] == {"count": 2} and bind["result"]["status"] == "ok"
+    err = st["SELECT repeat($1, $2"]
+    assert err["result"]["sqlstate"] == "22P02" and len(err["result"]["message"]) == 1024
+    assert st["SELECT $1"]["result"]["status"] == "ok"
+    assert max(len(json.dumps(e)) for e in evs) < 1_000_000
 
 
 def test_broker_outage_loses_nothing(kafka, topic, pg, bench_db, start_proxy, tmp_path):

@@ -646,22 +646,60 @@ static void test_producer_timing(void)
     ev.kind = PGW_EVENT_NONE;
     CHECK_EQ(pgw_sink_emit(&p, &ev), -EINVAL);
     CHECK_EQ(atomic_load(&p.refused), 1);
+    /* Over the largest event (16 MiB): recorded shrunk, its text cut to
+     * 4 KiB (not inside a character) and marked, its values and message
+     * dropped or cut; counted. */
     static char huge[17 * 1024 * 1024];
     memset(huge, 'h', sizeof(huge));
+    memcpy(huge + 4095, "\xc3\xa9", 2);       /* an é across the cut */
     make_event(&ev, sid, 0, 2, NULL);
     ev.statement.text = pgw_str(huge, sizeof(huge));
+    ev.result.message = pgw_str(huge, 4000);
+    pgw_event_param_t vals[1] = { { .ptr = huge, .len = 100 } };
+    ev.statement.param_values = vals;
+    ev.statement.nparam_values = 1;
+    CHECK_EQ(pgw_sink_emit(&p, &ev), 0);
+    CHECK_EQ(atomic_load(&p.shrunk), 1);
+    CHECK_EQ(atomic_load(&p.refused), 1);
+    /* What cannot be shrunk is refused, counted, and leaves the batch intact. */
+    make_event(&ev, sid, 0, 3, NULL);
+    ev.result.tag = pgw_str(huge, sizeof(huge));
     CHECK_EQ(pgw_sink_emit(&p, &ev), -E2BIG);
     CHECK_EQ(atomic_load(&p.refused), 2);
-    make_event(&ev, sid, 0, 2, NULL);
+    make_event(&ev, sid, 0, 3, NULL);
     CHECK_EQ(pgw_sink_emit(&p, &ev), 0);
     pgw_sink_producer_close(&p);
     pgw_sink_close(sink);
 
     seen_t s;
-    seen_init(&s, 1, 2);
+    seen_init(&s, 1, 3);
     seen_file(&s, path);
     seen_verify(&s);
     seen_free(&s);
+    /* The shrunk one, as written. */
+    FILE *f = fopen(path, "r");
+    char *line = NULL;
+    size_t cap = 0;
+    int found = 0;
+    while (f && getline(&line, &cap, f) > 0) {
+        if (!strstr(line, "\"seq\":2"))
+            continue;
+        found = 1;
+        char want[64];
+        snprintf(want, sizeof want, "\"text\":\"%.8s", huge);
+        CHECK(strstr(line, want) != NULL);
+        CHECK(strstr(line, "\"truncated\":true") != NULL);
+        CHECK(strstr(line, "\"params\":{\"count\":1}") != NULL);
+        const char *t = strstr(line, "\"text\":\"") + 8, *e = strchr(t, '"');
+        CHECK_EQ(e - t, 4095);                  /* before the é, not inside it */
+        const char *m = strstr(line, "\"message\":\"");
+        CHECK(m && strchr(m + 11, '"') - (m + 11) == 1024);
+        CHECK(strlen(line) < 8192);
+    }
+    CHECK(found);
+    free(line);
+    if (f)
+        fclose(f);
     unlink(path);
 }
 
