@@ -842,8 +842,9 @@ int pgw_kafka_sink_open(const pgw_kafka_sink_config_t *cfg, pgw_sink_t **out)
     size_t mmb_len = sizeof mmb;
     if (rd_kafka_conf_get(ks->conf, "message.max.bytes", mmb, &mmb_len) == RD_KAFKA_CONF_OK) {
         size_t m = strtoull(mmb, NULL, 10);
-        if (m > 2 * MESSAGE_MARGIN && m - MESSAGE_MARGIN < ks->base.limits.max_event_bytes)
-            ks->base.limits.max_event_bytes = m - MESSAGE_MARGIN;
+        size_t margin = m > 2 * MESSAGE_MARGIN ? MESSAGE_MARGIN : m / 2;
+        if (m - margin < ks->base.limits.max_event_bytes)
+            ks->base.limits.max_event_bytes = m - margin;
     }
     rd_kafka_conf_set_dr_msg_cb(ks->conf, on_delivery);
     rd_kafka_conf_set_error_cb(ks->conf, on_error);

@@ -1,7 +1,8 @@
 /* The Kafka sink (sinks/kafka_sink.c) against librdkafka's mock cluster:
  * delivery and segment deletion, a fatal idempotence error in the middle of
- * a stream (the producer is replaced, nothing is lost), and events left in
- * the spool by a run that could not reach Kafka, sent by the next. */
+ * a stream (the producer is replaced, nothing is lost), events left in the
+ * spool by a run that could not reach Kafka, sent by the next, and one too
+ * large for the next run's producer. */
 #include <dirent.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -99,7 +100,7 @@ int main(void)
     CHECK_EQ(rd_kafka_mock_topic_create(mc, "audit", 2, 1), 0);
 
     enum { N = 3000, M = 3000, K = 500 };
-    static unsigned char seen[N + M + K];
+    static unsigned char seen[N + M + K + 10];
 
     /* 1. Delivery; then a fatal error mid-stream. */
     const char *props[] = { "linger.ms=1", "statistics.interval.ms=100" };
@@ -191,11 +192,42 @@ int main(void)
     pgw_sink_close(s);
     CHECK_EQ(count_segments(), 0);
 
+    /* 3. An event spooled under a larger message.max.bytes than the next
+     * run's: librdkafka refuses it for good, so it is given up (counted
+     * lost) instead of sent again for ever, holding its segment and the
+     * close. The sink's largest event follows message.max.bytes. */
+    cfg.brokers = "127.0.0.1:1";
+    cfg.close_timeout_ms = 300;
+    CHECK_EQ(pgw_kafka_sink_open(&cfg, &s), 0);
+    static char big[5000];
+    memset(big, 'b', sizeof big);
+    memcpy(big, "{\"n\":-1,\"pad\":\"", 15);
+    memcpy(big + sizeof big - 3, "\"}\n", 3);
+    CHECK_EQ(pgw_sink_submit(s, big, sizeof big, PGW_STR_LIT("session-big")), 0);
+    submit_range(s, N + M + K, N + M + K + 10);
+    pgw_sink_close(s);
+    CHECK(count_segments() > 0);
+    const char *small_props[] = { "linger.ms=1", "message.max.bytes=4000" };
+    cfg.props = small_props;
+    cfg.brokers = boot;
+    cfg.close_timeout_ms = 0;
+    CHECK_EQ(pgw_kafka_sink_open(&cfg, &s), 0);
+    CHECK_EQ(s->limits.max_event_bytes, 4000 - 1024);
+    CHECK_EQ(pgw_sink_flush(s, 20000), 0);
+    pgw_sink_health_t h;
+    pgw_sink_health(s, &h);
+    CHECK_EQ(h.events_lost, 1);
+    pgw_kafka_sink_stats(s, &st);
+    CHECK_EQ(st.replayed, 11);
+    CHECK_EQ(st.delivered, 10);
+    pgw_sink_close(s);
+    CHECK_EQ(count_segments(), 0);
+
     /* Every event is in the topic (duplicates allowed, losses not). */
-    int got = consume_all(boot, "audit", N + M + K, seen);
-    CHECK(got >= N + M + K);
+    int got = consume_all(boot, "audit", N + M + K + 10, seen);
+    CHECK(got >= N + M + K + 10);
     int missing = 0;
-    for (int i = 0; i < N + M + K; i++)
+    for (int i = 0; i < N + M + K + 10; i++)
         missing += !seen[i];
     CHECK_EQ(missing, 0);
 
