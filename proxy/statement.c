@@ -154,9 +154,9 @@ int pgw_statement_analyze(struct pgw_analysis_cache *c, const pgw_stmt_done_t *d
     view->src = &view->an;
     view->idx = 0;
     view->memo = NULL;
+    pgw_analysis_init(&view->an);   /* empty, not unset, when nothing is analysed */
     if (!needs_analysis(d))
         return 1;
-    pgw_analysis_init(&view->an);
     view->has_an = 1;
     stmt_memo_t *m = d->memo && *d->memo ? (stmt_memo_t *)(void *)*d->memo : NULL;
     if (m) {
