@@ -198,6 +198,49 @@ void sql_walk_free(sql_walk_out_t *out);
 /* Self-check of the node table's order (for the unit test). */
 int sql_walk_tables_ok(void);
 
+/* ---- node table (analysis_walk.c) and statement class (analysis_command.c) -
+ * The node types the walk and the classification know; every other node
+ * is N_OTHER. */
+enum {
+    N_OTHER = 0, N_SELECT, N_INSERT, N_UPDATE, N_DELETE, N_MERGE, N_TRANSACTION,
+    N_CLOSE_PORTAL, N_FETCH, N_DROP, N_COPY, N_RENAME, N_ALTER_OBJ_DEPENDS, N_ALTER_OBJ_SCHEMA,
+    N_ALTER_OWNER, N_ALTER_TABLE_MOVE_ALL, N_ALTER_TABLE, N_ALTER_FUNCTION, N_GRANT, N_GRANT_ROLE,
+    N_DEFINE, N_CREATE_FUNCTION, N_VACUUM, N_EXPLAIN, N_CTAS, N_VARIABLE_SET, N_DISCARD,
+    N_PREPARE, N_EXECUTE, N_DEALLOCATE, N_DECLARE_CURSOR, N_DO, N_CALL, N_CREATE_ROLE,
+    N_ALTER_ROLE, N_ALTER_ROLE_SET, N_DROP_ROLE, N_CREATE_USER_MAPPING, N_ALTER_USER_MAPPING,
+    N_ALTER_DEFAULT_PRIVILEGES, N_CREATE_SUBSCRIPTION, N_ALTER_SUBSCRIPTION, N_NOTIFY,
+    N_RANGE_VAR, N_CREATE, N_CREATE_FOREIGN_TABLE, N_VIEW, N_REFRESH_MATVIEW, N_TRUNCATE,
+    N_INDEX, N_ALTER_SEQ, N_CREATE_SEQ, N_COMMENT, N_LOCKING_CLAUSE, N_COMPOSITE_TYPE,
+    N_CLUSTER, N_REINDEX, N_CREATE_TRIG, N_RULE, N_CREATE_POLICY, N_ALTER_POLICY,
+};
+
+enum { LV_ALL, LV_MOD, LV_DDL };   /* PostgreSQL's GetCommandLogLevel */
+
+typedef struct node_kind {
+    const char *name;         /* libpg_query's node name */
+    uint8_t id;               /* N_*: needs more than the table says */
+    uint8_t level;
+    const char *tag;          /* CreateCommandTag; NULL: computed from the node */
+} node_kind_t;
+
+/* ObjectType: the ALTER and DROP tags, and the relation type word. */
+typedef struct objtype_info {
+    const char *name, *alter, *drop, *relkind;
+} objtype_info_t;
+
+/* The entry of libpg_query's node name, or NULL (also for name NULL). */
+const node_kind_t *sql_node_kind(const char *name);
+/* The entry of an ObjectType name ("OBJECT_TABLE"), or NULL. */
+const objtype_info_t *sql_objtype(const char *name);
+
+/* Does EXPLAIN (body: the ExplainStmt) run its statement (ANALYZE)? */
+int sql_explain_analyzes(const jdoc_t *d, uint32_t body);
+/* Sets out's command, cls, flags, name, own_redact and no_raw from the one
+ * statement stmt of d (its Node: {"SelectStmt": {...}}); dml_write: the walk
+ * saw an INSERT, UPDATE, DELETE, MERGE or TRUNCATE in it. Allocates nothing;
+ * the strings are static or borrowed from d. */
+void sql_command_classify(const jdoc_t *d, uint32_t stmt, int dml_write, sql_walk_out_t *out);
+
 /* ---- cache internals (analysis_cache.c), used by analysis.c --------------- */
 /* The cache's own lexer and buffers, reused across lookups. */
 sql_lex_t *sql_cache_lex(pgw_analysis_cache_t *c);

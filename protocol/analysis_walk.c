@@ -1,6 +1,8 @@
-/* The parse tree of one statement: its command tag as PostgreSQL's
- * CreateCommandTag names it, its pgAudit class, and every relation it
- * references with read or write access.
+/* The parse tree of one statement: the node table (which node types the
+ * analysis knows, their command tag and log level), and the walk that finds
+ * every relation it references with read or write access. sql_walk reads
+ * the tree, walks it, and has analysis_command.c name the statement (command
+ * tag, pgAudit class, flags).
  *
  * The tree comes as libpg_query's JSON (pg_query_parse), read into a flat
  * DOM in place. Measured on libpg_query 15-4.0: the JSON parse of pgbench's
@@ -13,7 +15,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "analysis_int.h"
 
@@ -22,28 +23,6 @@
 #define WALK_MAX_DEPTH 10000
 
 /* ---- the node types we know ------------------------------------------------ */
-
-enum {
-    N_OTHER = 0, N_SELECT, N_INSERT, N_UPDATE, N_DELETE, N_MERGE, N_TRANSACTION,
-    N_CLOSE_PORTAL, N_FETCH, N_DROP, N_COPY, N_RENAME, N_ALTER_OBJ_DEPENDS, N_ALTER_OBJ_SCHEMA,
-    N_ALTER_OWNER, N_ALTER_TABLE_MOVE_ALL, N_ALTER_TABLE, N_ALTER_FUNCTION, N_GRANT, N_GRANT_ROLE,
-    N_DEFINE, N_CREATE_FUNCTION, N_VACUUM, N_EXPLAIN, N_CTAS, N_VARIABLE_SET, N_DISCARD,
-    N_PREPARE, N_EXECUTE, N_DEALLOCATE, N_DECLARE_CURSOR, N_DO, N_CALL, N_CREATE_ROLE,
-    N_ALTER_ROLE, N_ALTER_ROLE_SET, N_DROP_ROLE, N_CREATE_USER_MAPPING, N_ALTER_USER_MAPPING,
-    N_ALTER_DEFAULT_PRIVILEGES, N_CREATE_SUBSCRIPTION, N_ALTER_SUBSCRIPTION, N_NOTIFY,
-    N_RANGE_VAR, N_CREATE, N_CREATE_FOREIGN_TABLE, N_VIEW, N_REFRESH_MATVIEW, N_TRUNCATE,
-    N_INDEX, N_ALTER_SEQ, N_CREATE_SEQ, N_COMMENT, N_LOCKING_CLAUSE, N_COMPOSITE_TYPE,
-    N_CLUSTER, N_REINDEX, N_CREATE_TRIG, N_RULE, N_CREATE_POLICY, N_ALTER_POLICY,
-};
-
-enum { LV_ALL, LV_MOD, LV_DDL };   /* PostgreSQL's GetCommandLogLevel */
-
-typedef struct node_kind {
-    const char *name;         /* libpg_query's node name */
-    uint8_t id;               /* N_*: needs more than the table says */
-    uint8_t level;
-    const char *tag;          /* CreateCommandTag; NULL: computed from the node */
-} node_kind_t;
 
 /* Sorted by strcmp (sql_walk_tables_ok checks it): bsearch'd for every node. */
 static const node_kind_t kinds[] = {
@@ -163,7 +142,7 @@ static const node_kind_t kinds[] = {
     { "ViewStmt", N_VIEW, LV_DDL, "CREATE VIEW" },
 };
 
-static const node_kind_t *kind_of(const char *name)
+const node_kind_t *sql_node_kind(const char *name)
 {
     size_t lo = 0, hi = sizeof kinds / sizeof kinds[0];
 
@@ -184,10 +163,6 @@ static const node_kind_t *kind_of(const char *name)
 }
 
 /* ObjectType: the ALTER and DROP tags, and the relation type word. */
-typedef struct objtype_info {
-    const char *name, *alter, *drop, *relkind;
-} objtype_info_t;
-
 static const objtype_info_t objtypes[] = {
     { "OBJECT_TABLE", "ALTER TABLE", "DROP TABLE", "table" },
     { "OBJECT_VIEW", "ALTER VIEW", "DROP VIEW", "view" },
@@ -235,7 +210,7 @@ static const objtype_info_t objtypes[] = {
     { "OBJECT_ACCESS_METHOD", NULL, "DROP ACCESS METHOD", NULL },
 };
 
-static const objtype_info_t *objtype(const char *name)
+const objtype_info_t *sql_objtype(const char *name)
 {
     size_t i;
 
@@ -247,16 +222,9 @@ static const objtype_info_t *objtype(const char *name)
 
 static const char *relkind_name(const char *objtype_name)
 {
-    const objtype_info_t *o = objtype(objtype_name);
+    const objtype_info_t *o = sql_objtype(objtype_name);
 
     return o ? o->relkind : NULL;
-}
-
-static const char *alter_tag(const char *objtype_name)
-{
-    const objtype_info_t *o = objtype(objtype_name);
-
-    return o && o->alter ? o->alter : "UNKNOWN";
 }
 
 int sql_walk_tables_ok(void)
@@ -438,37 +406,6 @@ static uint32_t walk_with(walk_t *w, uint32_t wc)
     return mark;
 }
 
-static int explain_analyzes(const jdoc_t *d, uint32_t body)
-{
-    uint32_t opts = jget(d, body, "options"), i;
-    int analyze = 0;
-
-    for (i = opts ? J(d, opts)->first : 0; i; i = J(d, i)->next) {
-        uint32_t de, arg, ab;
-        const char *n = jnode(d, i, &de), *an;
-
-        if (!n || strcmp(n, "DefElem") != 0 || strcmp(jstr(d, de, "defname"), "analyze") != 0)
-            continue;
-        /* the last one counts, as in explain.c; no argument means true */
-        analyze = 1;
-        arg = jget(d, de, "arg");
-        an = jnode(d, arg, &ab);
-        if (an && strcmp(an, "String") == 0) {
-            const char *v = jstr(d, ab, "sval");
-
-            analyze = !(strcasecmp(v, "false") == 0 || strcasecmp(v, "off") == 0 ||
-                        strcasecmp(v, "no") == 0 || strcmp(v, "0") == 0);
-        } else if (an && strcmp(an, "Integer") == 0) {
-            uint32_t iv = jget(d, ab, "ival");
-
-            analyze = iv && J(d, iv)->num != 0;
-        } else if (an && strcmp(an, "Boolean") == 0) {
-            analyze = jbool(d, ab, "boolval");
-        }
-    }
-    return analyze;
-}
-
 /* The DML statements: their target is written, everything else read. */
 static void walk_dml(walk_t *w, uint32_t body)
 {
@@ -491,7 +428,7 @@ static void walk_target(walk_t *w, uint32_t body, const char *key, const char *t
 static void walk_node(walk_t *w, const char *name, uint32_t body, pgw_access_t acc)
 {
     const jdoc_t *d = w->d;
-    const node_kind_t *k = kind_of(name);
+    const node_kind_t *k = sql_node_kind(name);
     const char *type;
     uint32_t i, x;
 
@@ -597,7 +534,7 @@ static void walk_node(walk_t *w, const char *name, uint32_t body, pgw_access_t a
     case N_EXPLAIN: {
         int saved = w->force_read;
 
-        if (!explain_analyzes(d, body))
+        if (!sql_explain_analyzes(d, body))
             w->force_read = 1;
         walk_value(w, jget(d, body, "query"), acc);
         w->force_read = saved;
@@ -659,257 +596,12 @@ static void walk_value(walk_t *w, uint32_t v, pgw_access_t acc)
     w->depth--;
 }
 
-/* ---- command tag and class ------------------------------------------------ */
-
-/* CreateCommandTag and GetCommandLogLevel of a raw statement. Where the
- * level needs the tree (EXPLAIN ANALYZE, PREPARE) it recurses. */
-static const char *command_of(const jdoc_t *d, uint32_t stmt, int *level, uint8_t *id, int depth)
-{
-    uint32_t body;
-    const char *name = jnode(d, stmt, &body), *s;
-    const node_kind_t *k = kind_of(name);
-    const objtype_info_t *o;
-    uint8_t ignored_id;
-
-    *level = LV_ALL;
-    *id = N_OTHER;
-    if (!k || depth > 8)
-        return "UNKNOWN";
-    *level = k->level;
-    *id = k->id;
-    if (k->tag)
-        switch (k->id) {
-        case N_COPY:
-            *level = jbool(d, body, "is_from") ? LV_MOD : LV_ALL;
-            return k->tag;
-        case N_EXPLAIN:
-            /* EXPLAIN ANALYZE runs the statement: it logs at that one's level */
-            if (explain_analyzes(d, body))
-                (void)command_of(d, jget(d, body, "query"), level, &ignored_id, depth + 1);
-            return k->tag;
-        case N_PREPARE:
-            /* PREPARE logs at the level of the statement it prepares */
-            (void)command_of(d, jget(d, body, "query"), level, &ignored_id, depth + 1);
-            return k->tag;
-        default:
-            return k->tag;
-        }
-
-    switch (k->id) {
-    case N_SELECT:
-        if (jget(d, body, "intoClause")) {
-            /* parse analysis turns it into CREATE TABLE AS, with this tag */
-            *level = LV_DDL;
-            return "SELECT INTO";
-        }
-        return "SELECT";
-    case N_TRANSACTION: {
-        static const char *const tk[][2] = {
-            { "TRANS_STMT_BEGIN", "BEGIN" }, { "TRANS_STMT_START", "START TRANSACTION" },
-            { "TRANS_STMT_COMMIT", "COMMIT" }, { "TRANS_STMT_ROLLBACK", "ROLLBACK" },
-            { "TRANS_STMT_ROLLBACK_TO", "ROLLBACK" }, { "TRANS_STMT_SAVEPOINT", "SAVEPOINT" },
-            { "TRANS_STMT_RELEASE", "RELEASE" }, { "TRANS_STMT_PREPARE", "PREPARE TRANSACTION" },
-            { "TRANS_STMT_COMMIT_PREPARED", "COMMIT PREPARED" },
-            { "TRANS_STMT_ROLLBACK_PREPARED", "ROLLBACK PREPARED" },
-        };
-        size_t i;
-
-        s = jstr(d, body, "kind");
-        for (i = 0; i < sizeof tk / sizeof tk[0]; i++)
-            if (strcmp(s, tk[i][0]) == 0)
-                return tk[i][1];
-        return "UNKNOWN";
-    }
-    case N_CLOSE_PORTAL:
-        return *jstr(d, body, "portalname") ? "CLOSE CURSOR" : "CLOSE CURSOR ALL";
-    case N_FETCH:
-        return jbool(d, body, "ismove") ? "MOVE" : "FETCH";
-    case N_DROP:
-        o = objtype(jstr(d, body, "removeType"));
-        return o && o->drop ? o->drop : "UNKNOWN";
-    case N_RENAME:
-        s = jstr(d, body, "renameType");
-        return alter_tag(strcmp(s, "OBJECT_COLUMN") == 0 ? jstr(d, body, "relationType") : s);
-    case N_ALTER_OBJ_DEPENDS:
-    case N_ALTER_OBJ_SCHEMA:
-    case N_ALTER_OWNER:
-        return alter_tag(jstr(d, body, "objectType"));
-    case N_ALTER_TABLE_MOVE_ALL:
-    case N_ALTER_TABLE:
-        return alter_tag(jstr(d, body, "objtype"));
-    case N_ALTER_FUNCTION:
-        s = jstr(d, body, "objtype");
-        return strcmp(s, "OBJECT_PROCEDURE") == 0 ? "ALTER PROCEDURE" :
-               strcmp(s, "OBJECT_ROUTINE") == 0 ? "ALTER ROUTINE" : "ALTER FUNCTION";
-    case N_GRANT:
-        return jbool(d, body, "is_grant") ? "GRANT" : "REVOKE";
-    case N_GRANT_ROLE:
-        return jbool(d, body, "is_grant") ? "GRANT ROLE" : "REVOKE ROLE";
-    case N_DEFINE: {
-        static const char *const dk[][2] = {
-            { "OBJECT_AGGREGATE", "CREATE AGGREGATE" }, { "OBJECT_OPERATOR", "CREATE OPERATOR" },
-            { "OBJECT_TYPE", "CREATE TYPE" }, { "OBJECT_TSPARSER", "CREATE TEXT SEARCH PARSER" },
-            { "OBJECT_TSDICTIONARY", "CREATE TEXT SEARCH DICTIONARY" },
-            { "OBJECT_TSTEMPLATE", "CREATE TEXT SEARCH TEMPLATE" },
-            { "OBJECT_TSCONFIGURATION", "CREATE TEXT SEARCH CONFIGURATION" },
-            { "OBJECT_COLLATION", "CREATE COLLATION" },
-            { "OBJECT_ACCESS_METHOD", "CREATE ACCESS METHOD" },
-        };
-        size_t i;
-
-        s = jstr(d, body, "kind");
-        for (i = 0; i < sizeof dk / sizeof dk[0]; i++)
-            if (strcmp(s, dk[i][0]) == 0)
-                return dk[i][1];
-        return "UNKNOWN";
-    }
-    case N_CREATE_FUNCTION:
-        return jbool(d, body, "is_procedure") ? "CREATE PROCEDURE" : "CREATE FUNCTION";
-    case N_VACUUM:
-        return jbool(d, body, "is_vacuumcmd") ? "VACUUM" : "ANALYZE";
-    case N_CTAS:
-        s = jstr(d, body, "objtype");
-        if (strcmp(s, "OBJECT_MATVIEW") == 0)
-            return "CREATE MATERIALIZED VIEW";
-        return jbool(d, body, "is_select_into") ? "SELECT INTO" : "CREATE TABLE AS";
-    case N_VARIABLE_SET:
-        s = jstr(d, body, "kind");
-        return strncmp(s, "VAR_RESET", 9) == 0 ? "RESET" : "SET";
-    case N_DISCARD:
-        s = jstr(d, body, "target");
-        return strcmp(s, "DISCARD_ALL") == 0 ? "DISCARD ALL" :
-               strcmp(s, "DISCARD_PLANS") == 0 ? "DISCARD PLANS" :
-               strcmp(s, "DISCARD_TEMP") == 0 ? "DISCARD TEMP" :
-               strcmp(s, "DISCARD_SEQUENCES") == 0 ? "DISCARD SEQUENCES" : "UNKNOWN";
-    case N_DEALLOCATE:
-        return *jstr(d, body, "name") ? "DEALLOCATE" : "DEALLOCATE ALL";
-    default:
-        return "UNKNOWN";
-    }
-}
-
-/* pgAudit's log_audit_event: the level picks WRITE / DDL / the rest; ROLE,
- * READ, FUNCTION and MISC_SET by statement type. Two deliberate additions:
- * CALL is FUNCTION (pgAudit files it under MISC and logs the procedure as a
- * separate FUNCTION entry; we have one event), and a SELECT whose WITH
- * holds an INSERT/UPDATE/DELETE is WRITE (pgAudit says READ, which would
- * hide a data change from anyone filtering on WRITE). */
-static pgw_audit_class_t class_of(uint8_t id, const char *tag, int level, int dml_write)
-{
-    if (id == N_SELECT && level == LV_ALL && dml_write)
-        return PGW_CLASS_WRITE;
-    switch (level) {
-    case LV_MOD:
-        return id == N_EXECUTE ? PGW_CLASS_MISC : PGW_CLASS_WRITE;
-    case LV_DDL:
-        switch (id) {
-        case N_CREATE_ROLE:
-        case N_ALTER_ROLE:
-        case N_CREATE_USER_MAPPING:
-        case N_ALTER_USER_MAPPING:
-        case N_GRANT:
-        case N_GRANT_ROLE:
-        case N_DROP_ROLE:
-        case N_ALTER_ROLE_SET:
-        case N_ALTER_DEFAULT_PRIVILEGES:
-            return PGW_CLASS_ROLE;
-        case N_RENAME:
-        case N_DROP:
-            return strcmp(tag, "ALTER ROLE") == 0 || strcmp(tag, "DROP ROLE") == 0 ?
-                   PGW_CLASS_ROLE : PGW_CLASS_DDL;
-        default:
-            return PGW_CLASS_DDL;
-        }
-    default:
-        switch (id) {
-        case N_COPY:
-        case N_DECLARE_CURSOR:
-        case N_SELECT:
-        case N_PREPARE:
-            return PGW_CLASS_READ;
-        case N_DO:
-        case N_CALL:
-            return PGW_CLASS_FUNCTION;
-        case N_VARIABLE_SET:
-            return PGW_CLASS_MISC_SET;
-        default:
-            return PGW_CLASS_MISC;
-        }
-    }
-}
-
-/* A DefElem option's boolean as PostgreSQL's defGetBoolean reads it: no
- * argument is true. */
-static int option_true(const jdoc_t *d, uint32_t defelem_body)
-{
-    uint32_t arg = jget(d, defelem_body, "arg"), body = 0;
-    const char *n = jnode(d, arg, &body);
-
-    if (!arg)
-        return 1;
-    if (n && strcmp(n, "Integer") == 0) {
-        uint32_t v = jget(d, body, "ival");
-        return v && J(d, v)->type == J_NUM && J(d, v)->num != 0;
-    }
-    if (n && strcmp(n, "String") == 0) {
-        const char *v = jstr(d, body, "sval");
-        return strcasecmp(v, "false") != 0 && strcasecmp(v, "off") != 0 &&
-               strcasecmp(v, "no") != 0 && strcmp(v, "0") != 0;
-    }
-    return 1;
-}
-
-/* Does the option list member key of body name option (true)? */
-static int has_option(const jdoc_t *d, uint32_t body, const char *key, const char *option)
-{
-    uint32_t list = jget(d, body, key), de;
-
-    for (uint32_t i = list ? J(d, list)->first : 0; i; i = J(d, i)->next) {
-        const char *n = jnode(d, i, &de);
-        if (n && strcmp(n, "DefElem") == 0 && strcmp(jstr(d, de, "defname"), option) == 0)
-            return option_true(d, de);
-    }
-    return 0;
-}
-
-/* Statements that PostgreSQL refuses inside a transaction block and
- * commits before their CommandComplete, among those whose command tag is
- * shared with forms that do not: CREATE INDEX CONCURRENTLY, DROP INDEX
- * CONCURRENTLY, REINDEX CONCURRENTLY and REINDEX of a schema, the system or
- * a database, CLUSTER of every clustered table, ALTER DATABASE SET
- * TABLESPACE. (CLUSTER of one partitioned table does too, which only the
- * catalog can tell.) */
-static int own_transaction(const jdoc_t *d, uint32_t stmt, uint8_t id)
-{
-    uint32_t body = 0;
-    const char *n = jnode(d, stmt, &body), *kind;
-
-    switch (id) {
-    case N_INDEX:
-        return jbool(d, body, "concurrent");
-    case N_DROP:
-        return jbool(d, body, "concurrent");
-    case N_REINDEX:
-        kind = jstr(d, body, "kind");
-        return strcmp(kind, "REINDEX_OBJECT_SCHEMA") == 0 ||
-               strcmp(kind, "REINDEX_OBJECT_SYSTEM") == 0 ||
-               strcmp(kind, "REINDEX_OBJECT_DATABASE") == 0 ||
-               has_option(d, body, "params", "concurrently");
-    case N_CLUSTER:
-        return !jget(d, body, "relation");
-    default:
-        return n && strcmp(n, "AlterDatabaseStmt") == 0 &&
-               has_option(d, body, "options", "tablespace");
-    }
-}
-
 int sql_walk(char *json, sql_walk_out_t *out, uint32_t *nstmts)
 {
     jdoc_t d;
     walk_t w;
     uint32_t root, stmts, first, stmt = 0;
-    int level, rc = -ENOMEM;
-    uint8_t id;
+    int rc = -ENOMEM;
 
     memset(out, 0, sizeof *out);
     memset(&d, 0, sizeof d);
@@ -929,78 +621,8 @@ int sql_walk(char *json, sql_walk_out_t *out, uint32_t *nstmts)
 
     w.d = &d;
     w.out = out;
-    out->command = command_of(&d, stmt, &level, &id, 0);
     walk_value(&w, stmt, PGW_ACCESS_READ);
-    out->cls = class_of(id, out->command, level, w.dml_write);
-    if (id == N_UPDATE || id == N_DELETE || id == N_COPY) {
-        uint32_t body = 0;
-
-        (void)jnode(&d, stmt, &body);
-        if (id != N_COPY && !jget(&d, body, "whereClause"))
-            out->flags |= PGW_SQL_NO_WHERE;
-        if (id == N_COPY && jbool(&d, body, "is_program"))
-            out->flags |= PGW_SQL_COPY_PROGRAM | (jbool(&d, body, "is_from") ? PGW_SQL_COPY_FROM : 0);
-    }
-
-    if (own_transaction(&d, stmt, id))
-        out->flags |= PGW_SQL_OWN_TRANSACTION;
-    if (id == N_PREPARE || id == N_EXECUTE || id == N_DEALLOCATE || id == N_DECLARE_CURSOR ||
-        id == N_FETCH || id == N_CLOSE_PORTAL ||
-        (id == N_DISCARD && strcmp(out->command, "DISCARD ALL") == 0)) {
-        uint32_t body = 0;
-        const char *name;
-
-        (void)jnode(&d, stmt, &body);
-        switch (id) {
-        case N_PREPARE:         out->flags |= PGW_SQL_PREPARE; break;
-        case N_EXECUTE:         out->flags |= PGW_SQL_EXECUTE; break;
-        case N_DEALLOCATE:      out->flags |= PGW_SQL_DEALLOCATE; break;
-        case N_DECLARE_CURSOR:  out->flags |= PGW_SQL_DECLARE; break;
-        case N_FETCH:           out->flags |= PGW_SQL_FETCH; break;
-        case N_CLOSE_PORTAL:    out->flags |= PGW_SQL_CLOSE; break;
-        default:                out->flags |= PGW_SQL_DEALLOCATE | PGW_SQL_CLOSE; break;
-        }
-        name = id == N_DISCARD ? "" :
-               jstr(&d, body, id == N_PREPARE || id == N_EXECUTE || id == N_DEALLOCATE ? "name" : "portalname");
-        out->name = *name ? name : NULL;
-    }
-
-    switch (id) {
-    case N_CREATE_ROLE:
-    case N_ALTER_ROLE:
-    case N_CREATE_USER_MAPPING:
-    case N_ALTER_USER_MAPPING:
-    case N_CREATE_SUBSCRIPTION:
-    case N_ALTER_SUBSCRIPTION:
-        /* passwords and connection strings: libpg_query's normalization
-         * misses some spellings (E'...' with \'), so we replace every
-         * literal, and raw mode must not print these */
-        out->own_redact = 1;
-        out->no_raw = 1;
-        break;
-    case N_CALL:
-    case N_EXECUTE:
-    case N_PREPARE:
-    case N_NOTIFY:
-    case N_CTAS:
-        /* libpg_query leaves these literals (arguments, payloads, the WHERE
-         * of the query that fills a new table) in place */
-        out->own_redact = 1;
-        break;
-    case N_EXPLAIN: {
-        uint32_t body = 0, q;
-        const char *qn;
-
-        (void)jnode(&d, stmt, &body);
-        q = jget(&d, body, "query");
-        qn = jnode(&d, q, &body);
-        if (qn && (strcmp(qn, "CreateTableAsStmt") == 0 || strcmp(qn, "ExecuteStmt") == 0))
-            out->own_redact = 1;
-        break;
-    }
-    default:
-        break;
-    }
+    sql_command_classify(&d, stmt, w.dml_write, out);
     rc = out->oom ? -ENOMEM : 0;
 out:
     free(w.cte);
