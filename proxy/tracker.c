@@ -1,77 +1,14 @@
-#include "tracker.h"
+/* The statement tracker (its contract is in tracker.h): the FIFO of
+ * pending client messages, the maps of prepared statements and portals by
+ * name with their reference counts, each client message taken in, the
+ * reports, and the tracker's life. The server's answers are matched in
+ * tracker_backend.c; tracker_impl.h is what the two share. */
+#include "tracker_impl.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* What the server tells about one execution while it runs. */
-typedef struct acc {
-    int64_t start_us;
-    uint64_t rows, bytes, copy_bytes;
-    pgw_copy_dir_t copy_dir;
-    uint8_t resumed;    /* went on after a PortalSuspended: the tag counts the last fetch only */
-} acc_t;
-
-/* A statement prepared by Parse. Shared by the name map, the Parse item and
- * every portal bound to it: the text outlives a Close or a re-Parse of the
- * name while an execution still needs it. */
-struct pgw_prepared {
-    pgw_prepared_t *next;
-    unsigned refs;
-    int in_map;
-    char *name;
-    char *text;
-    size_t text_len;
-    pgw_memo_t *memo;
-};
-
-struct pgw_portal {
-    pgw_portal_t *next;
-    unsigned refs;
-    int in_map;
-    char *name;                     /* name_buf, or the heap for a long name */
-    char name_buf[24];
-    pgw_prepared_t *stmt;           /* NULL when Bind named an unknown statement */
-    int nparams;
-    pgw_event_param_t *params;      /* values, when logged: one block with their bytes */
-    int suspended;                  /* PortalSuspended: the execution goes on */
-    acc_t acc;
-    pgw_stmt_admit_t admit;         /* of the suspended execution */
-};
-
-enum item_kind { IT_QUERY, IT_PARSE, IT_BIND, IT_DESCRIBE, IT_EXECUTE, IT_CLOSE, IT_SYNC, IT_FCALL };
-
-struct pgw_tracker_item {
-    uint8_t kind;
-    uint8_t close_kind;             /* IT_CLOSE: 'S' or 'P' */
-    int64_t time_us;
-    pgw_prepared_t *stmt;           /* IT_PARSE, IT_CLOSE 'S' */
-    pgw_portal_t *portal;           /* IT_BIND, IT_EXECUTE, IT_CLOSE 'P'; IT_FCALL: its
-                                     * arguments, in a portal of its own (not mapped) */
-    acc_t acc;                      /* IT_QUERY (current statement), IT_EXECUTE, IT_FCALL */
-    /* IT_QUERY; IT_FCALL: the call as text */
-    char *text;                     /* the whole Query text, then the spans */
-    size_t text_len, block_cap;
-    uint32_t (*spans)[2];
-    pgw_memo_t *memo;
-    unsigned nstmts, cur;
-    int errored;                    /* IT_QUERY: an error ended it; IT_FCALL: reported */
-    int64_t answered_us;            /* IT_FCALL: its FunctionCallResponse came (0: not yet) */
-    pgw_stmt_admit_t admit;         /* IT_EXECUTE, IT_FCALL */
-    pgw_stmt_admit_t *admits;       /* IT_QUERY, one per statement (in the text's block); NULL without admit */
-};
-
 /* ---- helpers ------------------------------------------------------------- */
-
-static char *dup_n(const char *s, size_t n)
-{
-    char *p = malloc(n + 1);
-    if (p) {
-        memcpy(p, s, n);
-        p[n] = '\0';
-    }
-    return p;
-}
 
 static void memo_free(pgw_memo_t *m)
 {
@@ -118,7 +55,7 @@ static pgw_portal_t *portal_new(pgw_tracker_t *t, const char *name)
     if (n < sizeof p->name_buf) {
         memcpy(p->name_buf, name, n + 1);
         p->name = p->name_buf;
-    } else if (!(p->name = dup_n(name, n))) {
+    } else if (!(p->name = tracker_dup_n(name, n))) {
         free(p);
         return NULL;
     }
@@ -203,59 +140,9 @@ static void fill(pgw_stmt_done_t *dp, pgw_tracker_item_t *it, pgw_portal_t *port
 #undef d
 }
 
-/* An Execute that reached CommandComplete, waiting for its Sync: the
- * server commits an implicit transaction only at Sync, so an error there (a
- * deferred constraint, a serialization failure, a FATAL from a shutdown) or
- * a connection lost before its ReadyForQuery means the statement's effects
- * were never committed. The item keeps its references; the tag is copied. */
-struct pgw_held {
-    pgw_tracker_item_t it;
-    int64_t done_us;
-    pgw_complete_t cc;
-    int has_cc;
-    char *tag_heap;                 /* a tag too long for tag_buf */
-    char tag_buf[40];
-};
-
-#define HELD_MAX 1024               /* a longer pipeline without Sync: reported as executed */
-
-static void item_release(pgw_tracker_t *t, pgw_tracker_item_t *it);
-
-static void emit_now(pgw_tracker_t *t, pgw_tracker_item_t *it, pgw_portal_t *portal,
-                     pgw_prepared_t *stmt, const acc_t *acc, pgw_result_status_t status,
-                     const pgw_complete_t *cc, const pgw_error_t *err, int64_t now_us);
-
-/* Reports the held executions, in order: ok with their tags, or the error
- * (or unknown) that ended their transaction before it committed. */
-static void release_held(pgw_tracker_t *t, pgw_result_status_t status, const pgw_error_t *err)
-{
-    for (unsigned i = 0; i < t->nheld; i++) {
-        struct pgw_held *h = &t->held[i];
-        int ok = status == PGW_STATUS_OK;
-        h->cc.tag = h->tag_heap ? h->tag_heap : h->tag_buf;    /* the list may have moved */
-        emit_now(t, &h->it, h->it.portal, NULL, &h->it.acc, status, ok && h->has_cc ? &h->cc : NULL,
-                 err, h->done_us);
-        free(h->tag_heap);
-        item_release(t, &h->it);
-    }
-    t->nheld = 0;
-}
-
-static void emit(pgw_tracker_t *t, pgw_tracker_item_t *it, pgw_portal_t *portal,
-                 pgw_prepared_t *stmt, const acc_t *acc, pgw_result_status_t status,
-                 const pgw_complete_t *cc, const pgw_error_t *err, int64_t now_us)
-{
-    /* Anything reported after a held execution means its Sync passed
-     * without a commit error, or a later statement of the same pipeline is
-     * being reported: the held ones go first, so events keep their order. */
-    if (t->nheld)
-        release_held(t, PGW_STATUS_OK, NULL);
-    emit_now(t, it, portal, stmt, acc, status, cc, err, now_us);
-}
-
-static void emit_now(pgw_tracker_t *t, pgw_tracker_item_t *it, pgw_portal_t *portal,
-                     pgw_prepared_t *stmt, const acc_t *acc, pgw_result_status_t status,
-                     const pgw_complete_t *cc, const pgw_error_t *err, int64_t now_us)
+void tracker_emit_now(pgw_tracker_t *t, pgw_tracker_item_t *it, pgw_portal_t *portal,
+                             pgw_prepared_t *stmt, const acc_t *acc, pgw_result_status_t status,
+                             const pgw_complete_t *cc, const pgw_error_t *err, int64_t now_us)
 {
     pgw_stmt_done_t d;
     fill(&d, it, portal, stmt, acc, status, cc, err, now_us);
@@ -276,7 +163,7 @@ static pgw_prepared_t *find_prepared(pgw_tracker_t *t, const char *name)
     return NULL;
 }
 
-static void unmap_prepared(pgw_tracker_t *t, pgw_prepared_t *p)
+void tracker_unmap_prepared(pgw_tracker_t *t, pgw_prepared_t *p)
 {
     if (!p || !p->in_map)
         return;
@@ -300,7 +187,7 @@ static pgw_portal_t *find_portal(pgw_tracker_t *t, const char *name)
 
 /* A portal that was suspended mid-result and never completed still ran:
  * its execution is reported when the portal goes away. */
-static void unmap_portal(pgw_tracker_t *t, pgw_portal_t *p, int64_t now_us)
+void tracker_unmap_portal(pgw_tracker_t *t, pgw_portal_t *p, int64_t now_us)
 {
     if (!p || !p->in_map)
         return;
@@ -313,7 +200,7 @@ static void unmap_portal(pgw_tracker_t *t, pgw_portal_t *p, int64_t now_us)
     p->in_map = 0;
     if (p->suspended) {
         p->suspended = 0;
-        emit(t, NULL, p, NULL, &p->acc, PGW_STATUS_OK, NULL, NULL, now_us);
+        tracker_emit(t, NULL, p, NULL, &p->acc, PGW_STATUS_OK, NULL, NULL, now_us);
     }
     portal_unref(t, p);
 }
@@ -345,14 +232,9 @@ static pgw_tracker_item_t *push(pgw_tracker_t *t, uint8_t kind, int64_t now_us)
     return it;
 }
 
-static pgw_tracker_item_t *head(pgw_tracker_t *t)
-{
-    return t->count ? &t->items[t->head] : NULL;
-}
-
 #define SPARE_BLOCK_MAX 4096        /* a Query block up to this size is reused */
 
-static void item_release(pgw_tracker_t *t, pgw_tracker_item_t *it)
+void tracker_item_release(pgw_tracker_t *t, pgw_tracker_item_t *it)
 {
     prepared_unref(it->stmt);
     portal_unref(t, it->portal);
@@ -369,13 +251,6 @@ static void item_release(pgw_tracker_t *t, pgw_tracker_item_t *it)
     it->portal = NULL;
     it->text = NULL;
     it->memo = NULL;
-}
-
-static void pop(pgw_tracker_t *t)
-{
-    item_release(t, &t->items[t->head]);
-    t->head = (t->head + 1) % t->cap;
-    t->count--;
 }
 
 /* An execution's start: a continued portal keeps its first start time. */
@@ -426,8 +301,8 @@ static void skipped_now(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
         pgw_prepared_t *st = pgw_parse_parse(m, &p) ? NULL : calloc(1, sizeof *st);
         if (st) {
             st->refs = 1;
-            st->name = dup_n(p.name, strlen(p.name));
-            st->text = dup_n(p.text, p.text_len);
+            st->name = tracker_dup_n(p.name, strlen(p.name));
+            st->text = tracker_dup_n(p.text, p.text_len);
             st->text_len = p.text_len;
             if (!st->name || !st->text) {
                 prepared_unref(st);
@@ -444,7 +319,7 @@ static void skipped_now(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
         pgw_execute_t ex;
         if (pgw_parse_execute(m, &ex) == 0) {
             pgw_portal_t *po = t->skip_stmt ? NULL : find_portal(t, ex.portal);
-            emit(t, NULL, po, t->skip_stmt, &acc, PGW_STATUS_SKIPPED, NULL, NULL, now_us);
+            tracker_emit(t, NULL, po, t->skip_stmt, &acc, PGW_STATUS_SKIPPED, NULL, NULL, now_us);
         }
     } else if (m->type == 'Q') {
         pgw_query_t q;
@@ -454,7 +329,7 @@ static void skipped_now(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
             it.kind = IT_QUERY;
             it.text = (char *)(uintptr_t)q.text;
             it.text_len = q.text_len;
-            emit(t, &it, NULL, NULL, &acc, PGW_STATUS_SKIPPED, NULL, NULL, now_us);
+            tracker_emit(t, &it, NULL, NULL, &acc, PGW_STATUS_SKIPPED, NULL, NULL, now_us);
             memo_free(it.memo);
         }
     }
@@ -520,8 +395,8 @@ static void on_parse(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
         return;
     pgw_prepared_t *st = calloc(1, sizeof *st);
     if (st) {
-        st->name = dup_n(p.name, strlen(p.name));
-        st->text = dup_n(p.text, p.text_len);
+        st->name = tracker_dup_n(p.name, strlen(p.name));
+        st->text = tracker_dup_n(p.text, p.text_len);
         st->text_len = p.text_len;
     }
     pgw_tracker_item_t *it = st && st->name && st->text ? push(t, IT_PARSE, now_us) : NULL;
@@ -538,7 +413,7 @@ static void on_parse(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
      * unmaps the new entry again. */
     pgw_prepared_t *old = find_prepared(t, st->name);
     if (old && st->name[0] == '\0')
-        unmap_prepared(t, old);
+        tracker_unmap_prepared(t, old);
     st->refs = 2;                   /* the map and the item */
     st->in_map = 1;
     st->next = t->prepared;
@@ -614,7 +489,7 @@ static void on_bind(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
         return;
     }
     if (b.portal[0] == '\0')
-        unmap_portal(t, find_portal(t, ""), now_us);
+        tracker_unmap_portal(t, find_portal(t, ""), now_us);
     po->stmt = find_prepared(t, b.stmt);
     if (po->stmt)
         po->stmt->refs++;
@@ -667,7 +542,7 @@ static void on_close_msg(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
 /* The item a CopyData/CopyDone from the client belongs to. */
 static acc_t *copy_target(pgw_tracker_t *t)
 {
-    pgw_tracker_item_t *it = head(t);
+    pgw_tracker_item_t *it = tracker_head(t);
     return it && (it->kind == IT_QUERY || it->kind == IT_EXECUTE) ? &it->acc : NULL;
 }
 
@@ -706,332 +581,6 @@ void pgw_tracker_frontend(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
     }
 }
 
-/* ---- backend ------------------------------------------------------------- */
-
-/* After an error in the extended protocol the server skips everything up
- * to Sync: what was queued behind the failed message is reported skipped.
- * An error at Parse or Bind is the failure of the execution that follows:
- * err then goes with the first Execute instead of a "skipped", so that one
- * execution gives one event; failed (the Parse or Bind item, already
- * popped) is reported itself only when no Execute was queued behind it. */
-static void skip_to_sync(pgw_tracker_t *t, const pgw_error_t *err, pgw_tracker_item_t *failed,
-                         int64_t now_us)
-{
-    pgw_tracker_item_t *it;
-    while ((it = head(t)) && it->kind != IT_SYNC) {
-        if (it->kind == IT_EXECUTE && err) {
-            emit(t, it, it->portal, failed ? failed->stmt : NULL, &it->acc, PGW_STATUS_ERROR,
-                 NULL, err, now_us);
-            err = NULL;
-        } else if (it->kind == IT_EXECUTE) {
-            emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_SKIPPED, NULL, NULL, now_us);
-        } else if (it->kind == IT_QUERY) {
-            emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_SKIPPED, NULL, NULL, now_us);
-        } else if (it->kind == IT_PARSE) {
-            unmap_prepared(t, it->stmt);
-        } else if (it->kind == IT_BIND) {
-            unmap_portal(t, it->portal, now_us);
-        }
-        pop(t);
-    }
-    if (err && failed)
-        emit(t, failed, failed->portal, failed->stmt, &failed->acc, PGW_STATUS_ERROR, NULL, err, now_us);
-    if (!it)
-        t->skip_until_sync = 1;
-}
-
-static void on_error(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
-{
-    pgw_tracker_item_t *it = head(t);
-    pgw_error_t e;
-    if ((!it && !t->nheld) || pgw_parse_error(m, &e))
-        return;
-    /* What is held was never committed when the implicit commit at Sync
-     * fails (a deferred constraint, a serialization failure) or the server
-     * ends the session before a Sync could commit it (also when the client
-     * had not sent that Sync yet): it carries the error. */
-    if (t->nheld && ((it && it->kind == IT_SYNC) ||
-                     (e.severity && (strcmp(e.severity, "FATAL") == 0 ||
-                                     strcmp(e.severity, "PANIC") == 0)))) {
-        release_held(t, PGW_STATUS_ERROR, &e);
-        if (it && it->kind == IT_SYNC)
-            return;                 /* the commit's error: carried by what was held */
-    }
-    if (!it)
-        return;
-    t->repl.pending = 0;            /* the error is the command's outcome */
-    switch (it->kind) {
-    case IT_QUERY:
-        if (it->cur < (it->nstmts ? it->nstmts : 1)) {
-            emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_ERROR, NULL, &e, now_us);
-            it->cur++;
-        }
-        it->errored = 1;            /* the rest are skipped: reported at ReadyForQuery */
-        return;
-    case IT_FCALL:
-        emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_ERROR, NULL, &e, now_us);
-        it->errored = 1;
-        return;
-    case IT_SYNC:
-        t->errors++;                /* a commit error with no execution to carry it */
-        return;
-    case IT_EXECUTE:
-        emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_ERROR, NULL, &e, now_us);
-        pop(t);
-        skip_to_sync(t, NULL, NULL, now_us);
-        return;
-    case IT_PARSE:
-    case IT_BIND: {
-        /* Keep the failed item (its references) while what follows is
-         * matched; it is released after. */
-        pgw_tracker_item_t failed = *it;
-        t->head = (t->head + 1) % t->cap;
-        t->count--;
-        if (failed.kind == IT_PARSE)
-            unmap_prepared(t, failed.stmt);
-        else
-            unmap_portal(t, failed.portal, now_us);
-        skip_to_sync(t, &e, &failed, now_us);
-        item_release(t, &failed);
-        return;
-    }
-    default:
-        pop(t);
-        skip_to_sync(t, NULL, NULL, now_us);
-        return;
-    }
-}
-
-/* A walsender command whose tag came: reported as it completed. */
-static void repl_report(pgw_tracker_t *t, pgw_tracker_item_t *it, int64_t now_us)
-{
-    if (!t->repl.pending)
-        return;
-    t->repl.pending = 0;
-    if (it && it->kind == IT_QUERY && it->cur < it->nstmts) {
-        pgw_complete_t cc = { t->repl.tag, t->repl.rows, t->repl.has_rows };
-        emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_OK, &cc, NULL, now_us);
-        it->cur++;
-    }
-}
-
-static void on_ready(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
-{
-    if (t->nheld)
-        release_held(t, PGW_STATUS_OK, NULL);   /* committed, or still in a block */
-    pgw_tracker_item_t *it = head(t);
-    repl_report(t, it, now_us);
-    if (it && it->kind == IT_QUERY) {
-        /* Statements after an error in the same Query never ran. */
-        for (; it->cur < it->nstmts; it->cur++) {
-            it->acc.start_us = now_us;
-            emit(t, it, NULL, NULL, &it->acc, it->errored ? PGW_STATUS_SKIPPED : PGW_STATUS_UNKNOWN,
-                 NULL, NULL, now_us);
-        }
-        pop(t);
-    } else if (it && it->kind == IT_FCALL) {
-        if (!it->errored)
-            emit(t, it, NULL, NULL, &it->acc, it->answered_us ? PGW_STATUS_OK : PGW_STATUS_UNKNOWN,
-                 NULL, NULL, it->answered_us ? it->answered_us : now_us);
-        pop(t);
-    } else if (it && it->kind == IT_SYNC) {
-        pop(t);
-    }
-    pgw_ready_t r;
-    /* Outside a transaction block no portal survives. */
-    if (pgw_parse_ready(m, &r) == 0 && r.status == 'I')
-        while (t->portals)
-            unmap_portal(t, t->portals, now_us);
-}
-
-/* Statements whose transaction the server ends when their Execute
- * completes, not at Sync: the ends of a transaction, and the statements
- * that cannot run in a transaction block and so commit at once (PostgreSQL
- * finishes the transaction before CommandComplete for both). BEGIN or
- * SAVEPOINT end nothing and wait for their Sync like any other. A tag
- * shared by both kinds (CREATE INDEX, CONCURRENTLY or not) asks the
- * statement's analysis through own_xact; without it, it waits. */
-static int commits_at_completion(pgw_tracker_t *t, const pgw_tracker_item_t *it, const char *tag)
-{
-    /* ask: the tag is shared with forms that commit at once (CONCURRENTLY,
-     * every table): the statement's analysis decides. */
-    static const struct { const char *tag; int ask; } tags[] = {
-        { "COMMIT", 0 }, { "ROLLBACK", 0 }, { "PREPARE TRANSACTION", 0 }, { "COMMIT PREPARED", 0 },
-        { "ROLLBACK PREPARED", 0 }, { "CREATE DATABASE", 0 }, { "DROP DATABASE", 0 },
-        { "CREATE TABLESPACE", 0 }, { "DROP TABLESPACE", 0 }, { "ALTER SYSTEM", 0 }, { "VACUUM", 0 },
-        { "DISCARD ALL", 0 }, { "CREATE INDEX", 1 }, { "DROP INDEX", 1 }, { "REINDEX", 1 },
-        { "CLUSTER", 1 }, { "ALTER DATABASE", 1 },
-    };
-    if (!tag)
-        return 0;
-    switch (tag[0]) {               /* SELECT, INSERT, UPDATE: no look-up */
-    case 'A': case 'C': case 'D': case 'P': case 'R': case 'V':
-        break;
-    default:
-        return 0;
-    }
-    for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++) {
-        if (tags[i].tag[0] != tag[0] || strcmp(tag, tags[i].tag) != 0)
-            continue;
-        if (!tags[i].ask)
-            return 1;
-        pgw_prepared_t *st = it->portal ? it->portal->stmt : NULL;
-        return t->own_xact && st && t->own_xact(t->ud, st->text, st->text_len, &st->memo);
-    }
-    return 0;
-}
-
-/* Takes the completed Execute at the head of the FIFO into the held list
- * (its references move with it). */
-static void hold(pgw_tracker_t *t, pgw_tracker_item_t *it, const pgw_complete_t *cc, int64_t now_us)
-{
-    if (t->nheld == HELD_MAX)
-        release_held(t, PGW_STATUS_OK, NULL);
-    if (t->nheld == t->held_cap) {
-        unsigned ncap = t->held_cap ? t->held_cap * 2 : 4;
-        struct pgw_held *n = realloc(t->held, ncap * sizeof *n);
-        if (!n) {
-            emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_OK, cc, NULL, now_us);
-            pop(t);
-            return;
-        }
-        t->held = n;
-        t->held_cap = ncap;
-    }
-    struct pgw_held *h = &t->held[t->nheld];
-    h->it = *it;
-    h->done_us = now_us;
-    /* cc.tag is pointed at when the list is released: the list may move. */
-    h->has_cc = cc && cc->tag;
-    h->cc = h->has_cc ? *cc : (pgw_complete_t){ 0 };
-    h->tag_heap = NULL;
-    h->tag_buf[0] = '\0';
-    if (h->has_cc) {
-        size_t n = strlen(cc->tag);
-        if (n < sizeof h->tag_buf)
-            memcpy(h->tag_buf, cc->tag, n + 1);
-        else
-            h->tag_heap = dup_n(cc->tag, n);
-    }
-    t->nheld++;
-    /* The slot is vacated without releasing what moved to the held list
-     * (push clears a slot before reuse). */
-    t->head = (t->head + 1) % t->cap;
-    t->count--;
-}
-
-static void on_complete(pgw_tracker_t *t, const pgw_msg_t *m, int empty, int64_t now_us)
-{
-    pgw_tracker_item_t *it = head(t);
-    pgw_complete_t cc;
-    const pgw_complete_t *ccp = NULL;
-    if (!it)
-        return;
-    if (!empty && pgw_parse_command_complete(m, &cc) == 0)
-        ccp = &cc;
-    if (it->kind == IT_QUERY) {
-        if (t->replication && ccp && it->nstmts == 1 && it->cur == 0) {
-            /* BASE_BACKUP answers with its start, its tablespaces, the
-             * archive's COPY, its end and then its own tag: one execution,
-             * reported at ReadyForQuery with everything it returned. */
-            snprintf(t->repl.tag, sizeof t->repl.tag, "%s", ccp->tag);
-            t->repl.rows = ccp->rows;
-            t->repl.has_rows = ccp->has_rows;
-            t->repl.pending = 1;
-            return;
-        }
-        if (it->cur < it->nstmts) {
-            emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_OK, ccp, NULL, now_us);
-            it->cur++;
-            memset(&it->acc, 0, sizeof it->acc);
-            it->acc.start_us = now_us;  /* the next statement starts when this one ends */
-        }
-    } else if (it->kind == IT_EXECUTE) {
-        if (ccp && commits_at_completion(t, it, ccp->tag)) {
-            /* Already ended its transaction: reported now, after anything
-             * held, which that transaction carried. */
-            emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_OK, ccp, NULL, now_us);
-            pop(t);
-        } else {
-            hold(t, it, ccp, now_us);
-        }
-    }
-}
-
-void pgw_tracker_backend(pgw_tracker_t *t, const pgw_msg_t *m, int64_t now_us)
-{
-    if (t->failed)
-        return;
-    pgw_tracker_item_t *it = head(t);
-    switch (m->type) {
-    case 'D':
-        if (it && (it->kind == IT_QUERY || it->kind == IT_EXECUTE)) {
-            it->acc.rows++;
-            it->acc.bytes += (uint64_t)m->len + 1;
-        }
-        break;
-    case 'd':
-        if (it && (it->kind == IT_QUERY || it->kind == IT_EXECUTE)) {
-            it->acc.copy_bytes += m->body_len;
-            it->acc.bytes += (uint64_t)m->len + 1;
-        }
-        break;
-    case 'C': on_complete(t, m, 0, now_us); break;
-    case 'I': on_complete(t, m, 1, now_us); break;
-    case 'E': on_error(t, m, now_us); break;
-    case 'Z': on_ready(t, m, now_us); break;
-    case 'G':
-    case 'H':
-    case 'W':   /* CopyBoth (START_REPLICATION): the data flows to the client */
-        if (it && (it->kind == IT_QUERY || it->kind == IT_EXECUTE))
-            it->acc.copy_dir = m->type == 'G' ? PGW_COPY_IN : PGW_COPY_OUT;
-        break;
-    case 's':
-        if (it && it->kind == IT_EXECUTE) {
-            if (it->portal) {
-                it->portal->acc = it->acc;
-                it->portal->acc.resumed = 1;
-                it->portal->admit = it->admit;
-                it->portal->suspended = 1;
-            }
-            pop(t);
-        }
-        break;
-    case 'V':
-        /* The server commits a function call after its answer: reported
-         * at ReadyForQuery, or with the error that failed the commit. */
-        if (it && it->kind == IT_FCALL && !it->errored) {
-            it->answered_us = now_us;
-            it->acc.bytes += (uint64_t)m->len + 1;
-        }
-        break;
-    case '1':
-        if (it && it->kind == IT_PARSE)
-            pop(t);
-        break;
-    case '2':
-        if (it && it->kind == IT_BIND)
-            pop(t);
-        break;
-    case '3':
-        if (it && it->kind == IT_CLOSE) {
-            if (it->close_kind == 'S')
-                unmap_prepared(t, it->stmt);
-            else
-                unmap_portal(t, it->portal, now_us);
-            pop(t);
-        }
-        break;
-    case 'T':
-    case 'n':
-        if (it && it->kind == IT_DESCRIBE)
-            pop(t);
-        break;
-    default:
-        break;                      /* t, S, N, A, K, R, v, W: no statement to match */
-    }
-}
-
 /* ---- lifecycle ----------------------------------------------------------- */
 
 void pgw_tracker_init(pgw_tracker_t *t, pgw_emit_fn emit_fn, pgw_split_fn split, void *ud)
@@ -1047,28 +596,28 @@ void pgw_tracker_finish(pgw_tracker_t *t, int64_t now_us)
     pgw_tracker_item_t *it;
     /* Executed, but the session ended before their Sync confirmed a commit. */
     if (t->nheld)
-        release_held(t, PGW_STATUS_UNKNOWN, NULL);
+        tracker_release_held(t, PGW_STATUS_UNKNOWN, NULL);
     free(t->held);
     t->held = NULL;
     t->held_cap = 0;
-    repl_report(t, head(t), now_us);
+    tracker_repl_report(t, tracker_head(t), now_us);
     /* Forwarded, never answered: the server may or may not have run them. */
-    while ((it = head(t))) {
+    while ((it = tracker_head(t))) {
         if (it->kind == IT_QUERY) {
             for (; it->cur < it->nstmts; it->cur++)
-                emit(t, it, NULL, NULL, &it->acc, it->errored ? PGW_STATUS_SKIPPED : PGW_STATUS_UNKNOWN,
-                     NULL, NULL, now_us);
+                tracker_emit(t, it, NULL, NULL, &it->acc,
+                             it->errored ? PGW_STATUS_SKIPPED : PGW_STATUS_UNKNOWN, NULL, NULL, now_us);
         } else if (it->kind == IT_EXECUTE) {
-            emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_UNKNOWN, NULL, NULL, now_us);
+            tracker_emit(t, it, it->portal, NULL, &it->acc, PGW_STATUS_UNKNOWN, NULL, NULL, now_us);
         } else if (it->kind == IT_FCALL && !it->errored) {
-            emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_UNKNOWN, NULL, NULL, now_us);
+            tracker_emit(t, it, NULL, NULL, &it->acc, PGW_STATUS_UNKNOWN, NULL, NULL, now_us);
         }
-        pop(t);
+        tracker_pop(t);
     }
     while (t->portals)
-        unmap_portal(t, t->portals, now_us);
+        tracker_unmap_portal(t, t->portals, now_us);
     while (t->prepared)
-        unmap_prepared(t, t->prepared);
+        tracker_unmap_prepared(t, t->prepared);
     set_skip_stmt(t, NULL);
     free(t->items);
     t->items = NULL;
