@@ -16,7 +16,7 @@
  * writer releases the batch's spool references once its events are in
  * the file. A segment is deleted when every event in it is written and
  * every statement it begins has its completion spooled. At open, what an
- * earlier run left is written first. */
+ * earlier run left is written first (file_replay.c). */
 #include "pgwarden/sink.h"
 
 #include <errno.h>
@@ -30,10 +30,9 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
-#include <xxhash.h>
 
+#include "file_sink_int.h"
 #include "log.h"
-#include "spooler.h"
 
 #define FILE_MAX_QUEUED_DEFAULT (64u * 1024 * 1024)
 #define FILE_CLOSE_TIMEOUT_MS_DEFAULT 10000u
@@ -48,68 +47,9 @@
 #define SPOOL_SEG_CAP (4u * 1024 * 1024)
 #define IOV_BATCH 64                 /* iovecs per writev, well under IOV_MAX */
 
-typedef struct file_sink {
-    pgw_sink_t base;                 /* first: a pgw_sink_t * points here */
-    char *path;                      /* owned copy; NULL for stdout */
-    char *name_a, *name_b;           /* scratch for rotation names */
-    uint64_t max_bytes;
-    unsigned keep, fsync_interval_ms, close_timeout_ms, mode;
-    size_t max_queued;
-
-    bool spooled;
-    pgw_spooler_t spooler;
-    pgw_spool_seg_t *replayed_segs;  /* from the open's replay; freed at close */
-    _Atomic uint64_t replayed;
-
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t work;             /* the writer waits for batches or requests */
-    pthread_cond_t room;             /* hand-offs over the cap wait */
-    pthread_cond_t done;             /* flush() waits */
-
-    /* Guarded by mu. */
-    pgw_batch_t *head, *tail;
-    size_t queued_bytes, queued_events;
-    uint64_t submitted;              /* batches accepted */
-    uint64_t completed;              /* batches written or given up */
-    uint64_t synced;                 /* batches known durable (all completed when no fsync) */
-    uint64_t sync_target;            /* a flush() wants batches up to here durable */
-    uint64_t write_target;           /* ... and written, now (with a spool, see hold()) */
-    int64_t head_born_ms;            /* when the queue's first batch came */
-    unsigned room_waiters, done_waiters;
-    bool writer_idle, stop, writer_exited, reopen_req;
-    bool unblocked;                  /* shutdown: hand-offs no longer wait */
-    int64_t stop_deadline_ms;
-
-    /* Writer thread only. */
-    int fd;                          /* -1: (re)open before the next write */
-    uint64_t size;                   /* of the current file */
-    bool dirty;                      /* written since the last fdatasync */
-    bool giving_up;                  /* closing and past the deadline */
-    bool mid_line;                   /* the file ends inside an event being written */
-    int64_t last_sync_ms, last_errlog_ms, no_rotate_until_ms;
-    unsigned retry_ms;
-
-    /* Written by the writer (waits: by producers under mu), read by anyone. */
-    _Atomic uint64_t events, bytes, batches, errors, rotations, reopens, fsyncs;
-    _Atomic uint64_t waits, wait_us, lost;
-    _Atomic int last_errno;
-    _Atomic bool ok;
-} file_sink_t;
-
 static struct timespec abs_ms(int64_t ms)
 {
     return (struct timespec){ .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
-}
-
-static inline void add(_Atomic uint64_t *c, uint64_t n)
-{
-    atomic_fetch_add_explicit(c, n, memory_order_relaxed);
-}
-
-static const char *shown_path(const file_sink_t *fs)
-{
-    return fs->path ? fs->path : "(stdout)";
 }
 
 /* ------------------------------------------------------------ writer */
@@ -582,19 +522,17 @@ static bool spool_batch(file_sink_t *fs, pgw_batch_t *b)
     return false;
 }
 
-static int queue_batch(file_sink_t *fs, pgw_batch_t *b);
-
 static int fs_submit_batch(pgw_sink_t *s, pgw_batch_t *b)
 {
     file_sink_t *fs = (file_sink_t *)s;
 
     if (fs->spooled && !spool_batch(fs, b))
         return 0;
-    return queue_batch(fs, b);
+    return file_sink_queue(fs, b);
 }
 
 /* Queues b for the writer, waiting while the queue is over its cap. */
-static int queue_batch(file_sink_t *fs, pgw_batch_t *b)
+int file_sink_queue(file_sink_t *fs, pgw_batch_t *b)
 {
     pgw_sink_t *s = &fs->base;
     size_t len = b->data.len;
@@ -771,152 +709,6 @@ static const pgw_sink_ops_t file_sink_ops = {
     .unblock = fs_unblock,
     .close = fs_close,
 };
-
-/* ------------------------------------------------------------ replay */
-
-/* After a crash, the spool still holds events that were written just
- * before it (those of the segments still on disk). The ids in the last
- * REPLAY_TAIL_BYTES of the file name those, so they are not written twice;
- * older ones (a segment kept by a statement that ran for long) may be. */
-#define REPLAY_TAIL_BYTES (64u * 1024 * 1024)
-#define ID_PREFIX "{\"v\":1,\"event_id\":\""
-#define ID_LEN 36
-
-typedef struct idset {
-    char (*ids)[ID_LEN];             /* open addressing; an empty slot starts with 0 */
-    size_t mask;
-} idset_t;
-
-static const char *event_id_of(const void *line, size_t len)
-{
-    const size_t pre = sizeof(ID_PREFIX) - 1;
-    if (len < pre + ID_LEN || memcmp(line, ID_PREFIX, pre) != 0)
-        return NULL;
-    return (const char *)line + pre;
-}
-
-static size_t idset_slot(const idset_t *s, const char *id)
-{
-    size_t i = (size_t)XXH3_64bits(id, ID_LEN) & s->mask;
-    while (s->ids[i][0] && memcmp(s->ids[i], id, ID_LEN) != 0)
-        i = (i + 1) & s->mask;
-    return i;
-}
-
-static bool idset_has(const idset_t *s, const char *id)
-{
-    return s->ids && s->ids[idset_slot(s, id)][0];
-}
-
-/* The event ids of the file's last REPLAY_TAIL_BYTES. Empty when the file
- * cannot be read (then duplicates are possible, never a loss). */
-static void ids_written(const file_sink_t *fs, idset_t *s)
-{
-    struct stat st;
-    char *buf = NULL;
-    int fd = fs->path ? open(fs->path, O_RDONLY | O_CLOEXEC) : -1;
-
-    memset(s, 0, sizeof *s);
-    if (fd < 0 || fstat(fd, &st) != 0 || st.st_size <= 0)
-        goto out;
-    size_t len = st.st_size > REPLAY_TAIL_BYTES ? REPLAY_TAIL_BYTES : (size_t)st.st_size;
-    if (!(buf = malloc(len)) || pread(fd, buf, len, st.st_size - (off_t)len) != (ssize_t)len)
-        goto out;
-    /* Two passes over the lines: count the ids, then keep them in a table
-     * twice that size. A first line cut by the window cannot start with
-     * the prefix: a quote inside an event's strings is always escaped. */
-    size_t nids = 0, cap = 64;
-    for (int pass = 0; pass < 2; pass++) {
-        for (const char *p = buf, *end = buf + len; p < end;) {
-            const char *nl = memchr(p, '\n', (size_t)(end - p));
-            const char *id = event_id_of(p, (size_t)((nl ? nl : end) - p));
-            if (id && pass == 0)
-                nids++;
-            else if (id)
-                memcpy(s->ids[idset_slot(s, id)], id, ID_LEN);
-            p = nl ? nl + 1 : end;
-        }
-        if (pass == 0) {
-            while (cap < 2 * nids)
-                cap *= 2;
-            if (!(s->ids = calloc(cap, ID_LEN)))
-                goto out;
-            s->mask = cap - 1;
-        }
-    }
-out:
-    free(buf);
-    if (fd >= 0)
-        close(fd);
-}
-
-/* The spool's leftovers become batches of one segment each, whose events
- * hold their references until written, as live batches do. */
-typedef struct replay {
-    file_sink_t *fs;
-    pgw_batch_t *b;
-    pgw_jbuf_t line;
-    idset_t written;                 /* read at the first record */
-    bool looked;
-    size_t events, skipped, failed;
-} replay_t;
-
-static void replay_queue(replay_t *r)
-{
-    if (r->b)
-        (void)queue_batch(r->fs, r->b);
-    r->b = NULL;
-}
-
-static void replay_one(void *ud, pgw_spool_seg_t *seg, const pgw_spool_rec_t *rec)
-{
-    replay_t *r = ud;
-    if (!r->looked) {                    /* only when there is something to replay */
-        r->looked = true;
-        ids_written(r->fs, &r->written);
-    }
-    const char *id = event_id_of(rec->value, rec->value_len);
-    if (id && idset_has(&r->written, id)) {
-        pgw_spool_seg_release(seg, 1);   /* in the file already */
-        r->skipped++;
-        return;
-    }
-    if (r->b && (r->b->spool_seg != seg || r->b->data.len >= r->fs->base.limits.batch_bytes))
-        replay_queue(r);
-    if (!r->b && (r->b = pgw_sink_batch_get(&r->fs->base)) != NULL)
-        r->b->spool_seg = seg;
-    pgw_jbuf_reset(&r->line);
-    pgw_jbuf_put(&r->line, rec->value, rec->value_len);
-    pgw_jbuf_putc(&r->line, '\n');
-    if (!r->b || r->line.failed ||
-        pgw_batch_append(r->b, r->line.data, r->line.len, (pgw_str_t){ 0 }) != 0) {
-        r->failed++;                     /* its reference stays: the next start tries again */
-        return;
-    }
-    r->b->spool_refs++;
-    r->events++;
-}
-
-static int replay_spool(file_sink_t *fs, const char *dir)
-{
-    replay_t r = { .fs = fs };
-    pgw_jbuf_init(&r.line, 0);
-    ssize_t n = pgw_spool_replay(&fs->spooler.spool, replay_one, &r, &fs->replayed_segs);
-    replay_queue(&r);
-    pgw_jbuf_free(&r.line);
-    free(r.written.ids);
-    if (n < 0)
-        return (int)n;
-    add(&fs->replayed, r.events);
-    if (r.events || r.skipped)
-        pgw_info("audit file %s: %zu event(s) left in the spool %s written again (%zu found "
-                 "in the file already)", shown_path(fs), r.events, dir, r.skipped);
-    if (r.failed)
-        pgw_error("audit file %s: out of memory replaying the spool %s: %zu event(s) stay "
-                  "there for the next start", shown_path(fs), dir, r.failed);
-    return 0;
-}
-
 /* ------------------------------------------------------------ open */
 
 int pgw_file_sink_open(const pgw_file_sink_config_t *cfg, pgw_sink_t **out)
@@ -987,7 +779,7 @@ int pgw_file_sink_open(const pgw_file_sink_config_t *cfg, pgw_sink_t **out)
     if (rc == 0) {
         fs->spooled = true;
         fs->base.durable = true;
-        rc = replay_spool(fs, cfg->spool_dir);
+        rc = file_replay_spool(fs, cfg->spool_dir);
     }
     if (rc != 0) {
         pgw_error("audit file %s: spool %s: %s", shown_path(fs), cfg->spool_dir, strerror(-rc));
