@@ -174,6 +174,7 @@ static void audit_free(pgw_audit_t *a)
     named_free(a->prepared);
     named_free(a->cursors);
     pgw_jbuf_free(&a->ident_json);
+    pgw_jbuf_free(&a->heads);
     free(a->tls);
     free(a);
 }
@@ -193,6 +194,75 @@ static void emit_rec(pgw_worker_t *w, const pgw_event_t *ev, bool begin, uint64_
     if (begin)
         w->admitted++;
     pgw_worker_audit_emitted(w);
+}
+
+/* A begin record's head is kept for its completion, which then differs
+ * only from `result` on: same event_id, time, seq, identity and statement.
+ * An entry of a->heads is its token, its length and its bytes. The heads
+ * of a session change with its identity (dropped then) and are never more
+ * than HEADS_MAX bytes (later begins are then not kept). */
+#define HEADS_MAX (256 * 1024)
+typedef struct head_hdr {
+    uint64_t token;
+    int64_t time_us;                /* the event's time, checked at completion */
+    uint32_t len;
+} head_hdr_t;
+
+static void heads_drop(pgw_audit_t *a)
+{
+    a->heads.len = a->heads_off = 0;
+}
+
+static void emit_begin(pgw_audit_t *a, const pgw_event_t *ev, uint64_t token)
+{
+    pgw_jbuf_t *h = &a->heads;
+    if (a->heads_off == h->len) {
+        heads_drop(a);
+    } else if (a->heads_off >= HEADS_MAX / 2) {
+        memmove(h->data, h->data + a->heads_off, h->len - a->heads_off);
+        h->len -= a->heads_off;
+        a->heads_off = 0;
+    }
+    size_t at = h->len, len = 0;
+    head_hdr_t hdr = { .token = token, .time_us = ev->time_us };
+    pgw_jbuf_put(h, &hdr, sizeof hdr);
+    if (h->failed) {
+        h->failed = h->toobig = false;
+        h->len = at;
+        emit_rec(a->w, ev, true, token);
+        return;
+    }
+    (void)pgw_sink_emit_begin(&a->w->producer, ev, token, h, &len);
+    if (len) {
+        hdr.len = (uint32_t)len;
+        memcpy(h->data + at, &hdr, sizeof hdr);
+    } else {
+        h->len = at;
+    }
+    a->w->admitted++;
+    pgw_worker_audit_emitted(a->w);
+}
+
+/* The head kept for token, or none: not kept, the identity changed, or
+ * the event's time did (the second statement of a Query starts when the
+ * first ends, after its begin). Valid until the next emit_begin.
+ * Completions come in the order of their begins (tokens increase in a
+ * session), so older entries are those whose completion went another way
+ * (after a parse off the loop). */
+static pgw_str_t head_take(pgw_audit_t *a, uint64_t token, int64_t time_us)
+{
+    pgw_jbuf_t *h = &a->heads;
+    while (a->heads_off < h->len) {
+        head_hdr_t hdr;
+        memcpy(&hdr, h->data + a->heads_off, sizeof hdr);
+        if (hdr.token > token)
+            break;
+        const char *p = h->data + a->heads_off + sizeof hdr;
+        a->heads_off += sizeof hdr + hdr.len;
+        if (hdr.token == token && hdr.time_us == time_us)
+            return pgw_str(p, hdr.len);
+    }
+    return (pgw_str_t){ NULL, 0 };
 }
 
 /* ---- statements ---------------------------------------------------------- */
@@ -246,10 +316,23 @@ static void statement_event(pgw_audit_t *ident, uint64_t seq, const pgw_stmt_don
         if (d->has_rows && d->tag && strncmp(d->tag, "COPY ", 5) == 0)
             ev.copy.rows = PGW_INT(d->rows);    /* not BASE_BACKUP's result rows */
     }
-    if (d->admit.token)
-        emit_rec(ident->w, &ev, begin, d->admit.token);
-    else
+    if (!d->admit.token) {
         emit(ident->w, &ev);
+        return;
+    }
+    /* The session's own (not a parse job's copy), of a statement whose
+     * fields are the same at its begin and its completion: not an EXECUTE
+     * or FETCH, whose relations come from a map that its predecessors'
+     * completions change, nor a function call. */
+    bool same = !ident->owner && !(info && (info->flags & PGW_SQL_NAMED)) &&
+                (d->protocol == PGW_PROTOCOL_SIMPLE || d->protocol == PGW_PROTOCOL_EXTENDED);
+    if (same && begin) {
+        emit_begin(ident, &ev, d->admit.token);
+        return;
+    }
+    if (same)
+        ev.head_json = head_take(ident, d->admit.token, ev.time_us);
+    emit_rec(ident->w, &ev, begin, d->admit.token);
 }
 
 /* A statement whose text is too long to parse on the loop and missed the
@@ -342,6 +425,7 @@ static parse_job_t *job_new(pgw_audit_t *a, uint64_t seq, const pgw_stmt_done_t 
     j->ident.ident_cached = 0;      /* a's buffer is a's alone */
     j->ident.owner = a;
     memset(&j->ident.ident_json, 0, sizeof j->ident.ident_json);
+    memset(&j->ident.heads, 0, sizeof j->ident.heads);
     j->seq = seq;
     j->d = *d;
     j->d.memo = NULL;               /* the tracker's: gone before the job is */
@@ -507,6 +591,7 @@ void pgw_audit_init(pgw_audit_t *a, pgw_worker_t *w, const struct sockaddr *peer
         a->client_port = ntohs(s4->sin_port);
     }
     pgw_jbuf_init(&a->ident_json, 64 * 1024);
+    pgw_jbuf_init(&a->heads, HEADS_MAX);
     a->ident_cached = 1;
     pgw_tracker_init(&a->tracker, on_statement, split, a);
     a->tracker.param_max = pgw_limits_param_max();
@@ -537,6 +622,7 @@ static int walsender_requested(const char *v)
 void pgw_audit_startup(pgw_audit_t *a, const pgw_startup_t *st)
 {
     a->ident_valid = 0;
+    heads_drop(a);
     a->tracker.replication = walsender_requested(st->replication);
     snprintf(a->user, sizeof a->user, "%s", st->user);
     snprintf(a->database, sizeof a->database, "%s", st->database ? st->database : st->user);
@@ -561,6 +647,7 @@ void pgw_audit_tls(pgw_audit_t *a, const pgw_tls_info_t *info)
     if (t->cn[0])
         a->cert.cn = pgw_cstr(t->cn);
     a->ident_valid = 0;
+    heads_drop(a);
 }
 
 void pgw_audit_frontend(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us)
@@ -653,6 +740,7 @@ void pgw_audit_backend(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us)
         if (pgw_parse_param_status(m, &ps) == 0 && strcmp(ps.name, "application_name") == 0) {
             snprintf(a->application, sizeof a->application, "%s", ps.value);
             a->ident_valid = 0;
+            heads_drop(a);
         }
     }
     if (!a->started)

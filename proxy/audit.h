@@ -46,6 +46,11 @@ typedef struct pgw_audit {
     /* The identity part of every event (observer, client, server, user),
      * encoded once and copied into each event until it changes. */
     pgw_jbuf_t ident_json;
+    /* With a durable sink: the heads of the begin records still waiting
+     * for their completion, oldest first, from heads_off (audit.c): a
+     * completion copies its begin's head instead of encoding it again. */
+    pgw_jbuf_t heads;
+    size_t heads_off;
     int ident_valid;
     int ident_cached;               /* 0 for a copy that must not keep one */
     /* The client leg's TLS (malloc'd, owned), and its certificate as events

@@ -763,11 +763,14 @@ int pgw_event_encode_statement_analysis(const pgw_event_statement_t *s, pgw_jbuf
 
 int pgw_event_encode(const pgw_event_t *ev, pgw_jbuf_t *b)
 {
-    if ((unsigned)ev->kind >= PGW_EVENT_KIND_COUNT || ev->kind == PGW_EVENT_NONE)
-        return -EINVAL;
+    size_t head_len;
+    return pgw_event_encode_head_len(ev, b, &head_len);
+}
 
-    const size_t start = b->len;
-    const unsigned groups = kind_groups[ev->kind];
+/* Everything before `result`: the part of a statement event that its begin
+ * record and its completion share. */
+static void enc_head(pgw_jbuf_t *b, const pgw_event_t *ev, unsigned groups)
+{
     char id[36];
 
     pgw_jbuf_lit(b, "{\"v\":1,\"event_id\":\"");
@@ -801,6 +804,22 @@ int pgw_event_encode(const pgw_event_t *ev, pgw_jbuf_t *b)
     }
     if (groups & G_STATEMENT)
         enc_statement(b, &ev->statement);
+}
+
+int pgw_event_encode_head_len(const pgw_event_t *ev, pgw_jbuf_t *b, size_t *head_len)
+{
+    if ((unsigned)ev->kind >= PGW_EVENT_KIND_COUNT || ev->kind == PGW_EVENT_NONE)
+        return -EINVAL;
+
+    const size_t start = b->len;
+    const unsigned groups = kind_groups[ev->kind];
+    obj_t o;
+
+    if (ev->head_json.ptr)
+        pgw_jbuf_put(b, ev->head_json.ptr, ev->head_json.len);
+    else
+        enc_head(b, ev, groups);
+    *head_len = b->len - start;
     if (groups & G_RESULT)
         enc_result(b, &ev->result);
     if (groups & G_COPY) {

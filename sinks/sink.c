@@ -217,6 +217,7 @@ int pgw_sink_emit(pgw_sink_producer_t *p, const pgw_event_t *ev)
 static int encode_shrunk(const pgw_event_t *ev, pgw_jbuf_t *data, size_t start, size_t max)
 {
     pgw_event_t e = *ev;
+    e.head_json = (pgw_str_t){ NULL, 0 };  /* holds the uncut text and values */
     e.statement.param_values = NULL;
     e.statement.nparam_values = 0;
     if (ev->statement.param_values && !e.statement.param_count.set)
@@ -235,9 +236,11 @@ static int encode_shrunk(const pgw_event_t *ev, pgw_jbuf_t *data, size_t start, 
     return rc;
 }
 
-int pgw_sink_emit_rec(pgw_sink_producer_t *p, const pgw_event_t *ev, bool begin, uint64_t token)
+static int emit_rec(pgw_sink_producer_t *p, const pgw_event_t *ev, bool begin, uint64_t token,
+                    pgw_jbuf_t *head, size_t *head_len)
 {
     pgw_sink_t *s = p->sink;
+    size_t hlen = 0;
     int rc;
 
     if (!p->batch) {
@@ -250,8 +253,9 @@ int pgw_sink_emit_rec(pgw_sink_producer_t *p, const pgw_event_t *ev, bool begin,
     pgw_batch_t *b = p->batch;
     size_t start = b->data.len;
 
-    rc = pgw_event_encode(ev, &b->data);
+    rc = pgw_event_encode_head_len(ev, &b->data, &hlen);
     if (rc == -E2BIG || (rc == 0 && b->data.len - start > s->limits.max_event_bytes)) {
+        hlen = 0;                   /* a shrunk head is not the completion's */
         b->data.len = start;
         rc = encode_shrunk(ev, &b->data, start, s->limits.max_event_bytes);
         if (rc == 0) {
@@ -266,6 +270,16 @@ int pgw_sink_emit_rec(pgw_sink_producer_t *p, const pgw_event_t *ev, bool begin,
         rc = batch_commit(b, start, ev->session.id, begin, token);
     if (rc != 0)
         goto refused;
+    if (head && hlen) {
+        size_t at = head->len;
+        pgw_jbuf_put(head, b->data.data + start, hlen);
+        if (head->failed) {
+            head->failed = head->toobig = false;
+            head->len = at;
+            hlen = 0;
+        }
+        *head_len = hlen;
+    }
     if (b->nrecs == 1)
         p->batch_born_us = producer_now(p);
     count(&p->events);
@@ -282,6 +296,18 @@ refused:
               rc == -E2BIG ? "encoded event too large" : rc == -EINVAL ? "bad kind"
                                                                       : "out of memory");
     return rc;
+}
+
+int pgw_sink_emit_rec(pgw_sink_producer_t *p, const pgw_event_t *ev, bool begin, uint64_t token)
+{
+    return emit_rec(p, ev, begin, token, NULL, NULL);
+}
+
+int pgw_sink_emit_begin(pgw_sink_producer_t *p, const pgw_event_t *ev, uint64_t token,
+                        pgw_jbuf_t *head, size_t *head_len)
+{
+    *head_len = 0;
+    return emit_rec(p, ev, true, token, head, head_len);
 }
 
 void pgw_sink_producer_tick(pgw_sink_producer_t *p)

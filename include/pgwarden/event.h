@@ -210,6 +210,12 @@ typedef struct pgw_event {
      * bytes are trusted as they are: only pass what that function wrote.
      * When set, the five fields above are ignored. */
     pgw_str_t identity_json;
+    /* Optional: the event's head already encoded, every field before
+     * `result` (pgw_event_encode_head_len tells where it ends): a durable
+     * sink's completion copies it from its begin record, which had the same
+     * id, time, session, identity and statement. Trusted as it is; when set,
+     * everything the head covers is ignored. */
+    pgw_str_t head_json;
 
     /* statement and denied */
     pgw_event_statement_t statement;

@@ -91,6 +91,10 @@ void pgw_json_base64(pgw_jbuf_t *b, const void *p, size_t n);
  *   -ENOMEM  out of memory. */
 int pgw_event_encode(const pgw_event_t *ev, pgw_jbuf_t *b)
     __attribute__((warn_unused_result));
+/* The same; *head_len is then the length of the event's head, its bytes
+ * before `result` (what ev->head_json of a later event may hold). */
+int pgw_event_encode_head_len(const pgw_event_t *ev, pgw_jbuf_t *b, size_t *head_len)
+    __attribute__((warn_unused_result));
 
 /* Appends the encoded identity of ev (observer, client, server, user, tls,
  * as pgw_event_encode writes them: a fragment starting with ',' or empty)

@@ -225,6 +225,12 @@ void pgw_sink_producer_init(pgw_sink_producer_t *p, pgw_sink_t *s);
 int pgw_sink_emit(pgw_sink_producer_t *p, const pgw_event_t *ev);
 /* The same, for durable sinks: begin and token as in pgw_batch_rec_t. */
 int pgw_sink_emit_rec(pgw_sink_producer_t *p, const pgw_event_t *ev, bool begin, uint64_t token);
+/* A begin record whose head (pgw_event_encode_head_len) the caller keeps
+ * for its completion (ev->head_json): on success the head is also appended
+ * to head and *head_len is its length, or 0 when it was not kept (the
+ * event had to be shrunk, or head is at its max). */
+int pgw_sink_emit_begin(pgw_sink_producer_t *p, const pgw_event_t *ev, uint64_t token,
+                        pgw_jbuf_t *head, size_t *head_len);
 /* Hands the batch over if its first event is at least max_delay_us old. */
 void pgw_sink_producer_tick(pgw_sink_producer_t *p);
 /* Milliseconds until tick would hand the batch over (0: now), or -1 when

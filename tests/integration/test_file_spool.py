@@ -113,3 +113,85 @@ def test_clean_run_empties_the_spool(pg, start_proxy, tmp_path):
     assert [e["result"]["status"] for e in mine if e["kind"] == "statement"] == ["ok"] * 4
     assert [e["session"]["seq"] for e in mine] == list(range(1, 7))
     assert not list(spool.glob("*.seg")) or sum(record_bytes(s) for s in spool.glob("*.seg")) < 100
+
+
+def _workload(proxy, app):
+    """Statements whose events a durable sink builds in each of its ways:
+    from the begin record's head (one statement, extended or simple), and
+    encoded again (a Query's later statements, which start after their
+    begin; EXECUTE and FETCH; after application_name changes; a pipeline
+    longer than the heads a session keeps)."""
+    import psycopg
+    with proxy.connect(application_name=app) as conn:
+        conn.execute("CREATE TEMP TABLE sp (i int, t text)")
+        conn.execute("INSERT INTO sp SELECT g, 'r' || g FROM generate_series(1, 50) g")
+        conn.execute("SELECT count(*) FROM sp WHERE i > 10; SELECT 2; SELECT max(t) FROM sp")
+        try:
+            conn.execute("SELECT 1; SELECT 1/0; SELECT 3")
+        except psycopg.errors.DivisionByZero:
+            pass
+        with conn.pipeline():
+            for i in range(400):
+                conn.execute("SELECT t FROM sp WHERE i = %s", (i % 50,))
+            conn.execute("SET application_name = %s" % psycopg.sql.quote(app + "-2"))
+            conn.execute("UPDATE sp SET t = %s WHERE i = %s", ("x", 3))
+        conn.execute("PREPARE q AS SELECT t FROM sp WHERE i = $1")
+        conn.execute("EXECUTE q(4)")
+        with conn.pipeline():       # EXECUTE begins before PREPARE completes
+            conn.execute("PREPARE q2 AS SELECT t FROM sp WHERE i = $1")
+            conn.execute("EXECUTE q2(5)")
+        with conn.transaction():
+            conn.execute("DECLARE c CURSOR FOR SELECT * FROM sp")
+            conn.execute("FETCH 5 FROM c")
+        for i in range(5):
+            conn.execute("SELECT t FROM sp WHERE i > %s", (i,), prepare=True)
+        with conn.cursor().copy("COPY sp TO STDOUT") as cp:
+            for _ in cp:
+                pass
+
+
+def _normalized(events, app):
+    out = []
+    for e in events:
+        if e["kind"] != "statement" or not e["client"].get("application", "").startswith(app):
+            continue
+        e = json.loads(json.dumps(e))
+        for k in ("event_id", "time", "session", "observer"):
+            e.pop(k)
+        e["client"].pop("port")
+        e["result"].pop("duration_us", None)
+        out.append(e)
+    return out
+
+
+def test_spooled_events_equal_unspooled(pg, start_proxy, tmp_path):
+    """A durable sink's completion copies the head of its begin record
+    when nothing before `result` can have changed, and encodes the event
+    again otherwise: either way the file holds the events an unspooled
+    pgwarden writes, each begin's event once."""
+    app = "spool-eq"
+    got = {}
+    for name, extra in (("plain", []), ("spooled", ["--spool-dir", str(tmp_path / "spool")])):
+        audit = tmp_path / (name + ".jsonl")
+        p = start_proxy(upstream="127.0.0.1:%d" % pg.port,
+                        extra_args=["--audit-file", str(audit), "--log-parameters"] + extra)
+        _workload(p, app)
+        assert p.stop(timeout=20) == 0, p.log_tail()
+        assert_valid_audit_file(audit)
+        evs = [json.loads(line) for line in audit.read_bytes().splitlines()]
+        assert len({e["event_id"] for e in evs}) == len(evs), "an event written twice"
+        got[name] = _normalized(evs, app)
+        # a Query's later statements start when the one before ends, after
+        # the Query's arrival, which their begin records carry
+        q = [e for e in evs if e["kind"] == "statement" and e["statement"].get("count") == 3][:3]
+        assert [e["statement"]["index"] for e in q] == [1, 2, 3]
+        assert q[0]["time"] < q[1]["time"] <= q[2]["time"], [e["time"] for e in q]
+    assert len(got["plain"]) > 400
+    assert [e["result"]["status"] for e in got["spooled"]].count("unknown") == 0
+    for a, b in zip(got["plain"], got["spooled"]):
+        assert a == b
+    assert len(got["plain"]) == len(got["spooled"])
+    apps = {e["client"]["application"] for e in got["spooled"]}
+    assert apps == {app, app + "-2"}
+    (ex,) = [e for e in got["spooled"] if e["statement"]["text"].startswith("EXECUTE q2")]
+    assert ex["statement"]["objects"] == [{"name": "sp", "type": "table", "access": "read"}]

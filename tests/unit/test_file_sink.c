@@ -665,6 +665,79 @@ static void test_producer_timing(void)
     unlink(path);
 }
 
+/* A begin record's head is kept for its completion, unless the begin had
+ * to be shrunk or the caller's buffer is full; a completion over the
+ * largest event is shrunk from its fields, not from the uncut head. */
+static void test_begin_head(void)
+{
+    char path[256];
+    pgw_sink_t *sink;
+    pgw_sink_producer_t p;
+    pgw_event_t ev;
+    char sid[16];
+    pgw_jbuf_t heads, whole;
+    size_t len = 99;
+
+    path_in(path, sizeof(path), "heads.jsonl");
+    pgw_file_sink_config_t cfg = { .path = path };
+    CHECK_EQ(pgw_file_sink_open(&cfg, &sink), 0);
+    pgw_sink_producer_init(&p, sink);
+    pgw_jbuf_init(&heads, 4096);
+    pgw_jbuf_init(&whole, 0);
+
+    make_event(&ev, sid, 0, 1, NULL);
+    CHECK_EQ(pgw_sink_emit_begin(&p, &ev, 7, &heads, &len), 0);
+    CHECK(len > 0 && len == heads.len);
+    CHECK_EQ(pgw_event_encode(&ev, &whole), 0);
+    CHECK(len < whole.len && memcmp(heads.data, whole.data, len) == 0);
+    CHECK_EQ(p.batch->nrecs, 1);
+    CHECK(p.batch->recs[0].begin && p.batch->recs[0].token == 7);
+
+    /* no room left in heads: recorded, not kept */
+    size_t before = heads.len;
+    heads.max = heads.len + 10;
+    CHECK_EQ(pgw_sink_emit_begin(&p, &ev, 8, &heads, &len), 0);
+    CHECK_EQ(len, 0);
+    CHECK_EQ(heads.len, before);
+    CHECK(!heads.failed);
+    CHECK_EQ(p.batch->nrecs, 2);
+    heads.max = SIZE_MAX;
+
+    /* shrunk: recorded, not kept */
+    static char huge[17 * 1024 * 1024];
+    memset(huge, 'h', sizeof(huge));
+    ev.statement.text = pgw_str(huge, sizeof(huge));
+    CHECK_EQ(pgw_sink_emit_begin(&p, &ev, 9, &heads, &len), 0);
+    CHECK_EQ(len, 0);
+    CHECK_EQ(heads.len, before);
+    CHECK_EQ(atomic_load(&p.shrunk), 1);
+
+    /* a completion whose head holds the uncut text, its message over the
+     * largest event: shrunk from its fields (text cut, marked) */
+    pgw_jbuf_t big;
+    pgw_jbuf_init(&big, 0);
+    ev.statement.text = pgw_str(huge, 16 * 1024 * 1024 - 4096);
+    CHECK_EQ(pgw_event_encode_head_len(&ev, &big, &len), 0);
+    ev.head_json = pgw_str(big.data, len);
+    ev.statement.text = pgw_str(huge, sizeof(huge));
+    ev.result.message = pgw_str(huge, 8192);
+    size_t at = p.batch ? p.batch->data.len : 0;
+    CHECK_EQ(pgw_sink_emit_rec(&p, &ev, false, 9), 0);
+    CHECK_EQ(atomic_load(&p.shrunk), 2);
+    CHECK(p.batch != NULL);
+    if (p.batch) {
+        const char *line = p.batch->data.data + at;
+        CHECK(memmem(line, p.batch->data.len - at, "\"truncated\":true", 16) != NULL);
+        CHECK(p.batch->data.len - at < 8192);
+    }
+    pgw_jbuf_free(&big);
+    pgw_jbuf_free(&heads);
+    pgw_jbuf_free(&whole);
+    pgw_sink_producer_close(&p);
+    pgw_sink_close(sink);
+    unlink(path);
+}
+
 /* fsync policy: a flush syncs, and data written without a flush is synced
  * within the interval. */
 static void test_fsync(void)
@@ -734,6 +807,7 @@ int main(void)
     test_lost_at_close();
     test_unblock();
     test_producer_timing();
+    test_begin_head();
     test_fsync();
     test_open_errors();
     rmdir(g_dir);

@@ -756,6 +756,40 @@ static void test_analysis_cache(void)
     pgw_jbuf_free(&g_full);
 }
 
+/* A completion from its begin's head (ev->head_json): the same bytes as
+ * the whole event encoded, for every sample kind; a statement's head is
+ * everything before "result", and what it covers is ignored. */
+static void check_head(const pgw_event_t *ev, const char *name)
+{
+    size_t head_len = 0;
+    pgw_jbuf_reset(&g_full);
+    pgw_jbuf_reset(&g_b);
+    pgw_jbuf_lit(&g_full, "xx");
+    CHECK_EQ(pgw_event_encode_head_len(ev, &g_full, &head_len), 0);
+    const char *head = g_full.data + 2;
+    size_t len = g_full.len - 2;
+    CHECK(head_len > 0 && head_len < len);
+    if (ev->kind == PGW_EVENT_STATEMENT)
+        CHECK(strncmp(head + head_len, ",\"result\":{\"status\":", 20) == 0);
+    pgw_event_t completion = *ev;
+    completion.head_json = pgw_str(head, head_len);
+    completion.event_id[0] ^= 0xff;
+    completion.session.seq += 7;
+    completion.statement.text = PGW_STR_LIT("ignored");
+    completion.identity_json = PGW_STR_LIT(",\"ignored\":1");
+    CHECK_EQ(pgw_event_encode(&completion, &g_b), 0);
+    CHECK_MEM(g_b.data, g_b.len, head, len);
+    if (g_b.len != len)
+        fprintf(stderr, "    %s\n", name);
+}
+
+static void test_head_reuse(void)
+{
+    pgw_jbuf_init(&g_full, 0);
+    samples(check_head);
+    pgw_jbuf_free(&g_full);
+}
+
 static void test_failures(void)
 {
     pgw_event_t ev;
@@ -925,6 +959,7 @@ int main(int argc, char **argv)
     test_exact();
     test_identity_cache();
     test_analysis_cache();
+    test_head_reuse();
     test_failures();
     test_uuid7();
     pgw_jbuf_free(&g_b);
