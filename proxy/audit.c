@@ -201,7 +201,8 @@ static void emit_rec(pgw_worker_t *w, const pgw_event_t *ev, bool begin, uint64_
  * An entry of a->heads is its token, its length and its bytes. The heads
  * of a session change with its identity (dropped then) and are never more
  * than HEADS_MAX bytes (later begins are then not kept). */
-#define HEADS_MAX (256 * 1024)
+#define HEADS_MAX (64 * 1024)
+#define HEADS_KEEP (8 * 1024)       /* capacity kept once drained */
 typedef struct head_hdr {
     uint64_t token;
     int64_t time_us;                /* the event's time, checked at completion */
@@ -218,6 +219,8 @@ static void emit_begin(pgw_audit_t *a, const pgw_event_t *ev, uint64_t token)
     pgw_jbuf_t *h = &a->heads;
     if (a->heads_off == h->len) {
         heads_drop(a);
+        if (h->cap > HEADS_KEEP)    /* a long pipeline's: not kept for the session's life */
+            pgw_jbuf_free(h);
     } else if (a->heads_off >= HEADS_MAX / 2) {
         memmove(h->data, h->data + a->heads_off, h->len - a->heads_off);
         h->len -= a->heads_off;
