@@ -14,6 +14,15 @@
 
 /* ---- command tag and class ------------------------------------------------ */
 
+/* The tag that a (name, tag) table gives a node's kind, or UNKNOWN. */
+static const char *pair_find(const char *const (*t)[2], size_t n, const char *key)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(key, t[i][0]) == 0)
+            return t[i][1];
+    return "UNKNOWN";
+}
+
 static const char *alter_tag(const char *objtype_name)
 {
     const objtype_info_t *o = sql_objtype(objtype_name);
@@ -103,13 +112,7 @@ static const char *command_of(const jdoc_t *d, uint32_t stmt, int *level, uint8_
             { "TRANS_STMT_COMMIT_PREPARED", "COMMIT PREPARED" },
             { "TRANS_STMT_ROLLBACK_PREPARED", "ROLLBACK PREPARED" },
         };
-        size_t i;
-
-        s = jstr(d, body, "kind");
-        for (i = 0; i < sizeof tk / sizeof tk[0]; i++)
-            if (strcmp(s, tk[i][0]) == 0)
-                return tk[i][1];
-        return "UNKNOWN";
+        return pair_find(tk, sizeof tk / sizeof tk[0], jstr(d, body, "kind"));
     }
     case N_CLOSE_PORTAL:
         return *jstr(d, body, "portalname") ? "CLOSE CURSOR" : "CLOSE CURSOR ALL";
@@ -146,13 +149,7 @@ static const char *command_of(const jdoc_t *d, uint32_t stmt, int *level, uint8_
             { "OBJECT_COLLATION", "CREATE COLLATION" },
             { "OBJECT_ACCESS_METHOD", "CREATE ACCESS METHOD" },
         };
-        size_t i;
-
-        s = jstr(d, body, "kind");
-        for (i = 0; i < sizeof dk / sizeof dk[0]; i++)
-            if (strcmp(s, dk[i][0]) == 0)
-                return dk[i][1];
-        return "UNKNOWN";
+        return pair_find(dk, sizeof dk / sizeof dk[0], jstr(d, body, "kind"));
     }
     case N_CREATE_FUNCTION:
         return jbool(d, body, "is_procedure") ? "CREATE PROCEDURE" : "CREATE FUNCTION";
