@@ -268,6 +268,17 @@ static pgw_str_t head_take(pgw_audit_t *a, uint64_t token, int64_t time_us)
     return (pgw_str_t){ NULL, 0 };
 }
 
+/* The seq of a session's first event (session_start or auth_failure),
+ * which statements begun behind the startup packet left free. */
+static uint64_t first_seq(pgw_audit_t *a)
+{
+    if (a->seq1_reserved) {
+        a->seq1_reserved = 0;
+        return 1;
+    }
+    return ++a->seq;
+}
+
 /* ---- statements ---------------------------------------------------------- */
 
 /* ident is the session as it was when the statement completed: for an
@@ -539,6 +550,10 @@ static void on_admit(void *ud, const pgw_stmt_done_t *d, pgw_stmt_admit_t *out)
 {
     pgw_audit_t *a = ud;
     pgw_stmt_view_t view;
+    if (!a->started && a->seq == 0) {
+        a->seq = 1;                 /* seq 1 stays the session_start's (or auth_failure's) */
+        a->seq1_reserved = 1;
+    }
     out->seq = ++a->seq;
     /* Unique in the process (the spool matches begins and completions by
      * token across its writers), increasing per thread. */
@@ -698,15 +713,17 @@ static void before_ready(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us)
     }
     case 'K': {
         pgw_keydata_t kd;
-        if (pgw_parse_keydata(m, &kd) == 0)
+        if (pgw_parse_keydata(m, &kd) == 0) {
             a->backend_pid = (int32_t)kd.pid;
+            heads_drop(a);          /* begun behind the startup packet: without it */
+        }
         break;
     }
     case 'E': {
         pgw_error_t e;
         if (pgw_parse_error(m, &e) || a->ended)
             break;
-        fill_common(a, &ev, PGW_EVENT_AUTH_FAILURE, now_us, ++a->seq);
+        fill_common(a, &ev, PGW_EVENT_AUTH_FAILURE, now_us, first_seq(a));
         if (a->auth_method)
             ev.auth_method = pgw_cstr(a->auth_method);
         ev.result.status = PGW_STATUS_ERROR;
@@ -721,7 +738,7 @@ static void before_ready(pgw_audit_t *a, const pgw_msg_t *m, int64_t now_us)
             break;                  /* refused already: a server that goes on after its
                                      * FATAL does not make it a session */
         a->started = 1;
-        fill_common(a, &ev, PGW_EVENT_SESSION_START, a->start_us, ++a->seq);
+        fill_common(a, &ev, PGW_EVENT_SESSION_START, a->start_us, first_seq(a));
         if (a->server_version[0])
             ev.server_version = pgw_cstr(a->server_version);
         if (a->auth_method)
@@ -757,7 +774,7 @@ void pgw_audit_refused(pgw_audit_t *a, const char *sqlstate, const char *message
     if (a->started || a->ended)
         return;
     pgw_event_t ev;
-    fill_common(a, &ev, PGW_EVENT_AUTH_FAILURE, pgw_event_now_us(), ++a->seq);
+    fill_common(a, &ev, PGW_EVENT_AUTH_FAILURE, pgw_event_now_us(), first_seq(a));
     ev.result.status = PGW_STATUS_ERROR;
     ev.result.sqlstate = pgw_cstr(sqlstate);
     ev.result.message = pgw_cstr(message);

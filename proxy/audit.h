@@ -23,6 +23,7 @@ typedef struct pgw_audit {
     pgw_tracker_t tracker;
     char id[37];                    /* session.id: a UUIDv7 */
     uint64_t seq;
+    int seq1_reserved;              /* seq 1 kept for the first event (audit.c) */
     int64_t start_us;
     char client_ip[64];
     uint16_t client_port;

@@ -195,3 +195,42 @@ def test_spooled_events_equal_unspooled(pg, start_proxy, tmp_path):
     assert apps == {app, app + "-2"}
     (ex,) = [e for e in got["spooled"] if e["statement"]["text"].startswith("EXECUTE q2")]
     assert ex["statement"]["objects"] == [{"name": "sp", "type": "table", "access": "read"}]
+
+
+def test_statements_sent_with_the_startup_packet(pg, start_proxy, tmp_path):
+    """A Query in the same write as the startup packet is spooled before
+    the session has started (before the startup packet is forwarded).
+    Once it starts, the events still go in the order of their seq
+    (session_start first) and carry the backend's pid; when the login
+    fails, the auth_failure is the session's seq 1 too."""
+    import pgwire
+    audit, spool = tmp_path / "audit.jsonl", tmp_path / "spool"
+    args = ["--audit-file", str(audit), "--spool-dir", str(spool)]
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=args)
+    with pgwire.connect((p.host, p.port)) as c:
+        c.send(pgwire.startup_packet("postgres", application_name="early-ok")
+               + pgwire.query_message("SELECT 42"))
+        kinds = []
+        while kinds.count("Z") < 2:
+            m = c.recv_msg()
+            assert m is not None, kinds
+            kinds.append(m[0])
+        assert "D" in kinds and "E" not in kinds, kinds
+    with pgwire.connect((p.host, p.port)) as c:
+        c.send(pgwire.startup_packet("no_such_role", application_name="early-bad")
+               + pgwire.query_message("SELECT 43"))
+        kinds = [m[0] for m in c.read_all_until_eof()]
+        assert kinds[-1] == "E" and "D" not in kinds, kinds
+    assert p.stop(timeout=20) == 0, p.log_tail()
+    evs = [json.loads(line) for line in audit.read_bytes().splitlines()]
+    assert_valid_audit_file(audit)
+    ok = [e for e in evs if e.get("client", {}).get("application") == "early-ok"]
+    assert [(e["kind"], e["session"]["seq"]) for e in ok] == [
+        ("session_start", 1), ("statement", 2), ("session_end", 3)]
+    pid = ok[0]["session"]["backend_pid"]
+    assert pid > 0 and ok[1]["session"]["backend_pid"] == pid
+    assert ok[1]["statement"]["text"] == "SELECT $1" and ok[1]["result"]["rows"] == 1
+    bad = [e for e in evs if e.get("client", {}).get("application") == "early-bad"]
+    assert [(e["kind"], e["session"]["seq"], e["result"]["status"]) for e in bad] == [
+        ("auth_failure", 1, "error")]
+    assert bad[0]["result"]["sqlstate"] == "28000"
