@@ -9,6 +9,7 @@ Environment:
   PGW_KEEP_TMP keep the cluster's temp dir after the run (for debugging)
 """
 
+import json
 import os
 import re
 import pwd
@@ -433,6 +434,23 @@ class Proxy(Endpoint):
 
 
 # ---------------------------------------------------------------- shared test helpers
+
+def audit_events(path, kind=None):
+    """The events of a live audit file: its complete lines only (the writer
+    may be in the middle of a line when the test reads), of `kind` if
+    given; [] before the file exists."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in data.split(b"\n")[:-1]:
+        if line.strip():
+            e = json.loads(line)
+            if kind is None or e["kind"] == kind:
+                out.append(e)
+    return out
+
 
 def wait_until(pred, timeout, interval=0.05, what="condition"):
     deadline = time.monotonic() + timeout

@@ -19,7 +19,7 @@ import pytest
 import pgwire
 
 from test_event_schema import assert_valid_audit_file
-from harness import SUPERUSER, client_env, free_port, pgbench, psql, wait_until
+from harness import SUPERUSER, audit_events, client_env, free_port, pgbench, psql, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +41,7 @@ def audited(request, pg, run_dir):
 
 
 def events_in(path):
-    try:
-        with open(path, "rb") as f:
-            return [json.loads(line) for line in f]
-    except FileNotFoundError:
-        return []
+    return audit_events(path)
 
 
 def events(proxy):

@@ -19,7 +19,7 @@ import pytest
 from psycopg import errors, pq
 
 import pgwire
-from harness import free_port, running_cluster, wait_until
+from harness import audit_events, free_port, running_cluster, wait_until
 from harness import psql as _psql
 
 
@@ -84,17 +84,7 @@ def server_saw(cluster, sql):
 
 
 def events(path, kind=None):
-    out = []
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    e = json.loads(line)
-                    if kind is None or e["kind"] == kind:
-                        out.append(e)
-    except FileNotFoundError:
-        pass
-    return out
+    return audit_events(path, kind)
 
 
 def wait_denied(p, rule, n=1):

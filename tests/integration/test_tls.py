@@ -9,7 +9,6 @@ separate client CA, server certificates for "localhost", client
 certificates with CN=alice (also from another CA, and an expired one) and
 CN=carol@example.com."""
 
-import json
 import os
 import shutil
 import signal
@@ -23,7 +22,7 @@ import psycopg
 import pytest
 
 import pgwire
-from harness import free_port, pg_tool, run, running_cluster, wait_until
+from harness import audit_events, free_port, pg_tool, run, running_cluster, wait_until
 from test_event_schema import assert_valid_audit_file
 
 BOB_PASSWORD = "bob scram secret"
@@ -127,11 +126,7 @@ def connect(proxy, certs, **kw):
 
 
 def events(path):
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        return []
+    return audit_events(path)
 
 
 def wait_events(path, pred, n=1, what="events"):
