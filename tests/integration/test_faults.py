@@ -12,7 +12,6 @@ Environment (the slow-client test):
 """
 
 import fcntl
-import json
 import os
 import socket
 import struct
@@ -24,7 +23,7 @@ import psycopg
 import pytest
 
 import pgwire
-from harness import free_port, running_cluster, wait_until
+from harness import audit_events, free_port, running_cluster, wait_until
 from test_event_schema import assert_valid_audit_file
 from test_metrics import http_get, samples, status_or_none
 
@@ -52,11 +51,7 @@ def backend_gone(pg, pid):
 # ---------------------------------------------------------------- the audit file
 
 def read_audit(path):
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        return []
+    return audit_events(path)
 
 
 def audit_sessions(path):

@@ -3,7 +3,6 @@ timeout against slow (slowloris) clients, the idle-session timeout, and a
 connection flood after which memory comes back. Each ends with the proxy
 serving a normal session."""
 
-import json
 import os
 import socket
 import struct
@@ -13,7 +12,7 @@ import psycopg
 import pytest
 
 import pgwire
-from harness import free_port, wait_until
+from harness import audit_events, free_port, wait_until
 
 
 # AddressSanitizer keeps freed memory in quarantine (up to 256 MiB): under
@@ -171,9 +170,7 @@ def test_idle_timeout_closes_idle_sessions_only(pg, start_proxy, run_dir):
     busy.close()
 
     def ended():
-        with open(audit) as f:
-            evs = [json.loads(line) for line in f]
-        return [e for e in evs if e["kind"] == "session_end" and e.get("reason") == "timeout"]
+        return [e for e in audit_events(audit, "session_end") if e.get("reason") == "timeout"]
     wait_until(lambda: ended(), 5, what="a session_end with reason timeout")
     with p.connect() as c:
         assert c.execute("SELECT 2").fetchone() == (2,)
