@@ -524,9 +524,15 @@ static void on_statement(void *ud, const pgw_stmt_done_t *d)
     pgw_audit_t *a = ud;
     pgw_stmt_view_t view;
     /* Pipelined behind the startup packet of a session that never started
-     * (the auth_failure says so): the server never ran it. */
-    if (!a->started)
+     * (the auth_failure says so): the server never ran it. A durable sink
+     * spooled its begin: withdrawn, so that no restart writes it as unknown. */
+    if (!a->started) {
+        if (d->admit.token) {
+            (void)pgw_sink_withdraw(&a->w->producer, d->admit.token, pgw_str(a->id, 36));
+            pgw_worker_audit_emitted(a->w);
+        }
         return;
+    }
     uint64_t seq = d->admit.seq ? d->admit.seq : ++a->seq;
     if (!pgw_statement_analyze(a->w->analysis, d, &view)) {
         if (parse_later(a, seq, d, &view) == 0)

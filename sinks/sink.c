@@ -41,6 +41,7 @@ static int batch_commit(pgw_batch_t *b, size_t start, pgw_str_t key, bool begin,
     b->recs[b->nrecs].key_end = b->keys.len;
     b->recs[b->nrecs].token = token;
     b->recs[b->nrecs].begin = begin;
+    b->recs[b->nrecs].withdrawn = false;
     b->nrecs++;
     return 0;
 fail:
@@ -308,6 +309,33 @@ int pgw_sink_emit_begin(pgw_sink_producer_t *p, const pgw_event_t *ev, uint64_t 
 {
     *head_len = 0;
     return emit_rec(p, ev, true, token, head, head_len);
+}
+
+int pgw_sink_withdraw(pgw_sink_producer_t *p, uint64_t token, pgw_str_t key)
+{
+    if (!p->batch && !(p->batch = pgw_sink_batch_get(p->sink)))
+        goto refused;
+    pgw_batch_t *b = p->batch;
+    size_t start = b->data.len;
+    pgw_jbuf_put(&b->data, "\n", 1);
+    if (b->data.failed) {
+        b->data.failed = b->data.toobig = false;
+        b->data.len = start;
+        goto refused;
+    }
+    if (batch_commit(b, start, key, true, token) != 0)
+        goto refused;
+    b->recs[b->nrecs - 1].withdrawn = true;
+    if (b->nrecs == 1)
+        p->batch_born_us = producer_now(p);
+    return 0;
+
+refused:
+    count(&p->refused);
+    pgw_error("audit: the withdrawal of a begun statement of session %.*s not recorded: out of "
+              "memory (a restart writes it with status unknown)",
+              (int)(key.ptr ? key.len : 0), key.ptr ? key.ptr : "");
+    return -ENOMEM;
 }
 
 void pgw_sink_producer_tick(pgw_sink_producer_t *p)

@@ -140,7 +140,7 @@ size_t pgw_spool_scan(const uint8_t *buf, size_t len, pgw_spool_rec_fn fn, void 
         r.type = (pgw_spool_type_t)p[0];
         r.token = get_u64(p + 4);
         r.key_len = get_u32(p + 12);
-        if ((r.type != PGW_SPOOL_EVENT && r.type != PGW_SPOOL_BEGIN) ||
+        if ((r.type != PGW_SPOOL_EVENT && r.type != PGW_SPOOL_BEGIN && r.type != PGW_SPOOL_VOID) ||
             r.key_len > plen - PGW_SPOOL_PAYLOAD_HEAD) {
             *why = "bad record type or key length";
             break;
@@ -503,7 +503,7 @@ typedef struct tokens {
 static int collect_completion(void *ud, const pgw_spool_rec_t *r)
 {
     tokens_t *t = ud;
-    if (r->type != PGW_SPOOL_EVENT || r->token == 0)
+    if (r->type == PGW_SPOOL_BEGIN || r->token == 0)
         return 0;
     if (t->n == t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 1024;
@@ -530,9 +530,11 @@ typedef struct replay_ctx {
 static int replay_rec(void *ud, const pgw_spool_rec_t *r)
 {
     replay_ctx_t *c = ud;
+    if (r->type == PGW_SPOOL_VOID)
+        return 0;
     if (r->type == PGW_SPOOL_BEGIN &&
         bsearch(&r->token, c->done->v, c->done->n, sizeof(uint64_t), cmp_u64))
-        return 0;                   /* its completion is in the spool */
+        return 0;                   /* its completion (or VOID) is in the spool */
     pgw_spool_seg_hold(c->seg, 1);
     c->fn(c->ud, c->seg, r);
     c->count++;

@@ -18,9 +18,11 @@
  * A record is either an EVENT (to be produced to Kafka; token non-zero when
  * it completes a BEGIN of the same run, i.e. process start) or a BEGIN (a statement about to
  * be forwarded, the event it would get if pgwarden stopped now: status
- * unknown). A BEGIN is produced only by a replay that finds no EVENT with
- * its token in its run. Tokens are unique within a run, and a writer's
- * begins come in increasing token order.
+ * unknown), or a VOID: the BEGIN of the same token withdrawn, its statement
+ * never run (pipelined behind a login that failed); a VOID is never
+ * produced. A BEGIN is produced only by a replay that finds no EVENT or
+ * VOID with its token in its run. Tokens are unique within a run, and a
+ * writer's begins come in increasing token order.
  *
  * A segment's `pending` counts what still needs it: one reference while
  * its writer appends to it, one per event produced and not yet
@@ -47,7 +49,11 @@
 #define PGW_SPOOL_PAYLOAD_HEAD 16   /* type, pad, token, key length */
 #define PGW_SPOOL_MAX_RECORD (64u * 1024 * 1024)   /* larger lengths are corruption */
 
-typedef enum pgw_spool_type { PGW_SPOOL_EVENT = 1, PGW_SPOOL_BEGIN = 2 } pgw_spool_type_t;
+typedef enum pgw_spool_type {
+    PGW_SPOOL_EVENT = 1,
+    PGW_SPOOL_BEGIN = 2,
+    PGW_SPOOL_VOID = 3,             /* value empty */
+} pgw_spool_type_t;
 
 typedef struct pgw_spool_rec {
     pgw_spool_type_t type;
@@ -144,7 +150,8 @@ int pgw_spool_writer_append(pgw_spool_writer_t *w, const void *buf, size_t len, 
  * -EINVAL/-ERANGE for a token out of this writer's increasing sequence
  * (the begin then stays unresolved: replayed as unknown after a restart). */
 int pgw_spool_writer_track(pgw_spool_writer_t *w, uint64_t token, pgw_spool_seg_t *seg);
-/* The completion of token is in the spool: its BEGIN's segment is released. */
+/* The completion (or VOID) of token is in the spool: its BEGIN's segment
+ * is released. */
 void pgw_spool_writer_resolve(pgw_spool_writer_t *w, uint64_t token);
 /* Closes the current segment (it is deleted once nothing else needs it). */
 void pgw_spool_writer_seal(pgw_spool_writer_t *w);
@@ -160,7 +167,7 @@ typedef void (*pgw_spool_replay_fn)(void *ud, pgw_spool_seg_t *seg, const pgw_sp
 
 /* Reads every segment in the directory, oldest stream first, and calls fn
  * for each event to produce again: every EVENT record, and every BEGIN that
- * no EVENT of its run completes. The record's bytes are only valid during
+ * no EVENT or VOID of its run completes. The record's bytes are only valid during
  * the call. A torn or corrupt tail is logged and
  * skipped. Each segment gets a reference per call (fn holds it for its
  * event) and is released after its scan: a segment with nothing to send is

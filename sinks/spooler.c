@@ -147,7 +147,10 @@ static size_t encode_batch(pgw_spool_lane_t *l, const pgw_batch_t *b, int filter
         if (!selected(r, filter))
             continue;
         size_t s = pgw_batch_start(b, i), k0 = i ? b->recs[i - 1].key_end : 0;
-        pgw_spool_encode(&l->out, r->begin ? PGW_SPOOL_BEGIN : PGW_SPOOL_EVENT, r->token,
+        pgw_spool_type_t type = r->withdrawn ? PGW_SPOOL_VOID
+                              : r->begin   ? PGW_SPOOL_BEGIN
+                                           : PGW_SPOOL_EVENT;
+        pgw_spool_encode(&l->out, type, r->token,
                          b->keys.data + k0, r->key_end - k0, b->data.data + s, r->end - s - 1);
         n++;
     }
@@ -181,7 +184,7 @@ static pgw_spool_seg_t *append_batch(pgw_spooler_t *s, pgw_spool_lane_t *l, cons
         const pgw_batch_rec_t *r = &b->recs[i];
         if (!selected(r, filter))
             continue;
-        if (r->begin) {
+        if (r->begin && !r->withdrawn) {
             if (pgw_spool_writer_track(&l->writer, r->token, seg) != 0)
                 pgw_warn("%s: out of memory tracking a begun statement", s->who);
         } else if (r->token) {

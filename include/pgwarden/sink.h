@@ -63,9 +63,13 @@ typedef struct pgw_batch_rec {
     /* Durable sinks only (pgw_sink_t.durable), zero otherwise: `begin` marks
      * a statement about to be forwarded (its event with status unknown, kept
      * in the spool but not sent unless a restart finds no completion), and
-     * `token` names it; an ordinary event with a token completes that begin. */
+     * `token` names it; an ordinary event with a token completes that begin.
+     * A begin that is also `withdrawn` carries no event (its line is empty):
+     * the begin of its token will have no completion, its statement never
+     * ran (pipelined behind a login that failed). */
     uint64_t token;
     bool begin;
+    bool withdrawn;
 } pgw_batch_rec_t;
 
 /* Complete events, back to back: data holds the JSON lines exactly as they
@@ -231,6 +235,11 @@ int pgw_sink_emit_rec(pgw_sink_producer_t *p, const pgw_event_t *ev, bool begin,
  * event had to be shrunk, or head is at its max). */
 int pgw_sink_emit_begin(pgw_sink_producer_t *p, const pgw_event_t *ev, uint64_t token,
                         pgw_jbuf_t *head, size_t *head_len);
+/* Durable sinks: the begin record of token will have no completion (its
+ * statement never ran); key is its session id. Returns 0 or -ENOMEM
+ * (counted in `refused` and logged: the begin is then written as unknown
+ * after a restart). */
+int pgw_sink_withdraw(pgw_sink_producer_t *p, uint64_t token, pgw_str_t key);
 /* Hands the batch over if its first event is at least max_delay_us old. */
 void pgw_sink_producer_tick(pgw_sink_producer_t *p);
 /* Milliseconds until tick would hand the batch over (0: now), or -1 when

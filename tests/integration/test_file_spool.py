@@ -234,3 +234,10 @@ def test_statements_sent_with_the_startup_packet(pg, start_proxy, tmp_path):
     assert [(e["kind"], e["session"]["seq"], e["result"]["status"]) for e in bad] == [
         ("auth_failure", 1, "error")]
     assert bad[0]["result"]["sqlstate"] == "28000"
+    # The failed session's begun statement never ran: nothing of it stays
+    # in the spool, and a restart has nothing to write again.
+    assert sorted(f.name for f in spool.iterdir()) == []
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=args)
+    assert p.stop(timeout=20) == 0, p.log_tail()
+    again = [json.loads(line) for line in audit.read_bytes().splitlines()]
+    assert again == evs

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -250,6 +251,72 @@ static void test_writer_and_replay(void)
     pgw_jbuf_free(&b);
 }
 
+/* A withdrawn begin (VOID: its statement never ran) releases its segment
+ * at once; after a crash, a replay neither writes that begin nor takes the
+ * VOID for an event. The writing runs in a child that dies without
+ * closing anything, as pgwarden would. */
+static void test_void_withdraws_a_begin(void)
+{
+    clear_dir();
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        pgw_spool_t sp;
+        pgw_spool_writer_t w;
+        pgw_jbuf_t b;
+        pgw_spool_seg_t *s1, *s2;
+        int ok = pgw_spool_init(&sp, g_dir) == 0;
+        pgw_spool_writer_init(&w, &sp, 50);    /* a new segment per append */
+        pgw_jbuf_init(&b, 0);
+        pgw_spool_encode(&b, PGW_SPOOL_BEGIN, 1, "k", 1, "{\"begin\":1}", 11);
+        pgw_spool_encode(&b, PGW_SPOOL_BEGIN, 2, "k", 1, "{\"begin\":2}", 11);
+        ok = ok && pgw_spool_writer_append(&w, b.data, b.len, 0, &s1) == 0;
+        ok = ok && pgw_spool_writer_track(&w, 1, s1) == 0 && pgw_spool_writer_track(&w, 2, s1) == 0;
+        pgw_jbuf_reset(&b);
+        pgw_spool_encode(&b, PGW_SPOOL_VOID, 1, "k", 1, "", 0);
+        ok = ok && pgw_spool_writer_append(&w, b.data, b.len, 0, &s2) == 0 && s1 != s2;
+        if (ok)
+            pgw_spool_writer_resolve(&w, 1);
+        /* s1 still holds begin 2; s2 is being written. */
+        ok = ok && !atomic_load(&s1->deleted) && atomic_load(&s1->pending) == 1;
+        _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK_EQ(count_segments(), 2);
+
+    pgw_spool_t sp;
+    CHECK_EQ(pgw_spool_init(&sp, g_dir), 0);
+    replayed_t rp = { 0 };
+    pgw_spool_seg_t *old = NULL;
+    /* Begin 1 withdrawn: only begin 2, never answered, is written again. */
+    CHECK_EQ(pgw_spool_replay(&sp, on_replay, &rp, &old), 1);
+    CHECK_EQ(rp.s.n, 1);
+    CHECK(strcmp(rp.s.values[0], "{\"begin\":2}") == 0);
+    CHECK_EQ(rp.s.types[0], PGW_SPOOL_BEGIN);
+    CHECK_EQ(count_segments(), 1);             /* the VOID's went after the scan */
+    pgw_spool_seg_release(rp.segs[0], 1);
+    CHECK_EQ(count_segments(), 0);
+    free_segs(old);
+    pgw_spool_destroy(&sp);
+
+    /* The scan knows the type, with an empty value. */
+    pgw_jbuf_t b;
+    pgw_jbuf_init(&b, 0);
+    pgw_jbuf_put(&b, PGW_SPOOL_MAGIC, PGW_SPOOL_MAGIC_LEN);
+    pgw_spool_encode(&b, PGW_SPOOL_VOID, 7, "k", 1, "", 0);
+    seen_t seen = { 0 };
+    const char *why;
+    CHECK_EQ(pgw_spool_scan((const uint8_t *)b.data, b.len, collect, &seen, &why), b.len);
+    CHECK(why == NULL);
+    CHECK_EQ(seen.n, 1);
+    CHECK_EQ(seen.types[0], PGW_SPOOL_VOID);
+    CHECK_EQ(seen.tokens[0], 7);
+    CHECK_EQ(seen.values[0][0], '\0');
+    pgw_jbuf_free(&b);
+}
+
 /* A torn last record in a left-over segment: skipped (and logged), the
  * records before it replayed. */
 static void test_replay_torn_tail(void)
@@ -469,6 +536,7 @@ int main(void)
     test_bad_checksum();
     test_v1_segment();
     test_writer_and_replay();
+    test_void_withdraws_a_begin();
     test_replay_torn_tail();
     test_mapped_segment();
     test_resolve_out_of_order();
