@@ -391,6 +391,44 @@ int pgw_spool_writer_track(pgw_spool_writer_t *w, uint64_t token, pgw_spool_seg_
     return 0;
 }
 
+/* The begin of token, in seg, a sealed segment, is completed by a record
+ * in a later one, which may be deleted first (its events delivered) while
+ * seg stays for another begin: a VOID at seg's end tells a replay so. A
+ * few begins per segment are in flight when it is sealed; this is their
+ * cost. Were it to fail, a replay after a crash would write the begin
+ * again, as unknown, beside its delivered completion (same event_id). */
+static void mark_resolved(pgw_spool_writer_t *w, pgw_spool_seg_t *seg, uint64_t token)
+{
+    uint8_t rec[PGW_SPOOL_REC_HEAD + PGW_SPOOL_PAYLOAD_HEAD];
+    uint8_t *p = rec + PGW_SPOOL_REC_HEAD;
+    memset(rec, 0, sizeof rec);
+    p[0] = PGW_SPOOL_VOID;
+    put_u64(p + 4, token);
+    put_u32(rec, PGW_SPOOL_PAYLOAD_HEAD);
+    put_u32(rec + 4, checksum(p, PGW_SPOOL_PAYLOAD_HEAD));
+
+    int fd = open(seg->path, O_WRONLY | O_CLOEXEC);
+    struct stat st;
+    ssize_t n = -1;
+    if (fd >= 0 && fstat(fd, &st) == 0) {
+        n = pwrite(fd, rec, sizeof rec, (off_t)seg->bytes);
+        if (n == (ssize_t)sizeof rec) {
+            /* The segment keeps the time of its last event (its age). */
+            const struct timespec times[2] = { { 0, UTIME_OMIT }, st.st_mtim };
+            (void)futimens(fd, times);
+            seg->bytes += sizeof rec;
+            atomic_fetch_add(&w->spool->bytes, sizeof rec);
+        } else if (n > 0 && ftruncate(fd, (off_t)seg->bytes) != 0) {
+            n = -1;
+        }
+    }
+    if (n != (ssize_t)sizeof rec)
+        pgw_warn("spool: cannot mark a completed statement in %s: %s", seg->path,
+                 n < 0 ? strerror(errno) : "short write");
+    if (fd >= 0)
+        close(fd);
+}
+
 void pgw_spool_writer_resolve(pgw_spool_writer_t *w, uint64_t token)
 {
     if (token < w->begin_base || token - w->begin_base >= w->begin_count)
@@ -398,8 +436,11 @@ void pgw_spool_writer_resolve(pgw_spool_writer_t *w, uint64_t token)
     size_t slot = (w->begin_head + (size_t)(token - w->begin_base)) % w->begin_cap;
     pgw_spool_seg_t *seg = w->begins[slot];
     w->begins[slot] = NULL;
-    if (seg)
+    if (seg) {
+        if (seg != w->cur && atomic_load(&seg->pending) > 1)
+            mark_resolved(w, seg, token);
         pgw_spool_seg_release(seg, 1);
+    }
     /* Completions mostly come in order: the ring's head moves past them. */
     while (w->begin_count && !w->begins[w->begin_head]) {
         w->begin_head = (w->begin_head + 1) % w->begin_cap;

@@ -18,8 +18,10 @@
  * A record is either an EVENT (to be produced to Kafka; token non-zero when
  * it completes a BEGIN of the same run, i.e. process start) or a BEGIN (a statement about to
  * be forwarded, the event it would get if pgwarden stopped now: status
- * unknown), or a VOID: the BEGIN of the same token withdrawn, its statement
- * never run (pipelined behind a login that failed); a VOID is never
+ * unknown), or a VOID: the BEGIN of the same token needs no replay, either
+ * withdrawn (its statement never ran: pipelined behind a login that
+ * failed) or, appended to the BEGIN's sealed segment, completed by an
+ * EVENT in a later segment, which may be deleted first. A VOID is never
  * produced. A BEGIN is produced only by a replay that finds no EVENT or
  * VOID with its token in its run. Tokens are unique within a run, and a
  * writer's begins come in increasing token order.
@@ -151,7 +153,8 @@ int pgw_spool_writer_append(pgw_spool_writer_t *w, const void *buf, size_t len, 
  * (the begin then stays unresolved: replayed as unknown after a restart). */
 int pgw_spool_writer_track(pgw_spool_writer_t *w, uint64_t token, pgw_spool_seg_t *seg);
 /* The completion (or VOID) of token is in the spool: its BEGIN's segment
- * is released. */
+ * is released. A sealed segment that something else still holds gets a
+ * VOID for token appended (a few system calls). */
 void pgw_spool_writer_resolve(pgw_spool_writer_t *w, uint64_t token);
 /* Closes the current segment (it is deleted once nothing else needs it). */
 void pgw_spool_writer_seal(pgw_spool_writer_t *w);

@@ -317,6 +317,62 @@ static void test_void_withdraws_a_begin(void)
     pgw_jbuf_free(&b);
 }
 
+/* A begin completed in a later segment, which goes (its event delivered)
+ * while the begin's stays for another begin still unanswered: the
+ * begin's segment records the completion, and a replay after a crash
+ * writes only the unanswered one. */
+static void test_completion_outlived_by_its_begin(void)
+{
+    clear_dir();
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        pgw_spool_t sp;
+        pgw_spool_writer_t w;
+        pgw_jbuf_t b;
+        pgw_spool_seg_t *s1, *s2, *s3;
+        int ok = pgw_spool_init(&sp, g_dir) == 0;
+        pgw_spool_writer_init(&w, &sp, 50);    /* a new segment per append */
+        pgw_jbuf_init(&b, 0);
+        pgw_spool_encode(&b, PGW_SPOOL_BEGIN, 1, "k", 1, "{\"begin\":1}", 11);
+        pgw_spool_encode(&b, PGW_SPOOL_BEGIN, 2, "k", 1, "{\"begin\":2}", 11);
+        ok = ok && pgw_spool_writer_append(&w, b.data, b.len, 0, &s1) == 0;
+        ok = ok && pgw_spool_writer_track(&w, 1, s1) == 0 && pgw_spool_writer_track(&w, 2, s1) == 0;
+        uint64_t before = ok ? s1->bytes : 0;
+        pgw_jbuf_reset(&b);
+        pgw_spool_encode(&b, PGW_SPOOL_EVENT, 1, "k", 1, "{\"done\":1}", 10);
+        ok = ok && pgw_spool_writer_append(&w, b.data, b.len, 1, &s2) == 0 && s2 != s1;
+        if (ok)
+            pgw_spool_writer_resolve(&w, 1);
+        int marked = ok && s1->bytes == before + PGW_SPOOL_REC_HEAD + PGW_SPOOL_PAYLOAD_HEAD;
+        pgw_jbuf_reset(&b);
+        pgw_spool_encode(&b, PGW_SPOOL_EVENT, 0, "k", 1, "{\"a\":1}", 7);
+        ok = ok && pgw_spool_writer_append(&w, b.data, b.len, 1, &s3) == 0 && s3 != s2;
+        if (ok)
+            pgw_spool_seg_release(s2, 1);           /* {"done":1} delivered */
+        ok = ok && atomic_load(&s2->deleted) && !atomic_load(&s1->deleted);
+        _exit(ok ? (marked ? 0 : 2) : 1);
+    }
+    int status = 0;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK_EQ(count_segments(), 2);
+
+    pgw_spool_t sp;
+    CHECK_EQ(pgw_spool_init(&sp, g_dir), 0);
+    replayed_t rp = { 0 };
+    pgw_spool_seg_t *old = NULL;
+    CHECK_EQ(pgw_spool_replay(&sp, on_replay, &rp, &old), 2);
+    CHECK_EQ(rp.s.n, 2);
+    CHECK(strcmp(rp.s.values[0], "{\"begin\":2}") == 0);
+    CHECK(strcmp(rp.s.values[1], "{\"a\":1}") == 0);
+    pgw_spool_seg_release(rp.segs[0], 1);
+    pgw_spool_seg_release(rp.segs[1], 1);
+    CHECK_EQ(count_segments(), 0);
+    free_segs(old);
+    pgw_spool_destroy(&sp);
+}
+
 /* A torn last record in a left-over segment: skipped (and logged), the
  * records before it replayed. */
 static void test_replay_torn_tail(void)
@@ -537,6 +593,7 @@ int main(void)
     test_v1_segment();
     test_writer_and_replay();
     test_void_withdraws_a_begin();
+    test_completion_outlived_by_its_begin();
     test_replay_torn_tail();
     test_mapped_segment();
     test_resolve_out_of_order();
