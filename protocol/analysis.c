@@ -232,6 +232,8 @@ typedef struct entry_parts {
     const char *parse_error;
     const sql_obj_t *objs;
     uint32_t nobjs;
+    const sql_obj_t *fns;
+    uint32_t nfns;
     const char *key;
     uint32_t key_len;
     uint64_t hash;
@@ -263,16 +265,19 @@ static sql_entry_t *entry_pack(const entry_parts_t *ep)
     size_t fixed = ALIGN8(sizeof(sql_entry_t)), strings = 0, kept_bytes = 0, total;
     uint32_t i;
     sql_entry_t *e;
-    pgw_sql_object_t *objs;
+    pgw_sql_object_t *objs, *fns;
     sql_region_t *rg;
     sql_kept_t *kp;
     char *p, *kd;
 
     fixed += ALIGN8((size_t)ep->nobjs * sizeof(pgw_sql_object_t));
+    fixed += ALIGN8((size_t)ep->nfns * sizeof(pgw_sql_object_t));
     fixed += ALIGN8((size_t)ep->nregions * sizeof(sql_region_t));
     fixed += ALIGN8((size_t)ep->nkept * sizeof(sql_kept_t));
     for (i = 0; i < ep->nobjs; i++)
         strings += strlen(ep->objs[i].schema) + strlen(ep->objs[i].name) + 2;
+    for (i = 0; i < ep->nfns; i++)
+        strings += strlen(ep->fns[i].schema) + strlen(ep->fns[i].name) + 2;
     for (i = 0; i < ep->nkept; i++)
         kept_bytes += ep->kept[i].len;
     strings += strlen(ep->fingerprint) + 1 + (size_t)ep->key_len + 1 + kept_bytes + 1 +
@@ -288,7 +293,8 @@ static sql_entry_t *entry_pack(const entry_parts_t *ep)
     if (!e)
         return NULL;
     objs = (pgw_sql_object_t *)((char *)e + ALIGN8(sizeof(sql_entry_t)));
-    rg = (sql_region_t *)((char *)objs + ALIGN8((size_t)ep->nobjs * sizeof *objs));
+    fns = (pgw_sql_object_t *)((char *)objs + ALIGN8((size_t)ep->nobjs * sizeof *objs));
+    rg = (sql_region_t *)((char *)fns + ALIGN8((size_t)ep->nfns * sizeof *fns));
     kp = (sql_kept_t *)((char *)rg + ALIGN8((size_t)ep->nregions * sizeof *rg));
     p = (char *)kp + ALIGN8((size_t)ep->nkept * sizeof *kp);
 
@@ -308,6 +314,14 @@ static sql_entry_t *entry_pack(const entry_parts_t *ep)
     }
     e->pub.nobjects = ep->nobjs;
     e->pub.objects = objs;
+    for (i = 0; i < ep->nfns; i++) {
+        fns[i].schema = put_str(&p, ep->fns[i].schema, strlen(ep->fns[i].schema));
+        fns[i].name = put_str(&p, ep->fns[i].name, strlen(ep->fns[i].name));
+        fns[i].type = "function";
+        fns[i].access = PGW_ACCESS_READ;
+    }
+    e->pub.nfunctions = ep->nfns;
+    e->pub.functions = fns;
     e->mode = ep->mode;
     e->nocache = ep->nocache;
     e->size = (uint32_t)total;
@@ -613,6 +627,8 @@ static int analyze_piece(const piece_in_t *p, sql_entry_t **out, int *multi)
     ep.flags = (wo.no_raw ? PGW_SQL_NO_RAW : 0) | wo.flags;
     ep.objs = wo.objs;
     ep.nobjs = wo.nobjs;
+    ep.fns = wo.fns;
+    ep.nfns = wo.nfns;
     ep.name = wo.name;
     ep.ntok = p->n;
     ep.stmt_len = len;

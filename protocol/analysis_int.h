@@ -183,6 +183,8 @@ typedef struct sql_walk_out {
     uint32_t flags;           /* PGW_SQL_NO_WHERE, PGW_SQL_COPY_*, PGW_SQL_OWN_TRANSACTION */
     sql_obj_t *objs;
     uint32_t nobjs, cap;
+    sql_obj_t *fns;           /* functions called by name (type "function") */
+    uint32_t nfns, fcap;
     const char *name;         /* PREPARE, EXECUTE, DEALLOCATE, DECLARE, FETCH,
                                * CLOSE's name (in the json) */
     int oom;
@@ -190,7 +192,8 @@ typedef struct sql_walk_out {
 
 /* Reads libpg_query's JSON parse tree (pg_query_parse), in place: json is
  * modified, and the object names point into it. Sets *nstmts; when it is 1,
- * classifies that statement and collects its relations. Returns 0, -ENOMEM,
+ * classifies that statement and collects its relations and the functions
+ * it calls by name. Returns 0, -ENOMEM,
  * or -EINVAL for a tree it cannot read (malformed, or nested deeper than
  * any real statement). Free out with sql_walk_free whatever the result. */
 int sql_walk(char *json, sql_walk_out_t *out, uint32_t *nstmts);
@@ -212,6 +215,7 @@ enum {
     N_RANGE_VAR, N_CREATE, N_CREATE_FOREIGN_TABLE, N_VIEW, N_REFRESH_MATVIEW, N_TRUNCATE,
     N_INDEX, N_ALTER_SEQ, N_CREATE_SEQ, N_COMMENT, N_LOCKING_CLAUSE, N_COMPOSITE_TYPE,
     N_CLUSTER, N_REINDEX, N_CREATE_TRIG, N_RULE, N_CREATE_POLICY, N_ALTER_POLICY,
+    N_FUNC_CALL,
 };
 
 enum { LV_ALL, LV_MOD, LV_DDL };   /* PostgreSQL's GetCommandLogLevel */

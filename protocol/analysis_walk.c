@@ -112,6 +112,7 @@ static const node_kind_t kinds[] = {
     { "ExecuteStmt", N_EXECUTE, LV_ALL, "EXECUTE" },
     { "ExplainStmt", N_EXPLAIN, LV_ALL, "EXPLAIN" },
     { "FetchStmt", N_FETCH, LV_ALL, NULL },
+    { "FuncCall", N_FUNC_CALL, LV_ALL, NULL },
     { "GrantRoleStmt", N_GRANT_ROLE, LV_DDL, NULL },
     { "GrantStmt", N_GRANT, LV_DDL, NULL },
     { "ImportForeignSchemaStmt", N_OTHER, LV_DDL, "IMPORT FOREIGN SCHEMA" },
@@ -281,6 +282,47 @@ static void add_obj(walk_t *w, const char *schema, const char *name, const char 
     o->objs[o->nobjs++] = (sql_obj_t){ schema, name, type, acc };
 }
 
+/* A FuncCall body (the node's inside, or CallStmt's typed field): its
+ * name, [catalog.][schema.]function, as the server folded it. */
+static void add_funccall(walk_t *w, uint32_t fc)
+{
+    sql_walk_out_t *o = w->out;
+    const char *part[3] = { "", "", "" };
+    uint32_t n = 0, i, names = fc ? jget(w->d, fc, "funcname") : 0;
+
+    if (!names || J(w->d, names)->type != J_ARR)
+        return;
+    for (i = J(w->d, names)->first; i; i = J(w->d, i)->next) {
+        uint32_t body;
+        const char *kind = jnode(w->d, i, &body);
+
+        if (!kind || strcmp(kind, "String") != 0)
+            return;
+        part[n < 3 ? n : 2] = jstr(w->d, body, "sval");
+        n++;
+    }
+    if (n == 0 || n > 3)
+        return;
+    const char *name = part[n - 1], *schema = n > 1 ? part[n - 2] : "";
+    if (!*name)
+        return;
+    for (i = 0; i < o->nfns; i++)
+        if (strcmp(o->fns[i].name, name) == 0 && strcmp(o->fns[i].schema, schema) == 0)
+            return;
+    if (o->nfns == o->fcap) {
+        uint32_t cap = o->fcap ? o->fcap * 2 : 4;
+        sql_obj_t *grown = realloc(o->fns, (size_t)cap * sizeof *grown);
+
+        if (!grown) {
+            o->oom = 1;
+            return;
+        }
+        o->fns = grown;
+        o->fcap = cap;
+    }
+    o->fns[o->nfns++] = (sql_obj_t){ schema, name, "function", PGW_ACCESS_READ };
+}
+
 static int cte_visible(const walk_t *w, const char *name)
 {
     uint32_t i;
@@ -435,6 +477,14 @@ static void walk_node(walk_t *w, const char *name, uint32_t body, pgw_access_t a
     switch (k ? k->id : N_OTHER) {
     case N_RANGE_VAR:
         add_rangevar(w, body, "table", acc);
+        return;
+    case N_FUNC_CALL:
+        add_funccall(w, body);
+        walk_members(w, body, acc, "funcname", NULL);
+        return;
+    case N_CALL:
+        add_funccall(w, jget(d, body, "funccall"));
+        walk_members(w, body, acc, NULL, NULL);
         return;
     case N_SELECT: {
         uint32_t mark = walk_with(w, jget(d, body, "withClause"));
@@ -637,4 +687,7 @@ void sql_walk_free(sql_walk_out_t *out)
     free(out->objs);
     out->objs = NULL;
     out->nobjs = out->cap = 0;
+    free(out->fns);
+    out->fns = NULL;
+    out->nfns = out->fcap = 0;
 }

@@ -107,6 +107,13 @@ typedef struct pgw_sql_info {
     uint32_t nobjects;
     const pgw_sql_object_t *objects;  /* unique per (schema, name, access), in
                                        * order of first appearance */
+    /* The functions and procedures it calls by name (FuncCall: in any
+     * expression, FROM, CALL, a default or index expression of DDL), unique
+     * per (schema, name), in order of first appearance; type "function",
+     * access read. Not operators, casts, nor what a DO body or a called
+     * function runs. For the access policy; events do not carry them. */
+    uint32_t nfunctions;
+    const pgw_sql_object_t *functions;
     const char *name;         /* with PGW_SQL_PREPARE, _EXECUTE, _DEALLOCATE,
                                * _DECLARE, _FETCH, _CLOSE */
 } pgw_sql_info_t;

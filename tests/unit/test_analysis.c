@@ -2,7 +2,7 @@
  *
  *  - golden: every case of analysis_golden.txt (beside this file), field by
  *    field: statement bounds, command, class, flags, parse error, objects,
- *    normalized text; fingerprints must be 16 hex digits when parsed;
+ *    functions called, normalized text; fingerprints must be 16 hex digits when parsed;
  *  - differential: for each golden string and versions of it with other
  *    literals, other spacing and added comments, what a cache hit returns is
  *    exactly what a fresh, cache-less analysis returns, and fingerprints
@@ -54,6 +54,8 @@ static void render(sbuf_t *b, const pgw_analysis_t *an)
         for (j = 0; j < in->nobjects; j++)
             sb_printf(b, "  obj: %s | %s | %s | %s\n", in->objects[j].schema, in->objects[j].name,
                       in->objects[j].type, pgw_access_name(in->objects[j].access));
+        for (j = 0; j < in->nfunctions; j++)
+            sb_printf(b, "  fn: %s | %s\n", in->functions[j].schema, in->functions[j].name);
     }
 }
 
@@ -66,7 +68,8 @@ static int write_golden(const char *path)
         return 1;
     fputs("# Golden analyses: one case per \"sql:\" line (\\n, \\t, \\\\ escaped), then\n"
           "# per statement \"stmt: offset:length | command | class | text\" and its\n"
-          "# flags, parse error and objects \"schema | name | type | access\".\n"
+          "# flags, parse error, objects \"schema | name | type | access\" and the\n"
+          "# functions it calls \"schema | name\".\n"
           "# Regenerate with PGW_GOLDEN_WRITE=1 and review every changed line.\n", f);
     for (i = 0; i < ncases; i++) {
         pgw_analysis_t an;
