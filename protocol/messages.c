@@ -311,7 +311,7 @@ int pgw_parse_function_call(const pgw_msg_t *msg, pgw_fcall_t *out)
     return rd_end(&r);
 }
 
-static const char *fcall_name(uint32_t oid)
+const char *pgw_fcall_name(uint32_t oid)
 {
     static const struct { uint32_t oid; const char *name; } fn[] = {
         { 715, "lo_create" },   { 764, "lo_import" },   { 765, "lo_export" },
@@ -335,7 +335,7 @@ size_t pgw_fcall_describe(const pgw_fcall_t *f, char *buf)
     /* the longest: 30 bytes of name, 16 arguments of 9 ("$65535, "
      * and its kin), ", ...", the last and ")" */
     const size_t cap = PGW_FCALL_TEXT_MAX;
-    const char *name = fcall_name(f->oid);
+    const char *name = pgw_fcall_name(f->oid);
     int at = name ? snprintf(buf, cap, "SELECT pg_catalog.%s(", name)
                   : snprintf(buf, cap, "FUNCTION CALL OID %u (", f->oid);
     for (unsigned i = 1; i <= f->nargs; i++) {

@@ -431,22 +431,27 @@ static int gate_check(pgw_session_t *s, char kind, const char *text, size_t len,
 
 /* A FunctionCall ('F', body of blen bytes): a call of a function by its
  * OID, outside SQL. The rules see it as a statement of class FUNCTION,
- * command "FUNCTION CALL", that names no relation; its denied event names
- * the function. Returns 1 when refused (*msg_out set), else 0. */
+ * command "FUNCTION CALL", that names no relation and calls the function
+ * when its OID is one of the fixed ones pgwarden knows (the large-object
+ * functions: function=lo_export matches); its denied event names the
+ * function. Returns 1 when refused (*msg_out set), else 0. */
 static int gate_check_call(pgw_session_t *s, const char *body, size_t blen, char *msg_out, size_t msg_cap)
 {
-    static const pgw_sql_info_t call = { .command = "FUNCTION CALL", .cls = PGW_CLASS_FUNCTION,
-                                         .fingerprint = "" };
+    pgw_msg_t m = { .type = 'F', .len = (uint32_t)blen + 4, .body = (const uint8_t *)body,
+                    .body_len = (uint32_t)blen };
+    pgw_fcall_t f;
+    int parsed = pgw_parse_function_call(&m, &f) == 0;
+    const char *name = parsed ? pgw_fcall_name(f.oid) : NULL;
+    const pgw_sql_object_t fn = { .schema = "pg_catalog", .name = name, .type = "function" };
+    const pgw_sql_info_t call = { .command = "FUNCTION CALL", .cls = PGW_CLASS_FUNCTION,
+                                  .fingerprint = "", .nfunctions = name ? 1 : 0, .functions = &fn };
     pgw_policy_verdict_t v;
     memset(&v, 0, sizeof v);
     pgw_policy_statement(s->pol, s->pol_rules, s->pol_nrules, &call, &v);
     if (!v.deny && !v.ndry)
         return 0;
-    pgw_msg_t m = { .type = 'F', .len = (uint32_t)blen + 4, .body = (const uint8_t *)body,
-                    .body_len = (uint32_t)blen };
-    pgw_fcall_t f;
     char text[PGW_FCALL_TEXT_MAX];
-    int described = pgw_parse_function_call(&m, &f) == 0;
+    int described = parsed;
     if (described)
         (void)pgw_fcall_describe(&f, text);
     return gate_report(s, &v, "function call", NULL, NULL, 0, PGW_PROTOCOL_FUNCTION_CALL, NULL,

@@ -57,6 +57,8 @@ struct pgw_policy_rule {
     strlist_t commands;             /* upper case */
     relpat_t *rels;
     unsigned nrels;
+    relpat_t *fns;                  /* function=: access unused (-1) */
+    unsigned nfns;
 };
 
 typedef struct group {
@@ -97,6 +99,11 @@ static void rule_free(pgw_policy_rule_t *r)
         free(r->rels[i].name);
     }
     free(r->rels);
+    for (unsigned i = 0; i < r->nfns; i++) {
+        free(r->fns[i].schema);
+        free(r->fns[i].name);
+    }
+    free(r->fns);
 }
 
 pgw_policy_t *pgw_policy_ref(pgw_policy_t *p)
@@ -261,13 +268,15 @@ static int parse_class(const char *item)
     return -1;
 }
 
-static int parse_rel(parser_t *ps, const char *item, relpat_t *out)
+/* [SCHEMA.]NAME or SCHEMA.*, and for a relation :read or :write. */
+static int parse_pattern(parser_t *ps, const char *item, int is_fn, relpat_t *out)
 {
+    const char *what = is_fn ? "function" : "relation", *obj = is_fn ? "FUNCTION" : "TABLE";
     char buf[POLICY_ITEM_MAX];
     memset(out, 0, sizeof *out);
     out->access = -1;
     snprintf(buf, sizeof buf, "%s", item);
-    char *colon = strrchr(buf, ':');
+    char *colon = is_fn ? NULL : strrchr(buf, ':');
     if (colon) {
         *colon = '\0';
         if (strcasecmp(colon + 1, "read") == 0)
@@ -284,10 +293,10 @@ static int parse_rel(parser_t *ps, const char *item, relpat_t *out)
         schema = buf;
         name = dot + 1;
     }
-    if (!*name || (schema && !*schema) || strchr(name, '.'))
-        return fail(ps, "relation \"%s\": expected [SCHEMA.]TABLE or SCHEMA.*", item);
+    if (!*name || (schema && !*schema) || strchr(name, '.') || (is_fn && strchr(name, '(')))
+        return fail(ps, "%s \"%s\": expected [SCHEMA.]%s or SCHEMA.*", what, item, obj);
     if (strcmp(name, "*") == 0 && !schema)
-        return fail(ps, "relation \"%s\": a wildcard needs a schema (SCHEMA.*)", item);
+        return fail(ps, "%s \"%s\": a wildcard needs a schema (SCHEMA.*)", what, item);
     if ((schema && !(out->schema = strdup(schema))) ||
         (strcmp(name, "*") != 0 && !(out->name = strdup(name))))
         return fail(ps, "out of memory");
@@ -361,15 +370,18 @@ static int parse_field(parser_t *ps, pgw_policy_rule_t *r, const char *key, size
             for (char *c = item; *c; c++)
                 *c = (char)toupper((unsigned char)*c);
             rc = strlist_add(&r->commands, item);
-        } else if (KEY("relation") && stmt) {
-            relpat_t *grown = realloc(r->rels, (r->nrels + 1) * sizeof *grown);
+        } else if ((KEY("relation") || KEY("function")) && stmt) {
+            int is_fn = KEY("function");
+            relpat_t **v = is_fn ? &r->fns : &r->rels;
+            unsigned *n = is_fn ? &r->nfns : &r->nrels;
+            relpat_t *grown = realloc(*v, (*n + 1) * sizeof *grown);
             if (!grown)
                 return fail(ps, "out of memory");
-            r->rels = grown;
-            if (parse_rel(ps, item, &r->rels[r->nrels]))
+            *v = grown;
+            if (parse_pattern(ps, item, is_fn, &grown[*n]))
                 return -1;
-            r->nrels++;
-        } else if (KEY("class") || KEY("command") || KEY("relation")) {
+            (*n)++;
+        } else if (KEY("class") || KEY("command") || KEY("relation") || KEY("function")) {
             return fail(ps, "%.*s= applies to statement rules only", (int)klen, key);
         } else {
             return fail(ps, "unknown field \"%.*s\"", (int)klen, key);
@@ -891,12 +903,29 @@ static int rel_match(const relpat_t *rp, const pgw_sql_object_t *o)
     return strcmp(rp->schema, o->schema[0] ? o->schema : "public") == 0;
 }
 
-static const pgw_sql_object_t *any_rel(const pgw_policy_rule_t *r, const pgw_sql_info_t *info)
+/* A called function against a pattern. An unqualified call resolves
+ * through search_path, pg_catalog first unless it is listed: such a call
+ * matches an exact pattern in any schema, and SCHEMA.* for pg_catalog and
+ * public. */
+static int fn_match(const relpat_t *fp, const pgw_sql_object_t *f)
 {
-    for (uint32_t k = 0; k < info->nobjects; k++)
-        for (unsigned j = 0; j < r->nrels; j++)
-            if (rel_match(&r->rels[j], &info->objects[k]))
-                return &info->objects[k];
+    if (fp->name) {
+        if (strcmp(fp->name, f->name) != 0)
+            return 0;
+        return !fp->schema || !f->schema[0] || strcmp(fp->schema, f->schema) == 0;
+    }
+    if (f->schema[0])
+        return strcmp(fp->schema, f->schema) == 0;
+    return strcmp(fp->schema, "pg_catalog") == 0 || strcmp(fp->schema, "public") == 0;
+}
+
+static const pgw_sql_object_t *any_match(const relpat_t *pats, unsigned npats, int is_fn,
+                                         const pgw_sql_object_t *objs, uint32_t nobjs)
+{
+    for (uint32_t k = 0; k < nobjs; k++)
+        for (unsigned j = 0; j < npats; j++)
+            if (is_fn ? fn_match(&pats[j], &objs[k]) : rel_match(&pats[j], &objs[k]))
+                return &objs[k];
     return NULL;
 }
 
@@ -934,10 +963,15 @@ static int stmt_match(const pgw_policy_rule_t *r, const pgw_sql_info_t *info, ch
         if (i == r->commands.n)
             return 0;
     }
-    const pgw_sql_object_t *o = NULL;
-    if (r->nrels && !(o = any_rel(r, info)))
+    const pgw_sql_object_t *o = NULL, *f = NULL;
+    if (r->nrels && !(o = any_match(r->rels, r->nrels, 0, info->objects, info->nobjects)))
         return 0;
-    if (o)
+    if (r->nfns && !(f = any_match(r->fns, r->nfns, 1, info->functions, info->nfunctions)))
+        return 0;
+    if (f)
+        snprintf(msg, cap, "permission denied by pgwarden rule \"%s\": %s calls %s%s%s", r->name,
+                 info->command, f->schema, f->schema[0] ? "." : "", f->name);
+    else if (o)
         snprintf(msg, cap, "permission denied by pgwarden rule \"%s\": %s on %s%s%s (%s)", r->name,
                  info->command, o->schema, o->schema[0] ? "." : "", o->name, pgw_access_name(o->access));
     else

@@ -187,6 +187,9 @@ int pgw_parse_function_call(const pgw_msg_t *msg, pgw_fcall_t *out);
  * most PGW_FCALL_TEXT_MAX bytes with the NUL; returns the length. */
 #define PGW_FCALL_TEXT_MAX 256
 size_t pgw_fcall_describe(const pgw_fcall_t *f, char *buf);
+/* The pg_catalog function of a fixed OID that FunctionCall is used for
+ * ("loread", "lo_export", ...), or NULL. */
+const char *pgw_fcall_name(uint32_t oid);
 /* 'p' (PasswordMessage / SASLInitialResponse / SASLResponse) is deliberately
  * given no reader: its contents must never be logged. */
 

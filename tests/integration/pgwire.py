@@ -236,10 +236,13 @@ class RawConn:
         out.append(m)
         return out
 
-    def function_call(self, oid):
-        """A FunctionCall of a function without arguments; the answer's
-        messages up to ReadyForQuery."""
-        self.send(message(b"F", struct.pack("!IHHH", oid, 0, 0, 0)))
+    def function_call(self, oid, args=()):
+        """A FunctionCall with text arguments (bytes); the answer's messages
+        up to ReadyForQuery."""
+        body = struct.pack("!IHH", oid, 0, len(args))
+        for a in args:
+            body += struct.pack("!i", len(a)) + a
+        self.send(message(b"F", body + struct.pack("!H", 0)))
         return self.read_until_ready()
 
     def simple_query(self, sql):

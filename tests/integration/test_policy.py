@@ -392,6 +392,46 @@ def test_function_call_is_checked(pol, lpg):
     assert sorted(e["result"]["status"] for e in calls) == ["error", "ok"]
 
 
+def test_function_rules(lpg, start_proxy, tmp_path):
+    """function= refuses a statement that calls one of the functions, by
+    any protocol and wherever the call sits (FROM, a subquery, nested
+    arguments, a CTE); psql's \\lo_export, which reads the object by
+    FunctionCall (loread), is refused too; other calls run."""
+    rules = tmp_path / "functions.conf"
+    rules.write_text("statement deny name=server_files function=pg_catalog.pg_read_file,pg_ls_dir,loread\n"
+                     "statement deny name=no_sleep_dry function=pg_sleep dry-run\n")
+    audit = tmp_path / "audit.jsonl"
+    p = start_proxy(upstream="127.0.0.1:%d" % lpg.port,
+                    extra_args=["--policy-file", str(rules), "--audit-file", str(audit)])
+    refused = ["SELECT pg_read_file('postgresql.conf')",
+               "SELECT count(*) FROM pg_ls_dir('.')",
+               "SELECT 1 WHERE 'x' IN (SELECT upper(pg_read_file('PG_VERSION')))",
+               "WITH f AS (SELECT * FROM pg_catalog.pg_ls_dir('base')) SELECT count(*) FROM f"]
+    with psycopg.connect(p.dsn(user="postgres"), autocommit=True) as conn:
+        for sql in refused:
+            with pytest.raises(errors.InsufficientPrivilege) as ei:
+                conn.execute(sql)
+            assert 'rule "server_files"' in str(ei.value) and "calls pg_" in str(ei.value), sql
+        with pytest.raises(errors.InsufficientPrivilege):       # extended protocol, parameters
+            conn.execute("SELECT pg_read_file(%s)", ("PG_VERSION",), prepare=True)
+        assert conn.execute("SELECT lower(%s)", ("A",)).fetchone() == ("a",)
+        assert conn.execute("SELECT pg_sleep(0)").fetchone() == ("",)       # dry run: recorded
+        oid = conn.execute("SELECT lo_from_bytea(0, 'secret bytes')").fetchone()[0]
+    out = tmp_path / "exported"
+    r = psql(p, "-c", "\\lo_export %d %s" % (oid, out), check=False, capture_output=True)
+    assert r.returncode != 0 and 'rule "server_files"' in r.stderr and "loread" in r.stderr, r.stderr
+    assert not out.exists() or out.read_bytes() != b"secret bytes"
+    lpg.sql("SELECT lo_unlink(%d)" % oid)
+    denied = wait_until(lambda: (lambda d: d if len(d) >= 7 else None)(audit_events(audit, "denied")), 10,
+                        what="the denied events")
+    assert [d["rule"] for d in denied] == ["server_files"] * 5 + ["no_sleep_dry", "server_files"]
+    assert [d["enforced"] for d in denied] == [True] * 5 + [False, True]
+    assert denied[-1]["statement"]["protocol"] == "function_call"
+    assert denied[-1]["statement"]["text"].startswith("SELECT pg_catalog.loread(")
+    p.stop()
+    assert_valid_audit_file(audit)
+
+
 def test_dry_run_records_without_blocking(pol, lpg):
     with connect(pol, "nobody") as conn:
         assert conn.execute("SELECT id FROM watched").fetchall() == [(1,)]

@@ -112,6 +112,10 @@ static void test_parse_errors(void)
     CHECK(parse_fails("statement deny relation=a.b:exec\n", ":read or :write"));
     CHECK(parse_fails("statement deny relation=*\n", "needs a schema"));
     CHECK(parse_fails("statement deny relation=a.b.c\n", "expected [SCHEMA.]TABLE"));
+    CHECK(parse_fails("statement deny function=a.b.c\n", "function \"a.b.c\": expected [SCHEMA.]FUNCTION"));
+    CHECK(parse_fails("statement deny function=pg_read_file()\n", "expected [SCHEMA.]FUNCTION"));
+    CHECK(parse_fails("statement deny function=*\n", "function \"*\": a wildcard needs a schema"));
+    CHECK(parse_fails("connection deny function=f\n", "statement rules only"));
     CHECK(parse_fails("statement deny name=\"two words\"\n", "name \"two words\""));
     CHECK(parse_fails("statement deny user=\"open\n", "quote not closed"));
     CHECK(parse_fails("statement deny user=a, b\n", "user: empty value"));
@@ -276,6 +280,34 @@ static void test_statements(void)
           pgw_policy_rule_dry_run(v.dry[0]));
     CHECK(strcmp(stmt(p, &watched, "DROP TABLE x", &v), "no_drop") == 0);
     CHECK(strstr(v.message, "rule \"no_drop\"") != NULL);
+    pgw_policy_unref(p);
+
+    /* function=: the functions a statement calls by name */
+    p = parse("statement deny name=files function=pg_catalog.pg_read_file,pg_ls_dir,lo_export\n"
+              "statement deny name=ext function=dblink.*\n"
+              "statement deny name=cat_in_ledger function=pg_catalog.* relation=ledger\n"
+              "statement deny name=sleepy_ddl function=pg_sleep class=DDL\n");
+    CHECK(p != NULL);
+    pgw_policy_ident_t u = ident("u", NULL);
+    CHECK(strcmp(stmt(p, &u, "SELECT pg_read_file('/etc/passwd')", &v), "files") == 0);
+    CHECK(strstr(v.message, "rule \"files\": SELECT calls pg_read_file") != NULL);
+    CHECK(strcmp(stmt(p, &u, "SELECT pg_catalog.pg_read_file('x')", NULL), "files") == 0);
+    CHECK(strcmp(stmt(p, &u, "SELECT mine.pg_read_file('x')", NULL), "") == 0);  /* another schema */
+    CHECK(strcmp(stmt(p, &u, "SELECT * FROM pg_ls_dir('.') d", NULL), "files") == 0);
+    CHECK(strcmp(stmt(p, &u, "SELECT x FROM t WHERE y IN (SELECT lo_export(1, '/tmp/x'))", NULL), "files") == 0);
+    CHECK(strcmp(stmt(p, &u, "WITH a AS (SELECT upper(lower(pg_ls_dir('/')))) SELECT * FROM a", NULL),
+                 "files") == 0);
+    CHECK(strcmp(stmt(p, &u, "CALL pg_ls_dir()", NULL), "files") == 0);
+    CHECK(strcmp(stmt(p, &u, "SELECT 'pg_read_file(1)', pg_read_filex(1)", NULL), "") == 0);
+    CHECK(strcmp(stmt(p, &u, "SELECT dblink.dblink_exec('x', 'y')", NULL), "ext") == 0);
+    CHECK(strcmp(stmt(p, &u, "SELECT dblink_exec('x', 'y')", NULL), "") == 0);   /* resolves elsewhere */
+    /* SCHEMA.* takes an unqualified call for pg_catalog's or public's */
+    CHECK(strcmp(stmt(p, &u, "UPDATE ledger SET a = now() WHERE id = 1", &v), "cat_in_ledger") == 0);
+    CHECK(strstr(v.message, "UPDATE calls now") != NULL);
+    CHECK(strcmp(stmt(p, &u, "UPDATE ledger SET a = 1 WHERE id = 1", NULL), "") == 0);
+    CHECK(strcmp(stmt(p, &u, "UPDATE ledger SET a = x.f() WHERE id = 1", NULL), "") == 0);
+    CHECK(strcmp(stmt(p, &u, "SELECT pg_sleep(1)", NULL), "") == 0);       /* not DDL */
+    CHECK(strcmp(stmt(p, &u, "CREATE INDEX ON t ((pg_sleep(1) IS NULL))", NULL), "sleepy_ddl") == 0);
     pgw_policy_unref(p);
 
     /* a rule without a name is named by its file and line */
