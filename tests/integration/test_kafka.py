@@ -408,6 +408,60 @@ def test_sigkill_replays_spool(kafka, topic, audited_pg, start_proxy, tmp_path):
     assert not both, "completed statements also replayed as unknown: %s" % both[:5]
 
 
+def test_long_statement_pins_no_completed_ones(kafka, topic, pg, bench_db, start_proxy, tmp_path):
+    """A statement that runs while the spool rolls over many segments keeps
+    the segment of its begin; the statements in flight when that segment
+    was sealed complete in the next one, which goes once Kafka has their
+    events. After a SIGKILL the restart sends the long statement again
+    (unknown), but none of those: no event_id reaches Kafka both as ok and
+    as unknown."""
+    spool = tmp_path / "spool"
+    # one loop thread, 64 KiB segments: the long statement's segment is
+    # sealed while the other sessions' statements are in flight
+    args = kafka_args(kafka, topic, spool, "--threads", "1", "--spool-max-bytes", "524288")
+    p = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=args)
+
+    def long_one():
+        try:
+            with p.connect(application_name="long-one") as c:
+                c.execute("SELECT pg_sleep(120)")
+        except psycopg.Error:
+            pass                        # the proxy is killed under it
+    # the long statement begins while pgbench's statements are in flight
+    bench = subprocess.Popen([pg_tool("pgbench")] + p.conn_args()
+                             + ["-n", "-S", "-c", "4", "-j", "2", "-T", "4", bench_db],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client_env())
+    time.sleep(1)
+    t = threading.Thread(target=long_one, daemon=True)
+    t.start()
+    wait_until(lambda: pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query = "
+                              "'SELECT pg_sleep(120)' AND state = 'active'")[0][0] == 1, 10,
+               what="the long statement running")
+    out, err = bench.communicate(timeout=60)
+    assert bench.returncode == 0, err
+    done = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
+    assert done > 1000, out
+    # delivered: what pgbench did is in Kafka before the crash, and the
+    # segments that held it are gone
+    events_of(kafka, topic, min_count=done)
+    p.kill()
+    pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(120)'")
+    t.join(timeout=10)
+
+    q = start_proxy(upstream="127.0.0.1:%d" % pg.port, extra_args=args)
+    wait_until(lambda: "sent again" in q.log_tail(50000), 15, what="the replay")
+    assert q.stop(timeout=30) == 0, q.log_tail()
+    evs = events_of(kafka, topic, min_count=done + 1)
+    status = defaultdict(set)
+    for e in evs:
+        if e["kind"] == "statement":
+            status[e["event_id"]].add(e["result"]["status"])
+    both = [k for k, v in status.items() if "unknown" in v and len(v) > 1]
+    assert not both, "%d completed statements sent again as unknown" % len(both)
+    (sleep,) = [e for e in evs if e["kind"] == "statement" and "pg_sleep" in e["statement"]["text"]]
+    assert sleep["result"]["status"] == "unknown"
+
+
 def test_readyz_reports_the_kafka_sink(kafka, topic, pg, start_proxy, tmp_path):
     """/readyz says 503 with the audit sink as the reason while the broker is
     down, and 200 again once events are delivered."""
