@@ -251,10 +251,34 @@ static void test_writer_and_replay(void)
     pgw_jbuf_free(&b);
 }
 
+/* For the crash tests, in a child that then dies without closing
+ * anything, as pgwarden would: a writer with 50-byte segments (a new one
+ * per append) whose first segment, *s1, holds begins 1 and 2; b is left
+ * empty. */
+static int begins_in_a_segment(pgw_spool_t *sp, pgw_spool_writer_t *w, pgw_jbuf_t *b,
+                               pgw_spool_seg_t **s1)
+{
+    int ok = pgw_spool_init(sp, g_dir) == 0;
+    pgw_spool_writer_init(w, sp, 50);
+    pgw_jbuf_init(b, 0);
+    pgw_spool_encode(b, PGW_SPOOL_BEGIN, 1, "k", 1, "{\"begin\":1}", 11);
+    pgw_spool_encode(b, PGW_SPOOL_BEGIN, 2, "k", 1, "{\"begin\":2}", 11);
+    ok = ok && pgw_spool_writer_append(w, b->data, b->len, 0, s1) == 0;
+    ok = ok && pgw_spool_writer_track(w, 1, *s1) == 0 && pgw_spool_writer_track(w, 2, *s1) == 0;
+    pgw_jbuf_reset(b);
+    return ok;
+}
+
+static void child_exited_ok(pid_t pid)
+{
+    int status = 0;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 /* A withdrawn begin (VOID: its statement never ran) releases its segment
  * at once; after a crash, a replay neither writes that begin nor takes the
- * VOID for an event. The writing runs in a child that dies without
- * closing anything, as pgwarden would. */
+ * VOID for an event. */
 static void test_void_withdraws_a_begin(void)
 {
     clear_dir();
@@ -265,14 +289,7 @@ static void test_void_withdraws_a_begin(void)
         pgw_spool_writer_t w;
         pgw_jbuf_t b;
         pgw_spool_seg_t *s1, *s2;
-        int ok = pgw_spool_init(&sp, g_dir) == 0;
-        pgw_spool_writer_init(&w, &sp, 50);    /* a new segment per append */
-        pgw_jbuf_init(&b, 0);
-        pgw_spool_encode(&b, PGW_SPOOL_BEGIN, 1, "k", 1, "{\"begin\":1}", 11);
-        pgw_spool_encode(&b, PGW_SPOOL_BEGIN, 2, "k", 1, "{\"begin\":2}", 11);
-        ok = ok && pgw_spool_writer_append(&w, b.data, b.len, 0, &s1) == 0;
-        ok = ok && pgw_spool_writer_track(&w, 1, s1) == 0 && pgw_spool_writer_track(&w, 2, s1) == 0;
-        pgw_jbuf_reset(&b);
+        int ok = begins_in_a_segment(&sp, &w, &b, &s1);
         pgw_spool_encode(&b, PGW_SPOOL_VOID, 1, "k", 1, "", 0);
         ok = ok && pgw_spool_writer_append(&w, b.data, b.len, 0, &s2) == 0 && s1 != s2;
         if (ok)
@@ -281,9 +298,7 @@ static void test_void_withdraws_a_begin(void)
         ok = ok && !atomic_load(&s1->deleted) && atomic_load(&s1->pending) == 1;
         _exit(ok ? 0 : 1);
     }
-    int status = 0;
-    CHECK_EQ(waitpid(pid, &status, 0), pid);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    child_exited_ok(pid);
     CHECK_EQ(count_segments(), 2);
 
     pgw_spool_t sp;
@@ -331,15 +346,8 @@ static void test_completion_outlived_by_its_begin(void)
         pgw_spool_writer_t w;
         pgw_jbuf_t b;
         pgw_spool_seg_t *s1, *s2, *s3;
-        int ok = pgw_spool_init(&sp, g_dir) == 0;
-        pgw_spool_writer_init(&w, &sp, 50);    /* a new segment per append */
-        pgw_jbuf_init(&b, 0);
-        pgw_spool_encode(&b, PGW_SPOOL_BEGIN, 1, "k", 1, "{\"begin\":1}", 11);
-        pgw_spool_encode(&b, PGW_SPOOL_BEGIN, 2, "k", 1, "{\"begin\":2}", 11);
-        ok = ok && pgw_spool_writer_append(&w, b.data, b.len, 0, &s1) == 0;
-        ok = ok && pgw_spool_writer_track(&w, 1, s1) == 0 && pgw_spool_writer_track(&w, 2, s1) == 0;
+        int ok = begins_in_a_segment(&sp, &w, &b, &s1);
         uint64_t before = ok ? s1->bytes : 0;
-        pgw_jbuf_reset(&b);
         pgw_spool_encode(&b, PGW_SPOOL_EVENT, 1, "k", 1, "{\"done\":1}", 10);
         ok = ok && pgw_spool_writer_append(&w, b.data, b.len, 1, &s2) == 0 && s2 != s1;
         if (ok)
@@ -353,9 +361,7 @@ static void test_completion_outlived_by_its_begin(void)
         ok = ok && atomic_load(&s2->deleted) && !atomic_load(&s1->deleted);
         _exit(ok ? (marked ? 0 : 2) : 1);
     }
-    int status = 0;
-    CHECK_EQ(waitpid(pid, &status, 0), pid);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    child_exited_ok(pid);
     CHECK_EQ(count_segments(), 2);
 
     pgw_spool_t sp;
