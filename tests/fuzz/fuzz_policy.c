@@ -21,6 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static const char *const sqls[] = {
     "SELECT * FROM hr.salaries", "DROP TABLE public.t", "UPDATE t SET a = 1",
     "COPY t TO PROGRAM 'x'", "INSERT INTO ledger VALUES (1); TRUNCATE x", "GRANT r TO u",
+    "SELECT pg_catalog.pg_read_file('x'), lower(n) FROM s.t, dblink.dblink('c', 'q') AS d(n text)",
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
