@@ -110,7 +110,8 @@ size_t pgw_spool_scan(const uint8_t *buf, size_t len, pgw_spool_rec_fn fn, void 
     uint32_t (*sum)(const uint8_t *, size_t) = checksum;
     if (memcmp(buf, PGW_SPOOL_MAGIC_V1, PGW_SPOOL_MAGIC_LEN) == 0) {
         sum = crc_v1;
-    } else if (memcmp(buf, PGW_SPOOL_MAGIC, PGW_SPOOL_MAGIC_LEN) != 0) {
+    } else if (memcmp(buf, PGW_SPOOL_MAGIC, PGW_SPOOL_MAGIC_LEN) != 0 &&
+               memcmp(buf, PGW_SPOOL_MAGIC_V2, PGW_SPOOL_MAGIC_LEN) != 0) {
         *why = "not a spool segment (bad magic)";
         return 0;
     }

@@ -6,7 +6,7 @@
  * segment is named STREAM-NNNNNNNN.seg, where STREAM identifies the
  * process start and the writer, and NNNNNNNN counts that writer's segments.
  *
- * File layout: an 8-byte magic ("PGWSPL2\n"), then records, then, in the
+ * File layout: an 8-byte magic ("PGWSPL3\n"), then records, then, in the
  * segment a writer was filling when its process stopped, zeros up to the
  * preallocated size (a record's length is never zero, so they end the scan
  * cleanly; a sealed segment is cut to its records):
@@ -42,9 +42,12 @@
 
 #include "pgwarden/json.h"
 
-#define PGW_SPOOL_MAGIC "PGWSPL2\n"
-/* Segments of earlier versions, read (replayed) but never written: the
- * same layout with a CRC-32 (zlib) of the payload as its checksum. */
+#define PGW_SPOOL_MAGIC "PGWSPL3\n"
+/* Segments of earlier versions, read (replayed) but never written. v2: the
+ * same layout without VOID records (a version that does not know them
+ * leaves a v3 segment alone, logged, instead of replaying half of it).
+ * v1: a CRC-32 (zlib) of the payload as the checksum. */
+#define PGW_SPOOL_MAGIC_V2 "PGWSPL2\n"
 #define PGW_SPOOL_MAGIC_V1 "PGWSPL1\n"
 #define PGW_SPOOL_MAGIC_LEN 8
 #define PGW_SPOOL_REC_HEAD 8        /* length + checksum */
