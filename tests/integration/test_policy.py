@@ -394,9 +394,10 @@ def test_function_call_is_checked(pol, lpg):
 
 def test_function_rules(lpg, start_proxy, tmp_path):
     """function= refuses a statement that calls one of the functions, by
-    any protocol and wherever the call sits (FROM, a subquery, nested
-    arguments, a CTE); psql's \\lo_export, which reads the object by
-    FunctionCall (loread), is refused too; other calls run."""
+    either protocol (psycopg's extended, psql's simple) and wherever the
+    call sits (FROM, a subquery, nested arguments, a CTE); psql's
+    \\lo_export, which reads the object by FunctionCall (loread), is
+    refused too; other calls run."""
     rules = tmp_path / "functions.conf"
     rules.write_text("statement deny name=server_files function=pg_catalog.pg_read_file,pg_ls_dir,loread\n"
                      "statement deny name=no_sleep_dry function=pg_sleep dry-run\n")
@@ -417,15 +418,18 @@ def test_function_rules(lpg, start_proxy, tmp_path):
         assert conn.execute("SELECT lower(%s)", ("A",)).fetchone() == ("a",)
         assert conn.execute("SELECT pg_sleep(0)").fetchone() == ("",)       # dry run: recorded
         oid = conn.execute("SELECT lo_from_bytea(0, 'secret bytes')").fetchone()[0]
+    r = psql(p, "-c", "SELECT count(*) FROM pg_ls_dir('.')", check=False, capture_output=True)  # simple
+    assert r.returncode != 0 and 'rule "server_files"' in r.stderr and "calls pg_ls_dir" in r.stderr, r.stderr
     out = tmp_path / "exported"
     r = psql(p, "-c", "\\lo_export %d %s" % (oid, out), check=False, capture_output=True)
     assert r.returncode != 0 and 'rule "server_files"' in r.stderr and "loread" in r.stderr, r.stderr
     assert not out.exists() or out.read_bytes() != b"secret bytes"
     lpg.sql("SELECT lo_unlink(%d)" % oid)
-    denied = wait_until(lambda: (lambda d: d if len(d) >= 7 else None)(audit_events(audit, "denied")), 10,
+    denied = wait_until(lambda: (lambda d: d if len(d) >= 8 else None)(audit_events(audit, "denied")), 10,
                         what="the denied events")
-    assert [d["rule"] for d in denied] == ["server_files"] * 5 + ["no_sleep_dry", "server_files"]
-    assert [d["enforced"] for d in denied] == [True] * 5 + [False, True]
+    assert [d["rule"] for d in denied] == ["server_files"] * 5 + ["no_sleep_dry"] + ["server_files"] * 2
+    assert [d["enforced"] for d in denied] == [True] * 5 + [False, True, True]
+    assert denied[-2]["statement"]["protocol"] == "simple"
     assert denied[-1]["statement"]["protocol"] == "function_call"
     assert denied[-1]["statement"]["text"].startswith("SELECT pg_catalog.loread(")
     p.stop()
