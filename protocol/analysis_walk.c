@@ -252,11 +252,34 @@ typedef struct walk {
 
 static void walk_value(walk_t *w, uint32_t v, pgw_access_t acc);
 
+/* Appends ob to the list *v (relations or functions) unless the same
+ * (schema, name, access) is there. */
+static void obj_push(sql_walk_out_t *o, sql_obj_t **v, uint32_t *n, uint32_t *cap, sql_obj_t ob)
+{
+    uint32_t i;
+
+    for (i = 0; i < *n; i++)
+        if ((*v)[i].access == ob.access && strcmp((*v)[i].name, ob.name) == 0 &&
+            strcmp((*v)[i].schema, ob.schema) == 0)
+            return;
+    if (*n == *cap) {
+        uint32_t grown_cap = *cap ? *cap * 2 : 8;
+        sql_obj_t *grown = realloc(*v, (size_t)grown_cap * sizeof *grown);
+
+        if (!grown) {
+            o->oom = 1;
+            return;
+        }
+        *v = grown;
+        *cap = grown_cap;
+    }
+    (*v)[(*n)++] = ob;
+}
+
 static void add_obj(walk_t *w, const char *schema, const char *name, const char *type,
                     pgw_access_t acc)
 {
     sql_walk_out_t *o = w->out;
-    uint32_t i;
 
     if (!name || !*name)
         return;
@@ -264,22 +287,7 @@ static void add_obj(walk_t *w, const char *schema, const char *name, const char 
         schema = "";
     if (w->force_read)
         acc = PGW_ACCESS_READ;
-    for (i = 0; i < o->nobjs; i++)
-        if (o->objs[i].access == acc && strcmp(o->objs[i].name, name) == 0 &&
-            strcmp(o->objs[i].schema, schema) == 0)
-            return;
-    if (o->nobjs == o->cap) {
-        uint32_t cap = o->cap ? o->cap * 2 : 8;
-        sql_obj_t *n = realloc(o->objs, (size_t)cap * sizeof *n);
-
-        if (!n) {
-            o->oom = 1;
-            return;
-        }
-        o->objs = n;
-        o->cap = cap;
-    }
-    o->objs[o->nobjs++] = (sql_obj_t){ schema, name, type, acc };
+    obj_push(o, &o->objs, &o->nobjs, &o->cap, (sql_obj_t){ schema, name, type, acc });
 }
 
 /* A FuncCall body (the node's inside, or CallStmt's typed field): its
@@ -304,23 +312,8 @@ static void add_funccall(walk_t *w, uint32_t fc)
     if (n == 0 || n > 3)
         return;
     const char *name = part[n - 1], *schema = n > 1 ? part[n - 2] : "";
-    if (!*name)
-        return;
-    for (i = 0; i < o->nfns; i++)
-        if (strcmp(o->fns[i].name, name) == 0 && strcmp(o->fns[i].schema, schema) == 0)
-            return;
-    if (o->nfns == o->fcap) {
-        uint32_t cap = o->fcap ? o->fcap * 2 : 4;
-        sql_obj_t *grown = realloc(o->fns, (size_t)cap * sizeof *grown);
-
-        if (!grown) {
-            o->oom = 1;
-            return;
-        }
-        o->fns = grown;
-        o->fcap = cap;
-    }
-    o->fns[o->nfns++] = (sql_obj_t){ schema, name, "function", PGW_ACCESS_READ };
+    if (*name)
+        obj_push(o, &o->fns, &o->nfns, &o->fcap, (sql_obj_t){ schema, name, "function", PGW_ACCESS_READ });
 }
 
 static int cte_visible(const walk_t *w, const char *name)

@@ -451,11 +451,10 @@ static int gate_check_call(pgw_session_t *s, const char *body, size_t blen, char
     if (!v.deny && !v.ndry)
         return 0;
     char text[PGW_FCALL_TEXT_MAX];
-    int described = parsed;
-    if (described)
+    if (parsed)
         (void)pgw_fcall_describe(&f, text);
     return gate_report(s, &v, "function call", NULL, NULL, 0, PGW_PROTOCOL_FUNCTION_CALL, NULL,
-                       described ? text : NULL, msg_out, msg_cap);
+                       parsed ? text : NULL, msg_out, msg_cap);
 }
 
 /* A message the server receives in place of the client's: the refusal's

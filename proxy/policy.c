@@ -888,10 +888,12 @@ static int command_match(const char *pat, const pgw_sql_info_t *info)
     return strncmp(info->command, pat, n) == 0 && (info->command[n] == '\0' || info->command[n] == ' ');
 }
 
-/* A statement's relation against a rule's pattern. PostgreSQL resolves an
- * unqualified name through search_path, which pgwarden does not see: such
- * a name matches an exact pattern in any schema, and SCHEMA.* for public. */
-static int rel_match(const relpat_t *rp, const pgw_sql_object_t *o)
+/* A statement's relation, or a function it calls, against a rule's
+ * pattern. PostgreSQL resolves an unqualified name through search_path,
+ * which pgwarden does not see: such a name matches an exact pattern in any
+ * schema, and SCHEMA.* for public (a function: also pg_catalog, searched
+ * first unless search_path lists it). */
+static int pattern_match(const relpat_t *rp, const pgw_sql_object_t *o, int is_fn)
 {
     if (rp->access >= 0 && (int)o->access != rp->access)
         return 0;
@@ -900,23 +902,9 @@ static int rel_match(const relpat_t *rp, const pgw_sql_object_t *o)
             return 0;
         return !rp->schema || !o->schema[0] || strcmp(rp->schema, o->schema) == 0;
     }
-    return strcmp(rp->schema, o->schema[0] ? o->schema : "public") == 0;
-}
-
-/* A called function against a pattern. An unqualified call resolves
- * through search_path, pg_catalog first unless it is listed: such a call
- * matches an exact pattern in any schema, and SCHEMA.* for pg_catalog and
- * public. */
-static int fn_match(const relpat_t *fp, const pgw_sql_object_t *f)
-{
-    if (fp->name) {
-        if (strcmp(fp->name, f->name) != 0)
-            return 0;
-        return !fp->schema || !f->schema[0] || strcmp(fp->schema, f->schema) == 0;
-    }
-    if (f->schema[0])
-        return strcmp(fp->schema, f->schema) == 0;
-    return strcmp(fp->schema, "pg_catalog") == 0 || strcmp(fp->schema, "public") == 0;
+    if (o->schema[0])
+        return strcmp(rp->schema, o->schema) == 0;
+    return strcmp(rp->schema, "public") == 0 || (is_fn && strcmp(rp->schema, "pg_catalog") == 0);
 }
 
 static const pgw_sql_object_t *any_match(const relpat_t *pats, unsigned npats, int is_fn,
@@ -924,7 +912,7 @@ static const pgw_sql_object_t *any_match(const relpat_t *pats, unsigned npats, i
 {
     for (uint32_t k = 0; k < nobjs; k++)
         for (unsigned j = 0; j < npats; j++)
-            if (is_fn ? fn_match(&pats[j], &objs[k]) : rel_match(&pats[j], &objs[k]))
+            if (pattern_match(&pats[j], &objs[k], is_fn))
                 return &objs[k];
     return NULL;
 }

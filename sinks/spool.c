@@ -78,13 +78,12 @@ static bool all_zero(const uint8_t *p, size_t n)
 
 /* ------------------------------------------------------------ records */
 
-void pgw_spool_encode(pgw_jbuf_t *out, pgw_spool_type_t type, uint64_t token,
-                      const void *key, size_t key_len, const void *value, size_t value_len)
+/* Writes one record at h, which holds PGW_SPOOL_REC_HEAD + PGW_SPOOL_PAYLOAD_HEAD
+ * + key_len + value_len bytes; returns that length. */
+static size_t record_put(uint8_t *h, pgw_spool_type_t type, uint64_t token, const void *key,
+                         size_t key_len, const void *value, size_t value_len)
 {
     size_t plen = PGW_SPOOL_PAYLOAD_HEAD + key_len + value_len;
-    if (!pgw_jbuf_reserve(out, PGW_SPOOL_REC_HEAD + plen))
-        return;
-    uint8_t *h = (uint8_t *)out->data + out->len;
     uint8_t *p = h + PGW_SPOOL_REC_HEAD;
     p[0] = (uint8_t)type;
     p[1] = p[2] = p[3] = 0;
@@ -92,10 +91,20 @@ void pgw_spool_encode(pgw_jbuf_t *out, pgw_spool_type_t type, uint64_t token,
     put_u32(p + 12, (uint32_t)key_len);
     if (key_len)
         memcpy(p + PGW_SPOOL_PAYLOAD_HEAD, key, key_len);
-    memcpy(p + PGW_SPOOL_PAYLOAD_HEAD + key_len, value, value_len);
+    if (value_len)
+        memcpy(p + PGW_SPOOL_PAYLOAD_HEAD + key_len, value, value_len);
     put_u32(h, (uint32_t)plen);
     put_u32(h + 4, checksum(p, plen));
-    out->len += PGW_SPOOL_REC_HEAD + plen;
+    return PGW_SPOOL_REC_HEAD + plen;
+}
+
+void pgw_spool_encode(pgw_jbuf_t *out, pgw_spool_type_t type, uint64_t token,
+                      const void *key, size_t key_len, const void *value, size_t value_len)
+{
+    if (!pgw_jbuf_reserve(out, PGW_SPOOL_REC_HEAD + PGW_SPOOL_PAYLOAD_HEAD + key_len + value_len))
+        return;
+    out->len += record_put((uint8_t *)out->data + out->len, type, token, key, key_len, value,
+                           value_len);
 }
 
 size_t pgw_spool_scan(const uint8_t *buf, size_t len, pgw_spool_rec_fn fn, void *ud,
@@ -401,12 +410,7 @@ int pgw_spool_writer_track(pgw_spool_writer_t *w, uint64_t token, pgw_spool_seg_
 static void mark_resolved(pgw_spool_writer_t *w, pgw_spool_seg_t *seg, uint64_t token)
 {
     uint8_t rec[PGW_SPOOL_REC_HEAD + PGW_SPOOL_PAYLOAD_HEAD];
-    uint8_t *p = rec + PGW_SPOOL_REC_HEAD;
-    memset(rec, 0, sizeof rec);
-    p[0] = PGW_SPOOL_VOID;
-    put_u64(p + 4, token);
-    put_u32(rec, PGW_SPOOL_PAYLOAD_HEAD);
-    put_u32(rec + 4, checksum(p, PGW_SPOOL_PAYLOAD_HEAD));
+    (void)record_put(rec, PGW_SPOOL_VOID, token, NULL, 0, NULL, 0);
 
     int fd = open(seg->path, O_WRONLY | O_CLOEXEC);
     struct stat st;
