@@ -78,33 +78,47 @@ static bool all_zero(const uint8_t *p, size_t n)
 
 /* ------------------------------------------------------------ records */
 
-/* Writes one record at h, which holds PGW_SPOOL_REC_HEAD + PGW_SPOOL_PAYLOAD_HEAD
- * + key_len + value_len bytes; returns that length. */
+/* Writes one record at h, whose value is v1 then v2 (v2 may be empty);
+ * h holds PGW_SPOOL_REC_HEAD + PGW_SPOOL_PAYLOAD_HEAD + key_len + len1 +
+ * len2 bytes. Returns that length. */
 static size_t record_put(uint8_t *h, pgw_spool_type_t type, uint64_t token, const void *key,
-                         size_t key_len, const void *value, size_t value_len)
+                         size_t key_len, const void *v1, size_t len1, const void *v2, size_t len2)
 {
-    size_t plen = PGW_SPOOL_PAYLOAD_HEAD + key_len + value_len;
-    uint8_t *p = h + PGW_SPOOL_REC_HEAD;
+    size_t plen = PGW_SPOOL_PAYLOAD_HEAD + key_len + len1 + len2;
+    uint8_t *p = h + PGW_SPOOL_REC_HEAD, *v = p + PGW_SPOOL_PAYLOAD_HEAD;
     p[0] = (uint8_t)type;
     p[1] = p[2] = p[3] = 0;
     put_u64(p + 4, token);
     put_u32(p + 12, (uint32_t)key_len);
     if (key_len)
-        memcpy(p + PGW_SPOOL_PAYLOAD_HEAD, key, key_len);
-    if (value_len)
-        memcpy(p + PGW_SPOOL_PAYLOAD_HEAD + key_len, value, value_len);
+        memcpy(v, key, key_len);
+    if (len1)
+        memcpy(v + key_len, v1, len1);
+    if (len2)
+        memcpy(v + key_len + len1, v2, len2);
     put_u32(h, (uint32_t)plen);
     put_u32(h + 4, checksum(p, plen));
     return PGW_SPOOL_REC_HEAD + plen;
 }
 
+static void encode2(pgw_jbuf_t *out, pgw_spool_type_t type, uint64_t token, const void *key,
+                    size_t key_len, const void *v1, size_t len1, const void *v2, size_t len2)
+{
+    if (!pgw_jbuf_reserve(out, PGW_SPOOL_REC_HEAD + PGW_SPOOL_PAYLOAD_HEAD + key_len + len1 + len2))
+        return;
+    out->len += record_put((uint8_t *)out->data + out->len, type, token, key, key_len, v1, len1,
+                           v2, len2);
+}
+
 void pgw_spool_encode(pgw_jbuf_t *out, pgw_spool_type_t type, uint64_t token,
                       const void *key, size_t key_len, const void *value, size_t value_len)
 {
-    if (!pgw_jbuf_reserve(out, PGW_SPOOL_REC_HEAD + PGW_SPOOL_PAYLOAD_HEAD + key_len + value_len))
-        return;
-    out->len += record_put((uint8_t *)out->data + out->len, type, token, key, key_len, value,
-                           value_len);
+    encode2(out, type, token, key, key_len, value, value_len, NULL, 0);
+}
+
+size_t pgw_spool_record_size(const void *rec)
+{
+    return PGW_SPOOL_REC_HEAD + get_u32(rec);
 }
 
 size_t pgw_spool_scan(const uint8_t *buf, size_t len, pgw_spool_rec_fn fn, void *ud,
@@ -120,6 +134,7 @@ size_t pgw_spool_scan(const uint8_t *buf, size_t len, pgw_spool_rec_fn fn, void 
     if (memcmp(buf, PGW_SPOOL_MAGIC_V1, PGW_SPOOL_MAGIC_LEN) == 0) {
         sum = crc_v1;
     } else if (memcmp(buf, PGW_SPOOL_MAGIC, PGW_SPOOL_MAGIC_LEN) != 0 &&
+               memcmp(buf, PGW_SPOOL_MAGIC_V3, PGW_SPOOL_MAGIC_LEN) != 0 &&
                memcmp(buf, PGW_SPOOL_MAGIC_V2, PGW_SPOOL_MAGIC_LEN) != 0) {
         *why = "not a spool segment (bad magic)";
         return 0;
@@ -150,7 +165,8 @@ size_t pgw_spool_scan(const uint8_t *buf, size_t len, pgw_spool_rec_fn fn, void 
         r.type = (pgw_spool_type_t)p[0];
         r.token = get_u64(p + 4);
         r.key_len = get_u32(p + 12);
-        if ((r.type != PGW_SPOOL_EVENT && r.type != PGW_SPOOL_BEGIN && r.type != PGW_SPOOL_VOID) ||
+        if ((r.type != PGW_SPOOL_EVENT && r.type != PGW_SPOOL_BEGIN && r.type != PGW_SPOOL_VOID &&
+             r.type != PGW_SPOOL_DELTA) ||
             r.key_len > plen - PGW_SPOOL_PAYLOAD_HEAD) {
             *why = "bad record type or key length";
             break;
@@ -158,6 +174,10 @@ size_t pgw_spool_scan(const uint8_t *buf, size_t len, pgw_spool_rec_fn fn, void 
         r.key = p + PGW_SPOOL_PAYLOAD_HEAD;
         r.value = r.key + r.key_len;
         r.value_len = plen - PGW_SPOOL_PAYLOAD_HEAD - r.key_len;
+        if (r.type == PGW_SPOOL_DELTA && (r.token == 0 || r.value_len < PGW_SPOOL_DELTA_HEAD)) {
+            *why = "bad delta record";
+            break;
+        }
         if (fn && fn(ud, &r))
             return off + PGW_SPOOL_REC_HEAD + plen;
         off += PGW_SPOOL_REC_HEAD + plen;
@@ -343,17 +363,23 @@ static int append_write(pgw_spool_writer_t *w, pgw_spool_seg_t *seg, const uint8
     return 0;
 }
 
-int pgw_spool_writer_append(pgw_spool_writer_t *w, const void *buf, size_t len, int64_t holds,
-                            pgw_spool_seg_t **out)
+void pgw_spool_writer_reserve(pgw_spool_writer_t *w, size_t len)
 {
-    int rc;
     if (w->cur && w->cur->bytes + len > w->seg_max && w->cur->bytes > PGW_SPOOL_MAGIC_LEN)
         pgw_spool_writer_seal(w);
     if (w->cur && w->map && w->cur->bytes + len > w->map_len)
         pgw_spool_writer_seal(w);
+}
+
+int pgw_spool_writer_append(pgw_spool_writer_t *w, const void *buf, size_t len, int64_t holds,
+                            pgw_spool_seg_t **out)
+{
+    int rc;
+    pgw_spool_writer_reserve(w, len);
     if (!w->cur && (rc = open_segment(w, len)) != 0)
         return rc;
     pgw_spool_seg_t *seg = w->cur;
+    w->last_at = seg->bytes;
     if (w->map) {
         memcpy(w->map + seg->bytes, buf, len);
         clock_gettime(CLOCK_REALTIME, &w->last_append);
@@ -373,6 +399,12 @@ int pgw_spool_writer_append(pgw_spool_writer_t *w, const void *buf, size_t len, 
 
 int pgw_spool_writer_track(pgw_spool_writer_t *w, uint64_t token, pgw_spool_seg_t *seg)
 {
+    return pgw_spool_writer_track_at(w, token, seg, 0, 0);
+}
+
+int pgw_spool_writer_track_at(pgw_spool_writer_t *w, uint64_t token, pgw_spool_seg_t *seg,
+                              uint64_t value_at, size_t value_len)
+{
     if (w->begin_count == 0)
         w->begin_base = token;
     if (token < w->begin_base)
@@ -384,7 +416,7 @@ int pgw_spool_writer_track(pgw_spool_writer_t *w, uint64_t token, pgw_spool_seg_
         size_t cap = w->begin_cap ? w->begin_cap : BEGINS_MIN;
         while (cap <= idx)
             cap *= 2;
-        pgw_spool_seg_t **n = calloc(cap, sizeof *n);
+        struct pgw_spool_begin *n = calloc(cap, sizeof *n);
         if (!n)
             return -ENOMEM;
         for (size_t i = 0; i < w->begin_count; i++)
@@ -394,11 +426,54 @@ int pgw_spool_writer_track(pgw_spool_writer_t *w, uint64_t token, pgw_spool_seg_
         w->begin_head = 0;
         w->begin_cap = cap;
     }
-    w->begins[(w->begin_head + idx) % w->begin_cap] = seg;
+    struct pgw_spool_begin *b = &w->begins[(w->begin_head + idx) % w->begin_cap];
+    b->seg = seg;
+    b->at = value_len <= UINT32_MAX ? value_at : 0;
+    b->len = (uint32_t)value_len;
     if (idx >= w->begin_count)
         w->begin_count = (size_t)idx + 1;
     pgw_spool_seg_hold(seg, 1);
     return 0;
+}
+
+/* How many leading bytes a and b share. */
+static size_t shared_prefix(const uint8_t *a, const uint8_t *b, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y)
+            break;
+    }
+    while (i < n && a[i] == b[i])
+        i++;
+    return i;
+}
+
+/* A DELTA costs its 4-byte head; below this much shared, an EVENT it is. */
+#define DELTA_MIN_SHARED 64
+
+void pgw_spool_encode_completion(pgw_spool_writer_t *w, pgw_jbuf_t *out, uint64_t token,
+                                 const void *key, size_t key_len, const void *value,
+                                 size_t value_len)
+{
+    size_t shared = 0;
+    if (w->map && token >= w->begin_base && token - w->begin_base < w->begin_count) {
+        const struct pgw_spool_begin *b =
+            &w->begins[(w->begin_head + (size_t)(token - w->begin_base)) % w->begin_cap];
+        if (b->seg && b->seg == w->cur && b->at && b->at + b->len <= b->seg->bytes)
+            shared = shared_prefix(w->map + b->at, value, b->len < value_len ? b->len : value_len);
+    }
+    if (shared < DELTA_MIN_SHARED || shared > UINT32_MAX) {
+        pgw_spool_encode(out, PGW_SPOOL_EVENT, token, key, key_len, value, value_len);
+        return;
+    }
+    uint8_t head[PGW_SPOOL_DELTA_HEAD];
+    put_u32(head, (uint32_t)shared);
+    encode2(out, PGW_SPOOL_DELTA, token, key, key_len, head, sizeof head,
+            (const uint8_t *)value + shared, value_len - shared);
 }
 
 /* The begin of token, in seg, a sealed segment, is completed by a record
@@ -410,7 +485,7 @@ int pgw_spool_writer_track(pgw_spool_writer_t *w, uint64_t token, pgw_spool_seg_
 static void mark_resolved(pgw_spool_writer_t *w, pgw_spool_seg_t *seg, uint64_t token)
 {
     uint8_t rec[PGW_SPOOL_REC_HEAD + PGW_SPOOL_PAYLOAD_HEAD];
-    (void)record_put(rec, PGW_SPOOL_VOID, token, NULL, 0, NULL, 0);
+    (void)record_put(rec, PGW_SPOOL_VOID, token, NULL, 0, NULL, 0, NULL, 0);
 
     int fd = open(seg->path, O_WRONLY | O_CLOEXEC);
     struct stat st;
@@ -439,15 +514,15 @@ void pgw_spool_writer_resolve(pgw_spool_writer_t *w, uint64_t token)
     if (token < w->begin_base || token - w->begin_base >= w->begin_count)
         return;
     size_t slot = (w->begin_head + (size_t)(token - w->begin_base)) % w->begin_cap;
-    pgw_spool_seg_t *seg = w->begins[slot];
-    w->begins[slot] = NULL;
+    pgw_spool_seg_t *seg = w->begins[slot].seg;
+    w->begins[slot].seg = NULL;
     if (seg) {
         if (seg != w->cur && atomic_load(&seg->pending) > 1)
             mark_resolved(w, seg, token);
         pgw_spool_seg_release(seg, 1);
     }
     /* Completions mostly come in order: the ring's head moves past them. */
-    while (w->begin_count && !w->begins[w->begin_head]) {
+    while (w->begin_count && !w->begins[w->begin_head].seg) {
         w->begin_head = (w->begin_head + 1) % w->begin_cap;
         w->begin_base++;
         w->begin_count--;
@@ -565,22 +640,88 @@ static int collect_completion(void *ud, const pgw_spool_rec_t *r)
     return 0;
 }
 
+/* The BEGINs of the segment being replayed, in order, for its DELTAs. */
+typedef struct seg_begin {
+    uint64_t token;
+    const uint8_t *value;
+    size_t len;
+} seg_begin_t;
+
 typedef struct replay_ctx {
     tokens_t *done;
     pgw_spool_seg_t *seg;
     pgw_spool_replay_fn fn;
     void *ud;
     ssize_t count;
+    seg_begin_t *begins;
+    size_t nbegins, cap;
+    pgw_jbuf_t event;               /* a DELTA rebuilt */
 } replay_ctx_t;
+
+static int count_begin(void *ud, const pgw_spool_rec_t *r)
+{
+    *(size_t *)ud += r->type == PGW_SPOOL_BEGIN;
+    return 0;
+}
+
+static const seg_begin_t *find_begin(const replay_ctx_t *c, uint64_t token)
+{
+    size_t lo = 0, hi = c->nbegins;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (c->begins[mid].token < token)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < c->nbegins && c->begins[lo].token == token ? &c->begins[lo] : NULL;
+}
+
+/* A DELTA as the EVENT it stands for; NULL (logged) when its BEGIN is not
+ * in the segment, which its writer never does: a damaged segment. */
+static const pgw_spool_rec_t *rebuild(replay_ctx_t *c, const pgw_spool_rec_t *r,
+                                      pgw_spool_rec_t *ev)
+{
+    uint32_t shared = get_u32(r->value);
+    const seg_begin_t *b = find_begin(c, r->token);
+    if (!b || shared > b->len) {
+        pgw_error("spool: %s: a completed statement's record refers to a begin the segment does "
+                  "not hold; that event is lost", c->seg->path);
+        return NULL;
+    }
+    size_t rest = r->value_len - PGW_SPOOL_DELTA_HEAD;
+    pgw_jbuf_reset(&c->event);
+    pgw_jbuf_put(&c->event, (const char *)b->value, shared);
+    pgw_jbuf_put(&c->event, (const char *)r->value + PGW_SPOOL_DELTA_HEAD, rest);
+    if (c->event.failed) {
+        pgw_error("spool: %s: out of memory rebuilding an event; it is not replayed", c->seg->path);
+        return NULL;
+    }
+    *ev = *r;
+    ev->type = PGW_SPOOL_EVENT;
+    ev->value = (const uint8_t *)c->event.data;
+    ev->value_len = c->event.len;
+    return ev;
+}
 
 static int replay_rec(void *ud, const pgw_spool_rec_t *r)
 {
     replay_ctx_t *c = ud;
+    pgw_spool_rec_t ev;
     if (r->type == PGW_SPOOL_VOID)
         return 0;
-    if (r->type == PGW_SPOOL_BEGIN &&
-        bsearch(&r->token, c->done->v, c->done->n, sizeof(uint64_t), cmp_u64))
-        return 0;                   /* its completion (or VOID) is in the spool */
+    if (r->type == PGW_SPOOL_BEGIN) {
+        /* Kept even when completed: a DELTA later in the segment needs it.
+         * Tokens rise within a segment; were one out of order, the DELTAs
+         * that need the begins before it would be reported lost. */
+        if (c->nbegins < c->cap &&
+            (!c->nbegins || c->begins[c->nbegins - 1].token < r->token))
+            c->begins[c->nbegins++] = (seg_begin_t){ r->token, r->value, r->value_len };
+        if (bsearch(&r->token, c->done->v, c->done->n, sizeof(uint64_t), cmp_u64))
+            return 0;               /* its completion (or VOID) is in the spool */
+    } else if (r->type == PGW_SPOOL_DELTA && !(r = rebuild(c, r, &ev))) {
+        return 0;
+    }
     pgw_spool_seg_hold(c->seg, 1);
     c->fn(c->ud, c->seg, r);
     c->count++;
@@ -650,6 +791,8 @@ ssize_t pgw_spool_replay(pgw_spool_t *sp, pgw_spool_replay_fn fn, void *ud, pgw_
      * of its writers spooled the completion): the completions first, then
      * what is to be sent. */
     tokens_t done = { 0 };
+    replay_ctx_t c = { .done = &done, .fn = fn, .ud = ud };
+    pgw_jbuf_init(&c.event, 0);
     for (size_t i = 0; i < n; ) {
         size_t j = i;
         while (j < n && strncmp(files[i].name, files[j].name, RUN_LEN) == 0)
@@ -659,8 +802,28 @@ ssize_t pgw_spool_replay(pgw_spool_t *sp, pgw_spool_replay_fn fn, void *ud, pgw_
         for (size_t k = i; k < j; k++)
             if (files[k].seg)
                 (void)pgw_spool_scan(files[k].data, files[k].valid, collect_completion, &done, &why);
+        /* Room for the begins of the run's largest segment. */
+        size_t most = 0;
+        for (size_t k = i; k < j; k++) {
+            size_t nb = 0;
+            if (files[k].seg)
+                (void)pgw_spool_scan(files[k].data, files[k].valid, count_begin, &nb, &why);
+            if (nb > most)
+                most = nb;
+        }
+        if (most > c.cap) {
+            seg_begin_t *v = realloc(c.begins, most * sizeof *v);
+            if (v) {
+                c.begins = v;
+                c.cap = most;
+            } else {
+                done.failed = 1;
+            }
+        }
         if (done.failed) {
             free(done.v);
+            free(c.begins);
+            pgw_jbuf_free(&c.event);
             rc = -ENOMEM;
             goto out;
         }
@@ -669,13 +832,17 @@ ssize_t pgw_spool_replay(pgw_spool_t *sp, pgw_spool_replay_fn fn, void *ud, pgw_
         for (size_t k = i; k < j; k++) {
             if (!files[k].seg)
                 continue;
-            replay_ctx_t c = { &done, files[k].seg, fn, ud, 0 };
+            c.seg = files[k].seg;
+            c.count = 0;
+            c.nbegins = 0;
             (void)pgw_spool_scan(files[k].data, files[k].valid, replay_rec, &c, &why);
             rc += c.count;
         }
         i = j;
     }
     free(done.v);
+    free(c.begins);
+    pgw_jbuf_free(&c.event);
 
     /* Release the scan's own reference: segments with nothing left to send
      * (or that could not be read... those are kept) go now. */

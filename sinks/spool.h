@@ -6,7 +6,7 @@
  * segment is named STREAM-NNNNNNNN.seg, where STREAM identifies the
  * process start and the writer, and NNNNNNNN counts that writer's segments.
  *
- * File layout: an 8-byte magic ("PGWSPL3\n"), then records, then, in the
+ * File layout: an 8-byte magic ("PGWSPL4\n"), then records, then, in the
  * segment a writer was filling when its process stopped, zeros up to the
  * preallocated size (a record's length is never zero, so they end the scan
  * cleanly; a sealed segment is cut to its records):
@@ -22,9 +22,16 @@
  * withdrawn (its statement never ran: pipelined behind a login that
  * failed) or, appended to the BEGIN's sealed segment, completed by an
  * EVENT in a later segment, which may be deleted first. A VOID is never
- * produced. A BEGIN is produced only by a replay that finds no EVENT or
- * VOID with its token in its run. Tokens are unique within a run, and a
+ * produced. A BEGIN is produced only by a replay that finds no EVENT, DELTA
+ * or VOID with its token in its run. Tokens are unique within a run, and a
  * writer's begins come in increasing token order.
+ *
+ * A DELTA is an EVENT written against its BEGIN, which is earlier in the
+ * same segment: its value is a u32 (little endian) count of the BEGIN's
+ * leading bytes the event shares, then the rest of the event. A completed
+ * statement's event differs from its begin mostly in `result`, so this
+ * halves what the spool writes per statement. The writer never lets the
+ * two be in different segments; a replay rebuilds the EVENT.
  *
  * A segment's `pending` counts what still needs it: one reference while
  * its writer appends to it, one per event produced and not yet
@@ -42,11 +49,14 @@
 
 #include "pgwarden/json.h"
 
-#define PGW_SPOOL_MAGIC "PGWSPL3\n"
-/* Segments of earlier versions, read (replayed) but never written. v2: the
+#define PGW_SPOOL_MAGIC "PGWSPL4\n"
+/* Segments of earlier versions, read (replayed) but never written. v3: the
+ * same layout without DELTA records (a version that does not know them
+ * leaves a v4 segment alone, logged, instead of replaying part of it). v2: the
  * same layout without VOID records (a version that does not know them
  * leaves a v3 segment alone, logged, instead of replaying half of it).
  * v1: a CRC-32 (zlib) of the payload as the checksum. */
+#define PGW_SPOOL_MAGIC_V3 "PGWSPL3\n"
 #define PGW_SPOOL_MAGIC_V2 "PGWSPL2\n"
 #define PGW_SPOOL_MAGIC_V1 "PGWSPL1\n"
 #define PGW_SPOOL_MAGIC_LEN 8
@@ -58,7 +68,10 @@ typedef enum pgw_spool_type {
     PGW_SPOOL_EVENT = 1,
     PGW_SPOOL_BEGIN = 2,
     PGW_SPOOL_VOID = 3,             /* value empty */
+    PGW_SPOOL_DELTA = 4,            /* value: u32 shared prefix, then the rest */
 } pgw_spool_type_t;
+
+#define PGW_SPOOL_DELTA_HEAD 4
 
 typedef struct pgw_spool_rec {
     pgw_spool_type_t type;
@@ -130,13 +143,19 @@ typedef struct pgw_spool_writer {
     pgw_spool_seg_t *cur;
     pgw_spool_seg_t *segs;          /* every segment not yet freed, oldest first */
     pgw_spool_seg_t **tail;
-    /* BEGIN records waiting for their completion: token -> segment. Tokens
-     * are handed out in order, so this is a ring indexed by token. */
-    pgw_spool_seg_t **begins;
+    /* BEGIN records waiting for their completion: token -> segment, and
+     * where the BEGIN's value is in it. Tokens are handed out in order, so
+     * this is a ring indexed by token. */
+    struct pgw_spool_begin {
+        pgw_spool_seg_t *seg;
+        uint64_t at;                /* offset of the value; 0: unknown */
+        uint32_t len;
+    } *begins;
     uint64_t begin_base;            /* token of begins[begin_head] */
     size_t begin_head, begin_count, begin_cap;
     uint64_t writes, write_errors;
     uint64_t bytes_written;
+    uint64_t last_at;               /* where the last append started in its segment */
 } pgw_spool_writer_t;
 
 void pgw_spool_writer_init(pgw_spool_writer_t *w, pgw_spool_t *sp, uint64_t seg_max);
@@ -155,6 +174,22 @@ int pgw_spool_writer_append(pgw_spool_writer_t *w, const void *buf, size_t len, 
  * -EINVAL/-ERANGE for a token out of this writer's increasing sequence
  * (the begin then stays unresolved: replayed as unknown after a restart). */
 int pgw_spool_writer_track(pgw_spool_writer_t *w, uint64_t token, pgw_spool_seg_t *seg);
+/* The same, telling where the BEGIN's value is in seg (offset, length), so
+ * that its completion may be written as a DELTA against it. */
+int pgw_spool_writer_track_at(pgw_spool_writer_t *w, uint64_t token, pgw_spool_seg_t *seg,
+                              uint64_t value_at, size_t value_len);
+/* Before encoding records of at most len bytes in all: seals the current
+ * segment if their append would not fit in it, so that the segment a DELTA
+ * is encoded against is the one its append lands in. */
+void pgw_spool_writer_reserve(pgw_spool_writer_t *w, size_t len);
+/* Appends to out the record of the event completing token's BEGIN: a DELTA
+ * when the BEGIN is in the current segment and shares enough of its bytes,
+ * else an EVENT. Call pgw_spool_writer_reserve for the whole append first. */
+void pgw_spool_encode_completion(pgw_spool_writer_t *w, pgw_jbuf_t *out, uint64_t token,
+                                 const void *key, size_t key_len, const void *value,
+                                 size_t value_len);
+/* The length of the record at rec (made by one of the encoders above). */
+size_t pgw_spool_record_size(const void *rec);
 /* The completion (or VOID) of token is in the spool: its BEGIN's segment
  * is released. A sealed segment that something else still holds gets a
  * VOID for token appended (a few system calls). */
@@ -172,9 +207,9 @@ void pgw_spool_writer_close(pgw_spool_writer_t *w);
 typedef void (*pgw_spool_replay_fn)(void *ud, pgw_spool_seg_t *seg, const pgw_spool_rec_t *r);
 
 /* Reads every segment in the directory, oldest stream first, and calls fn
- * for each event to produce again: every EVENT record, and every BEGIN that
- * no EVENT or VOID of its run completes. The record's bytes are only valid during
- * the call. A torn or corrupt tail is logged and
+ * for each event to produce again: every EVENT record, every DELTA (rebuilt,
+ * handed over as an EVENT), and every BEGIN that no EVENT, DELTA or VOID of
+ * its run completes. The record's bytes are only valid during the call. A torn or corrupt tail is logged and
  * skipped. Each segment gets a reference per call (fn holds it for its
  * event) and is released after its scan: a segment with nothing to send is
  * deleted at once. The segments are returned in *out (a list through next)

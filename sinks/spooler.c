@@ -137,21 +137,33 @@ static bool selected(const pgw_batch_rec_t *r, int filter)
     return !((filter == EVENTS_ONLY && r->begin) || (filter == BEGINS_ONLY && !r->begin));
 }
 
-/* Encodes the records of b that filter selects into the lane's buffer. */
+/* Encodes the records of b that filter selects into the lane's buffer. A
+ * completion is written as a delta against its begin when that is in the
+ * segment the append will land in (pgw_spool_encode_completion). */
 static size_t encode_batch(pgw_spool_lane_t *l, const pgw_batch_t *b, int filter)
 {
-    size_t n = 0;
+    size_t n = 0, most = 0;
+    for (size_t i = 0; i < b->nrecs; i++)
+        if (selected(&b->recs[i], filter))
+            most += PGW_SPOOL_REC_HEAD + PGW_SPOOL_PAYLOAD_HEAD + b->recs[i].end -
+                    (i ? b->recs[i - 1].end : 0) + b->recs[i].key_end -
+                    (i ? b->recs[i - 1].key_end : 0);
+    pgw_spool_writer_reserve(&l->writer, most);
     pgw_jbuf_reset(&l->out);
     for (size_t i = 0; i < b->nrecs; i++) {
         const pgw_batch_rec_t *r = &b->recs[i];
         if (!selected(r, filter))
             continue;
         size_t s = pgw_batch_start(b, i), k0 = i ? b->recs[i - 1].key_end : 0;
-        pgw_spool_type_t type = r->withdrawn ? PGW_SPOOL_VOID
-                              : r->begin   ? PGW_SPOOL_BEGIN
-                                           : PGW_SPOOL_EVENT;
-        pgw_spool_encode(&l->out, type, r->token,
-                         b->keys.data + k0, r->key_end - k0, b->data.data + s, r->end - s - 1);
+        const char *key = b->keys.data + k0, *val = b->data.data + s;
+        size_t klen = r->key_end - k0, vlen = r->end - s - 1;
+        if (!r->begin && r->token)
+            pgw_spool_encode_completion(&l->writer, &l->out, r->token, key, klen, val, vlen);
+        else
+            pgw_spool_encode(&l->out, r->withdrawn ? PGW_SPOOL_VOID
+                                      : r->begin   ? PGW_SPOOL_BEGIN
+                                                   : PGW_SPOOL_EVENT,
+                             r->token, key, klen, val, vlen);
         n++;
     }
     return n;
@@ -180,16 +192,23 @@ static pgw_spool_seg_t *append_batch(pgw_spooler_t *s, pgw_spool_lane_t *l, cons
         if (retry_ms < 1000)
             retry_ms *= 2;
     }
+    size_t at = 0;                      /* of the record in l->out */
     for (size_t i = 0; i < b->nrecs; i++) {
         const pgw_batch_rec_t *r = &b->recs[i];
         if (!selected(r, filter))
             continue;
+        size_t size = pgw_spool_record_size(l->out.data + at);
         if (r->begin && !r->withdrawn) {
-            if (pgw_spool_writer_track(&l->writer, r->token, seg) != 0)
+            size_t klen = r->key_end - (i ? b->recs[i - 1].key_end : 0);
+            size_t vlen = r->end - pgw_batch_start(b, i) - 1;
+            uint64_t value_at = l->writer.last_at + at + PGW_SPOOL_REC_HEAD +
+                                PGW_SPOOL_PAYLOAD_HEAD + klen;
+            if (pgw_spool_writer_track_at(&l->writer, r->token, seg, value_at, vlen) != 0)
                 pgw_warn("%s: out of memory tracking a begun statement", s->who);
         } else if (r->token) {
             pgw_spool_writer_resolve(&l->writer, r->token);
         }
+        at += size;
     }
     pgw_spool_writer_sweep(&l->writer);
     return seg;

@@ -452,6 +452,35 @@ def audit_events(path, kind=None):
     return out
 
 
+SPOOL_EVENT, SPOOL_BEGIN, SPOOL_VOID, SPOOL_DELTA = 1, 2, 3, 4
+
+
+def spool_records(path):
+    """The records of a spool segment (sinks/spool.h) as (type, token,
+    value), in order; a DELTA's value is the event it stands for, rebuilt
+    from its BEGIN earlier in the segment (None if that is missing)."""
+    data = Path(path).read_bytes()
+    assert data[:8] == b"PGWSPL4\n", data[:8]
+    out, begins, off = [], {}, 8
+    while off + 8 <= len(data):
+        plen = int.from_bytes(data[off:off + 4], "little")
+        if plen == 0:
+            break                       # the preallocated rest of the segment
+        p = data[off + 8:off + 8 + plen]
+        typ, token = p[0], int.from_bytes(p[4:12], "little")
+        klen = int.from_bytes(p[12:16], "little")
+        value = p[16 + klen:]
+        if typ == SPOOL_BEGIN:
+            begins[token] = value
+        elif typ == SPOOL_DELTA:
+            shared = int.from_bytes(value[:4], "little")
+            b = begins.get(token)
+            value = b[:shared] + value[4:] if b is not None and shared <= len(b) else None
+        out.append((typ, token, value))
+        off += 8 + plen
+    return out
+
+
 def wait_until(pred, timeout, interval=0.05, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -9,7 +9,8 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-from harness import client_env, free_port, kill_during_pgbench, psql, wait_until
+from harness import (SPOOL_DELTA, client_env, free_port, kill_during_pgbench, psql, spool_records,
+                     wait_until)
 from test_event_schema import assert_valid_audit_file
 
 
@@ -49,6 +50,10 @@ def test_sigkill_loses_no_statement(audited_pg, start_proxy, tmp_path):
     upd, ins = kill_during_pgbench(c, p, 300)
     assert upd > 500
     assert list(spool.glob("*.seg")), "the killed process left its spool"
+    # Completions spooled as deltas against their begins, each rebuilt
+    # below into the very line the file got.
+    deltas = [v for seg in spool.glob("*.seg") for t, _, v in spool_records(seg) if t == SPOOL_DELTA]
+    assert deltas and None not in deltas, "completions written against their begins"
 
     q = start_proxy(upstream="127.0.0.1:%d" % c.port, extra_args=args)
     wait_until(lambda: "written again" in q.log_tail(50000), 15, what="the replay")
@@ -59,6 +64,9 @@ def test_sigkill_loses_no_statement(audited_pg, start_proxy, tmp_path):
     # restart finds them in the file and does not write them again.
     assert len(audit.read_bytes().splitlines()) == len(evs), "an event written twice"
     assert "found in the file already" in q.log_tail(50000)
+    lines = {json.loads(line)["event_id"]: line for line in audit.read_bytes().splitlines()}
+    for d in deltas:
+        assert lines[json.loads(d)["event_id"]] == d, "a delta rebuilt is not its event"
     f_upd = statements(evs, "UPDATE pgbench_accounts")
     f_ins = statements(evs, "INSERT INTO pgbench_history")
     assert len(f_upd) >= upd, "server ran %d UPDATEs, the file has %d" % (upd, len(f_upd))

@@ -16,8 +16,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from harness import (PGW_BINARY, client_env, free_port, kill_during_pgbench, pg_tool, pgbench, psql,
-                     wait_until)
+from harness import (PGW_BINARY, SPOOL_DELTA, client_env, free_port, kill_during_pgbench, pg_tool,
+                     pgbench, psql, spool_records, wait_until)
 from kafka_broker import KafkaBroker
 from test_event_schema import _shape, assert_valid_events, load_validator
 
@@ -387,6 +387,8 @@ def test_sigkill_replays_spool(kafka, topic, audited_pg, start_proxy, tmp_path):
     p = start_proxy(upstream="127.0.0.1:%d" % c.port, extra_args=kafka_args(kafka, topic, spool))
     upd, ins = kill_during_pgbench(c, p, 200)
     assert upd > 0
+    deltas = [v for seg in spool.glob("*.seg") for t, _, v in spool_records(seg) if t == SPOOL_DELTA]
+    assert None not in deltas, "a delta without its begin"
 
     q = start_proxy(upstream="127.0.0.1:%d" % c.port, extra_args=kafka_args(kafka, topic, spool))
     wait_until(lambda: "sent again" in q.log_tail(50000), 15, what="the replay")
@@ -406,6 +408,11 @@ def test_sigkill_replays_spool(kafka, topic, audited_pg, start_proxy, tmp_path):
             per_seq[(e["session"]["id"], e["session"]["seq"])].add(e["result"]["status"])
     both = [k for k, v in per_seq.items() if "unknown" in v and len(v) > 1]
     assert not both, "completed statements also replayed as unknown: %s" % both[:5]
+    # What the restart rebuilt from the deltas is what the topic got.
+    by_id = {e["event_id"]: {k: v for k, v in e.items() if not k.startswith("_")} for e in evs}
+    for d in deltas:
+        e = json.loads(d)
+        assert by_id.get(e["event_id"]) == e, "a delta rebuilt is not its event"
 
 
 def test_long_statement_pins_no_completed_ones(kafka, topic, pg, bench_db, start_proxy, tmp_path):

@@ -19,7 +19,7 @@
 static char g_dir[] = "/tmp/pgw-spool-test-XXXXXX";
 
 typedef struct seen {
-    char values[64][64];
+    char values[64][256];
     uint64_t tokens[64];
     int types[64];
     int n;
@@ -587,25 +587,173 @@ static void test_v1_segment(void)
     pgw_jbuf_free(&b);
 }
 
-/* A v2 segment (before VOID records) is replayed as it is; a magic of a
- * later version is not read at all. */
+/* v2 (before VOID records) and v3 (before DELTA records) segments are
+ * replayed as they are; a magic of a later version is not read at all. */
 static void test_v2_segment_and_unknown_magic(void)
 {
     pgw_jbuf_t b;
     pgw_jbuf_init(&b, 0);
     make_segment(&b, 3);
-    CHECK(memcmp(b.data, "PGWSPL3\n", PGW_SPOOL_MAGIC_LEN) == 0);
-    memcpy(b.data, PGW_SPOOL_MAGIC_V2, PGW_SPOOL_MAGIC_LEN);
+    CHECK(memcmp(b.data, "PGWSPL4\n", PGW_SPOOL_MAGIC_LEN) == 0);
     seen_t s = { 0 };
     const char *why;
-    CHECK_EQ(pgw_spool_scan((const uint8_t *)b.data, b.len, collect, &s, &why), b.len);
-    CHECK(why == NULL);
-    CHECK_EQ(s.n, 3);
-    memcpy(b.data, "PGWSPL4\n", PGW_SPOOL_MAGIC_LEN);
+    const char *const older[] = { PGW_SPOOL_MAGIC_V2, PGW_SPOOL_MAGIC_V3 };
+    for (int i = 0; i < 2; i++) {
+        memcpy(b.data, older[i], PGW_SPOOL_MAGIC_LEN);
+        memset(&s, 0, sizeof s);
+        CHECK_EQ(pgw_spool_scan((const uint8_t *)b.data, b.len, collect, &s, &why), b.len);
+        CHECK(why == NULL);
+        CHECK_EQ(s.n, 3);
+    }
+    memcpy(b.data, "PGWSPL5\n", PGW_SPOOL_MAGIC_LEN);
     memset(&s, 0, sizeof s);
     CHECK_EQ(pgw_spool_scan((const uint8_t *)b.data, b.len, collect, &s, &why), 0);
     CHECK(why && strstr(why, "bad magic"));
     CHECK_EQ(s.n, 0);
+    pgw_jbuf_free(&b);
+}
+
+/* Appends BEGIN token with value v and tracks it where it landed, as the
+ * spooler does. */
+static void append_begin(pgw_spool_writer_t *w, pgw_jbuf_t *b, uint64_t token, const char *v,
+                         pgw_spool_seg_t **seg)
+{
+    pgw_jbuf_reset(b);
+    pgw_spool_encode(b, PGW_SPOOL_BEGIN, token, "k", 1, v, strlen(v));
+    CHECK_EQ(pgw_spool_writer_append(w, b->data, b->len, 0, seg), 0);
+    CHECK_EQ(pgw_spool_writer_track_at(w, token, *seg,
+                                       w->last_at + PGW_SPOOL_REC_HEAD + PGW_SPOOL_PAYLOAD_HEAD + 1,
+                                       strlen(v)),
+             0);
+}
+
+/* The type of the one record in b (made by an encoder, without magic). */
+static int record_type(const pgw_jbuf_t *b)
+{
+    CHECK_EQ(pgw_spool_record_size(b->data), b->len);
+    return (uint8_t)b->data[PGW_SPOOL_REC_HEAD];
+}
+
+#define HEAD "{\"v\":1,\"event_id\":\"0190\",\"kind\":\"statement\",\"session\":{\"id\":\"x\"}," \
+             "\"statement\":{\"text\":\"select 1\"},"
+
+/* A completion whose begin is in the current segment is written as a
+ * DELTA: the begin's shared bytes are not written again, and a replay after
+ * a crash rebuilds exactly the event. Where the begin is elsewhere, or
+ * shares too little, it is a whole EVENT. */
+static void test_delta_completion(void)
+{
+    clear_dir();
+    const char *begin1 = HEAD "\"result\":{\"status\":\"unknown\"}}";
+    const char *done1 = HEAD "\"result\":{\"status\":\"ok\",\"rows\":1}}";
+    const char *begin2 = HEAD "\"result\":{\"status\":\"unknown\"}}";
+    const char *done3 = "{\"v\":1,\"other\":true}";
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        pgw_spool_t sp;
+        pgw_spool_writer_t w;
+        pgw_jbuf_t b;
+        pgw_spool_seg_t *s1, *s2, *s3;
+        int ok = pgw_spool_init(&sp, g_dir) == 0;
+        pgw_spool_writer_init(&w, &sp, 1 << 20);
+        pgw_jbuf_init(&b, 0);
+        append_begin(&w, &b, 1, begin1, &s1);
+        append_begin(&w, &b, 2, begin2, &s2);
+        append_begin(&w, &b, 3, begin2, &s3);
+        ok = ok && s1 == s2 && s2 == s3;
+        /* Completion of 1: a DELTA, holding only what follows the head. */
+        pgw_jbuf_reset(&b);
+        pgw_spool_writer_reserve(&w, 4096);
+        pgw_spool_encode_completion(&w, &b, 1, "k", 1, done1, strlen(done1));
+        ok = ok && record_type(&b) == PGW_SPOOL_DELTA &&
+             b.len < PGW_SPOOL_REC_HEAD + PGW_SPOOL_PAYLOAD_HEAD + 1 + 40;
+        pgw_spool_seg_t *s4;
+        ok = ok && pgw_spool_writer_append(&w, b.data, b.len, 1, &s4) == 0 && s4 == s1;
+        pgw_spool_writer_resolve(&w, 1);
+        /* Completion of 3 shares too little with its begin: an EVENT. */
+        pgw_jbuf_reset(&b);
+        pgw_spool_encode_completion(&w, &b, 3, "k", 1, done3, strlen(done3));
+        ok = ok && record_type(&b) == PGW_SPOOL_EVENT;
+        ok = ok && pgw_spool_writer_append(&w, b.data, b.len, 1, &s4) == 0;
+        pgw_spool_writer_resolve(&w, 3);
+        /* Begin 2's segment sealed: its completion cannot refer to it. */
+        pgw_spool_writer_seal(&w);
+        pgw_jbuf_reset(&b);
+        pgw_spool_encode_completion(&w, &b, 2, "k", 1, done1, strlen(done1));
+        ok = ok && record_type(&b) == PGW_SPOOL_EVENT;
+        /* Nor can one whose begin was never tracked. */
+        pgw_jbuf_reset(&b);
+        pgw_spool_encode_completion(&w, &b, 9, "k", 1, done1, strlen(done1));
+        ok = ok && record_type(&b) == PGW_SPOOL_EVENT;
+        _exit(ok ? 0 : 1);
+    }
+    child_exited_ok(pid);
+    CHECK_EQ(count_segments(), 1);
+
+    pgw_spool_t sp;
+    CHECK_EQ(pgw_spool_init(&sp, g_dir), 0);
+    replayed_t rp = { 0 };
+    pgw_spool_seg_t *old = NULL;
+    /* Begin 2 unanswered; 1 and 3 completed, 1 rebuilt from its DELTA. */
+    CHECK_EQ(pgw_spool_replay(&sp, on_replay, &rp, &old), 3);
+    CHECK_EQ(rp.s.n, 3);
+    CHECK(strcmp(rp.s.values[0], begin2) == 0);
+    CHECK_EQ(rp.s.types[0], PGW_SPOOL_BEGIN);
+    CHECK_EQ(rp.s.tokens[0], 2);
+    CHECK(strcmp(rp.s.values[1], done1) == 0);
+    CHECK_EQ(rp.s.types[1], PGW_SPOOL_EVENT);
+    CHECK_EQ(rp.s.tokens[1], 1);
+    CHECK(strcmp(rp.s.values[2], done3) == 0);
+    for (int i = 0; i < 3; i++)
+        pgw_spool_seg_release(rp.segs[i], 1);
+    CHECK_EQ(count_segments(), 0);
+    free_segs(old);
+    pgw_spool_destroy(&sp);
+}
+
+/* A DELTA whose begin is not in its segment (only damage does that) is
+ * reported and skipped; the scan refuses a DELTA without token or head. */
+static void test_delta_without_its_begin(void)
+{
+    clear_dir();
+    pgw_jbuf_t b;
+    pgw_jbuf_init(&b, 0);
+    pgw_jbuf_put(&b, PGW_SPOOL_MAGIC, PGW_SPOOL_MAGIC_LEN);
+    pgw_spool_encode(&b, PGW_SPOOL_BEGIN, 4, "k", 1, "{\"begin\":4}", 11);
+    pgw_spool_encode(&b, PGW_SPOOL_DELTA, 5, "k", 1, "\x03\0\0\0rest", 8);
+    pgw_spool_encode(&b, PGW_SPOOL_DELTA, 4, "k", 1, "\x40\0\0\0too long a prefix", 21);
+    pgw_spool_encode(&b, PGW_SPOOL_DELTA, 4, "k", 1, "\x03\0\0\0done\":4}", 12);
+    char path[512];
+    snprintf(path, sizeof path, "%s/0000000000000001-0000-00000001.seg", g_dir);
+    FILE *f = fopen(path, "wb");
+    CHECK(f && fwrite(b.data, 1, b.len, f) == b.len);
+    if (f)
+        fclose(f);
+    pgw_spool_t sp;
+    CHECK_EQ(pgw_spool_init(&sp, g_dir), 0);
+    replayed_t rp = { 0 };
+    pgw_spool_seg_t *old = NULL;
+    CHECK_EQ(pgw_spool_replay(&sp, on_replay, &rp, &old), 1);
+    CHECK_EQ(rp.s.n, 1);
+    CHECK(strcmp(rp.s.values[0], "{\"bdone\":4}") == 0);
+    pgw_spool_seg_release(rp.segs[0], 1);
+    CHECK_EQ(count_segments(), 0);
+    free_segs(old);
+    pgw_spool_destroy(&sp);
+
+    seen_t s = { 0 };
+    const char *why;
+    pgw_jbuf_reset(&b);
+    pgw_jbuf_put(&b, PGW_SPOOL_MAGIC, PGW_SPOOL_MAGIC_LEN);
+    pgw_spool_encode(&b, PGW_SPOOL_DELTA, 0, "k", 1, "\0\0\0\0x", 5);
+    CHECK_EQ(pgw_spool_scan((const uint8_t *)b.data, b.len, collect, &s, &why), PGW_SPOOL_MAGIC_LEN);
+    CHECK(why && strstr(why, "delta"));
+    pgw_jbuf_reset(&b);
+    pgw_jbuf_put(&b, PGW_SPOOL_MAGIC, PGW_SPOOL_MAGIC_LEN);
+    pgw_spool_encode(&b, PGW_SPOOL_DELTA, 1, "k", 1, "\0\0", 2);
+    CHECK_EQ(pgw_spool_scan((const uint8_t *)b.data, b.len, collect, &s, &why), PGW_SPOOL_MAGIC_LEN);
+    CHECK(why && strstr(why, "delta"));
     pgw_jbuf_free(&b);
 }
 
@@ -626,6 +774,8 @@ int main(void)
     test_replay_torn_tail();
     test_mapped_segment();
     test_resolve_out_of_order();
+    test_delta_completion();
+    test_delta_without_its_begin();
     clear_dir();
     rmdir(g_dir);
     CHECK_DONE();
