@@ -16,7 +16,7 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 seconds="${1:-30}"
-targets="${FUZZ_TARGETS:-fuzz_framer_frontend fuzz_framer_backend fuzz_startup fuzz_analysis fuzz_event_encode fuzz_http fuzz_config_args fuzz_session fuzz_policy}"
+targets="${FUZZ_TARGETS:-fuzz_framer_frontend fuzz_framer_backend fuzz_startup fuzz_analysis fuzz_event_encode fuzz_http fuzz_config_args fuzz_session fuzz_policy fuzz_spool}"
 
 mkdir -p build-fuzz
 CC=clang cmake -B build-fuzz -DPGW_FUZZ=ON -DPGW_TESTS=ON -DPGW_WERROR=ON > build-fuzz/fuzz-build.log 2>&1 &&

@@ -699,7 +699,7 @@ static const pgw_spool_rec_t *rebuild(replay_ctx_t *c, const pgw_spool_rec_t *r,
     }
     *ev = *r;
     ev->type = PGW_SPOOL_EVENT;
-    ev->value = (const uint8_t *)c->event.data;
+    ev->value = (const uint8_t *)(c->event.len ? c->event.data : "");
     ev->value_len = c->event.len;
     return ev;
 }
@@ -717,7 +717,7 @@ static int replay_rec(void *ud, const pgw_spool_rec_t *r)
         if (c->nbegins < c->cap &&
             (!c->nbegins || c->begins[c->nbegins - 1].token < r->token))
             c->begins[c->nbegins++] = (seg_begin_t){ r->token, r->value, r->value_len };
-        if (bsearch(&r->token, c->done->v, c->done->n, sizeof(uint64_t), cmp_u64))
+        if (c->done->n && bsearch(&r->token, c->done->v, c->done->n, sizeof(uint64_t), cmp_u64))
             return 0;               /* its completion (or VOID) is in the spool */
     } else if (r->type == PGW_SPOOL_DELTA && !(r = rebuild(c, r, &ev))) {
         return 0;

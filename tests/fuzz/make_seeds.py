@@ -391,3 +391,35 @@ put("fuzz_session", "function_call", b"\0" + rec(C, PSQL, 1) +
 put("fuzz_session", "regress-pipelined-before-auth-failure", b"\1" +
     rec(C, PSQL + query("DROP TABLE accounts"), 1) +
     rec(S, err("28P01", 'password authentication failed for user "alice"', "FATAL"), 1, CLOSE))
+
+# ---------------------------------------------------------------- spool
+# Records as fuzz_spool reads them: [type][token][length] value; a byte left
+# over damages the file (odd: a bit flipped, even: a torn tail).
+EVENT, BEGIN, VOID, DELTA = 1, 2, 3, 4
+HEAD_ = b'{"v":1,"event_id":"01a2","kind":"statement","statement":{"text":"SELECT 1"},'
+
+
+def srec(t, token, value):
+    return bytes([t, token, len(value)]) + value
+
+
+def delta(shared, rest):
+    return struct.pack("<I", shared) + rest
+
+
+BEGIN1 = HEAD_ + b'"result":{"status":"unknown"}}'
+STATEMENT = srec(BEGIN, 1, BEGIN1) + srec(DELTA, 1, delta(len(HEAD_) + 11, b'ok","rows":1}}'))
+put("fuzz_spool", "begin_delta", STATEMENT)
+put("fuzz_spool", "begin_unanswered", STATEMENT + srec(BEGIN, 2, BEGIN1))
+put("fuzz_spool", "begin_event_void", srec(BEGIN, 3, b'{"b":3}') + srec(BEGIN, 4, b'{"b":4}') +
+    srec(EVENT, 3, b'{"done":3}') + srec(VOID, 4, b"") + srec(EVENT, 0, b'{"session_end":1}'))
+put("fuzz_spool", "delta_without_begin", srec(DELTA, 9, delta(3, b"rest")) + STATEMENT)
+put("fuzz_spool", "delta_too_long", srec(BEGIN, 5, b'{"b":5}') + srec(DELTA, 5, delta(200, b"x")))
+put("fuzz_spool", "tokens_falling", srec(BEGIN, 7, b'{"b":7}') + srec(BEGIN, 6, b'{"b":6}') +
+    srec(DELTA, 6, delta(2, b"done")) + srec(DELTA, 7, delta(5, b"8}")))
+put("fuzz_spool", "torn", STATEMENT + srec(BEGIN, 2, BEGIN1) + b"\x10")
+put("fuzz_spool", "bit_flipped", STATEMENT + b"\x21")
+put("fuzz_spool", "bad_type", STATEMENT + srec(0, 1, b"x") + srec(EVENT, 0, b"{}"))
+# A run whose segments complete nothing (regression: the search of its
+# completions was given a null array).
+put("fuzz_spool", "regress-begins-only", srec(BEGIN, 1, BEGIN1) + srec(BEGIN, 2, BEGIN1))
