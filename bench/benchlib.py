@@ -202,16 +202,31 @@ def cpu_model():
 def build(args, want_pgwarden, want_fwdlimit=True):
     """Builds build/pgwarden and build/fwdlimit if missing (fwdlimit only when a
     selected target needs it: its source lives outside the repository, and
-    without it the fwdlimit targets are skipped with a note). Returns
-    (pgwarden path or None, fwdlimit path or None, notes)."""
+    without it the fwdlimit targets are skipped with a note), and brings
+    existing ones up to date with the sources (an incremental build: a
+    binary left by an older checkout would otherwise be measured under the
+    current commit's name). Returns (pgwarden path or None, fwdlimit path or
+    None, notes)."""
     bdir = args.build_dir
     pgw = os.path.join(bdir, "pgwarden")
     fwd = os.path.join(bdir, "fwdlimit")
     notes = []
     fwd_src = os.path.abspath(args.fwdlimit_src)
-    missing = [p for p in ([pgw] if want_pgwarden else []) +
-               ([fwd] if want_fwdlimit and os.path.isfile(fwd_src) else [])
-               if args.rebuild or not os.access(p, os.X_OK)]
+    wanted = [p for p in ([pgw] if want_pgwarden else []) +
+              ([fwd] if want_fwdlimit and os.path.isfile(fwd_src) else [])]
+    missing = [p for p in wanted if args.rebuild or not os.access(p, os.X_OK)]
+    if (not missing and wanted and shutil.which("cmake") and
+            os.path.isfile(os.path.join(bdir, "CMakeCache.txt"))):
+        names = [os.path.basename(p) for p in wanted
+                 if os.path.isdir(os.path.join(bdir, "CMakeFiles", os.path.basename(p) + ".dir"))]
+        r = subprocess.run(["cmake", "--build", bdir, "-j"] + sum((["--target", n] for n in names), []),
+                           capture_output=True, text=True) if names else None
+        if r and r.returncode != 0:
+            err = [l for l in (r.stdout + r.stderr).splitlines() if "error" in l]
+            raise RuntimeError(f"cannot bring {', '.join(names)} in {bdir} up to date: " +
+                               (err[0] if err else r.stderr.strip()[-300:]))
+        if r and "Linking" in r.stdout:
+            log(f"rebuilt in {bdir}: {', '.join(names)} (sources changed since the last build)")
     if missing and shutil.which("cmake"):
         log(f"building in {bdir} (missing: {', '.join(os.path.basename(m) for m in missing)})")
         cfg = ["cmake", "-S", REPO_DIR, "-B", bdir, "-DCMAKE_BUILD_TYPE=Release", f"-DPGW_FWDLIMIT_SRC={fwd_src}"]
