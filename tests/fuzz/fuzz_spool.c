@@ -16,7 +16,6 @@
  * every BEGIN of a token no EVENT, DELTA or VOID completes; all up to the
  * first invalid record. For any segment: once every event handed over is
  * released, the spool counts zero bytes. */
-#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,31 +124,16 @@ static size_t model(const rec_t *recs, size_t n, out_t *want)
     return nw;
 }
 
-static void clear_dir(void)
-{
-    DIR *d = opendir(g_dir);
-    struct dirent *de;
-    char p[512];
-    while (d && (de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(p, sizeof p, "%s/%s", g_dir, de->d_name);
-        unlink(p);
-    }
-    if (d)
-        closedir(d);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (!g_dir[0]) {
-        const char *tmp = getenv("TMPDIR");
-        snprintf(g_dir, sizeof g_dir, "%s/pgw-fuzz-spool-XXXXXX",
-                 access("/dev/shm", W_OK) == 0 ? "/dev/shm" : tmp ? tmp : "/tmp");
-        if (!mkdtemp(g_dir))
-            abort();
-        atomic_store(&pgw_log_level, -1);   /* damaged segments are logged at length */
-    }
+    /* A directory of its own per run (libFuzzer may leave without running
+     * atexit handlers), removed at the end: the run deletes its segment. */
+    const char *tmp = getenv("TMPDIR");
+    snprintf(g_dir, sizeof g_dir, "%s/pgw-fuzz-spool-XXXXXX",
+             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : tmp ? tmp : "/tmp");
+    if (!mkdtemp(g_dir))
+        abort();
+    atomic_store(&pgw_log_level, -1);   /* damaged segments are logged at length */
     static rec_t recs[MAX_RECS];
     static out_t want[MAX_RECS];
     static replayed_t rp;
@@ -217,6 +201,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         old = next;
     }
     pgw_spool_destroy(&sp);
-    clear_dir();
+    if (rmdir(g_dir) != 0)
+        abort();                    /* something was left in the spool directory */
     return 0;
 }

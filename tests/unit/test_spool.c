@@ -191,6 +191,17 @@ static void free_segs(pgw_spool_seg_t *l)
     }
 }
 
+/* Acknowledges every event a replay handed over: the spool is empty. */
+static void release_replayed(pgw_spool_t *sp, replayed_t *rp, pgw_spool_seg_t *old)
+{
+    for (int i = 0; i < rp->s.n; i++)
+        pgw_spool_seg_release(rp->segs[i], 1);
+    CHECK_EQ(count_segments(), 0);
+    CHECK_EQ(atomic_load(&sp->bytes), 0);
+    free_segs(old);
+    pgw_spool_destroy(sp);
+}
+
 /* Segments go when everything in them is acknowledged; what is left is
  * replayed in write order, a begin only when no completion followed it. */
 static void test_writer_and_replay(void)
@@ -242,12 +253,7 @@ static void test_writer_and_replay(void)
     CHECK(strcmp(rp.s.values[1], "{\"done\":1}") == 0);
     CHECK(rp.segs[0] != rp.segs[1]);
     /* Acknowledged now: both segments are deleted. */
-    pgw_spool_seg_release(rp.segs[0], 1);
-    pgw_spool_seg_release(rp.segs[1], 1);
-    CHECK_EQ(count_segments(), 0);
-    CHECK_EQ(atomic_load(&sp2.bytes), 0);
-    free_segs(old);
-    pgw_spool_destroy(&sp2);
+    release_replayed(&sp2, &rp, old);
     pgw_jbuf_free(&b);
 }
 
@@ -372,11 +378,7 @@ static void test_completion_outlived_by_its_begin(void)
     CHECK_EQ(rp.s.n, 2);
     CHECK(strcmp(rp.s.values[0], "{\"begin\":2}") == 0);
     CHECK(strcmp(rp.s.values[1], "{\"a\":1}") == 0);
-    pgw_spool_seg_release(rp.segs[0], 1);
-    pgw_spool_seg_release(rp.segs[1], 1);
-    CHECK_EQ(count_segments(), 0);
-    free_segs(old);
-    pgw_spool_destroy(&sp);
+    release_replayed(&sp, &rp, old);
 }
 
 /* A torn last record in a left-over segment: skipped (and logged), the
@@ -705,11 +707,7 @@ static void test_delta_completion(void)
     CHECK_EQ(rp.s.types[1], PGW_SPOOL_EVENT);
     CHECK_EQ(rp.s.tokens[1], 1);
     CHECK(strcmp(rp.s.values[2], done3) == 0);
-    for (int i = 0; i < 3; i++)
-        pgw_spool_seg_release(rp.segs[i], 1);
-    CHECK_EQ(count_segments(), 0);
-    free_segs(old);
-    pgw_spool_destroy(&sp);
+    release_replayed(&sp, &rp, old);
 }
 
 /* A DELTA whose begin is not in its segment (only damage does that) is
@@ -737,10 +735,7 @@ static void test_delta_without_its_begin(void)
     CHECK_EQ(pgw_spool_replay(&sp, on_replay, &rp, &old), 1);
     CHECK_EQ(rp.s.n, 1);
     CHECK(strcmp(rp.s.values[0], "{\"bdone\":4}") == 0);
-    pgw_spool_seg_release(rp.segs[0], 1);
-    CHECK_EQ(count_segments(), 0);
-    free_segs(old);
-    pgw_spool_destroy(&sp);
+    release_replayed(&sp, &rp, old);
 
     seen_t s = { 0 };
     const char *why;
