@@ -9,6 +9,7 @@ import atexit
 import os
 import platform
 import pwd
+import re
 import shlex
 import shutil
 import signal
@@ -225,8 +226,10 @@ def build(args, want_pgwarden, want_fwdlimit=True):
             err = [l for l in (r.stdout + r.stderr).splitlines() if "error" in l]
             raise RuntimeError(f"cannot bring {', '.join(names)} in {bdir} up to date: " +
                                (err[0] if err else r.stderr.strip()[-300:]))
-        if r and "Linking" in r.stdout:
-            log(f"rebuilt in {bdir}: {', '.join(names)} (sources changed since the last build)")
+        relinked = [n for n in names if re.search(r"Linking \S+ executable " + re.escape(n) + r"\b",
+                                                   r.stdout if r else "")]
+        if relinked:
+            log(f"rebuilt in {bdir}: {', '.join(relinked)} (sources changed since the last build)")
     if missing and shutil.which("cmake"):
         log(f"building in {bdir} (missing: {', '.join(os.path.basename(m) for m in missing)})")
         cfg = ["cmake", "-S", REPO_DIR, "-B", bdir, "-DCMAKE_BUILD_TYPE=Release", f"-DPGW_FWDLIMIT_SRC={fwd_src}"]
