@@ -618,12 +618,14 @@ static int read_file(const char *path, uint8_t **data, size_t *len)
 typedef struct tokens {
     uint64_t *v;
     size_t n, cap;
+    size_t begins;                  /* BEGIN records seen */
     int failed;
 } tokens_t;
 
 static int collect_completion(void *ud, const pgw_spool_rec_t *r)
 {
     tokens_t *t = ud;
+    t->begins += r->type == PGW_SPOOL_BEGIN;
     if (r->type == PGW_SPOOL_BEGIN || r->token == 0)
         return 0;
     if (t->n == t->cap) {
@@ -657,12 +659,6 @@ typedef struct replay_ctx {
     size_t nbegins, cap;
     pgw_jbuf_t event;               /* a DELTA rebuilt */
 } replay_ctx_t;
-
-static int count_begin(void *ud, const pgw_spool_rec_t *r)
-{
-    *(size_t *)ud += r->type == PGW_SPOOL_BEGIN;
-    return 0;
-}
 
 static const seg_begin_t *find_begin(const replay_ctx_t *c, uint64_t token)
 {
@@ -799,17 +795,14 @@ ssize_t pgw_spool_replay(pgw_spool_t *sp, pgw_spool_replay_fn fn, void *ud, pgw_
             j++;
         done.n = 0;
         const char *why;
-        for (size_t k = i; k < j; k++)
-            if (files[k].seg)
-                (void)pgw_spool_scan(files[k].data, files[k].valid, collect_completion, &done, &why);
-        /* Room for the begins of the run's largest segment. */
-        size_t most = 0;
+        size_t most = 0;            /* the begins of the run's largest segment */
         for (size_t k = i; k < j; k++) {
-            size_t nb = 0;
-            if (files[k].seg)
-                (void)pgw_spool_scan(files[k].data, files[k].valid, count_begin, &nb, &why);
-            if (nb > most)
-                most = nb;
+            if (!files[k].seg)
+                continue;
+            done.begins = 0;
+            (void)pgw_spool_scan(files[k].data, files[k].valid, collect_completion, &done, &why);
+            if (done.begins > most)
+                most = done.begins;
         }
         if (most > c.cap) {
             seg_begin_t *v = realloc(c.begins, most * sizeof *v);

@@ -191,6 +191,16 @@ static void free_segs(pgw_spool_seg_t *l)
     }
 }
 
+/* A new run's replay of the directory: sp opened on it, rp what was
+ * handed over, *old the segments. Returns the replay's count. */
+static ssize_t replay_dir(pgw_spool_t *sp, replayed_t *rp, pgw_spool_seg_t **old)
+{
+    CHECK_EQ(pgw_spool_init(sp, g_dir), 0);
+    memset(rp, 0, sizeof *rp);
+    *old = NULL;
+    return pgw_spool_replay(sp, on_replay, rp, old);
+}
+
 /* Acknowledges every event a replay handed over: the spool is empty. */
 static void release_replayed(pgw_spool_t *sp, replayed_t *rp, pgw_spool_seg_t *old)
 {
@@ -243,10 +253,9 @@ static void test_writer_and_replay(void)
     pgw_spool_destroy(&sp);
 
     pgw_spool_t sp2;
-    CHECK_EQ(pgw_spool_init(&sp2, g_dir), 0);
-    replayed_t rp = { 0 };
-    pgw_spool_seg_t *old = NULL;
-    CHECK_EQ(pgw_spool_replay(&sp2, on_replay, &rp, &old), 2);
+    replayed_t rp;
+    pgw_spool_seg_t *old;
+    CHECK_EQ(replay_dir(&sp2, &rp, &old), 2);
     /* begin 1 is completed ({"done":1}); begin 2 never was. */
     CHECK_EQ(rp.s.n, 2);
     CHECK(strcmp(rp.s.values[0], "{\"begin\":2}") == 0);
@@ -308,11 +317,10 @@ static void test_void_withdraws_a_begin(void)
     CHECK_EQ(count_segments(), 2);
 
     pgw_spool_t sp;
-    CHECK_EQ(pgw_spool_init(&sp, g_dir), 0);
-    replayed_t rp = { 0 };
-    pgw_spool_seg_t *old = NULL;
+    replayed_t rp;
+    pgw_spool_seg_t *old;
     /* Begin 1 withdrawn: only begin 2, never answered, is written again. */
-    CHECK_EQ(pgw_spool_replay(&sp, on_replay, &rp, &old), 1);
+    CHECK_EQ(replay_dir(&sp, &rp, &old), 1);
     CHECK_EQ(rp.s.n, 1);
     CHECK(strcmp(rp.s.values[0], "{\"begin\":2}") == 0);
     CHECK_EQ(rp.s.types[0], PGW_SPOOL_BEGIN);
@@ -371,10 +379,9 @@ static void test_completion_outlived_by_its_begin(void)
     CHECK_EQ(count_segments(), 2);
 
     pgw_spool_t sp;
-    CHECK_EQ(pgw_spool_init(&sp, g_dir), 0);
-    replayed_t rp = { 0 };
-    pgw_spool_seg_t *old = NULL;
-    CHECK_EQ(pgw_spool_replay(&sp, on_replay, &rp, &old), 2);
+    replayed_t rp;
+    pgw_spool_seg_t *old;
+    CHECK_EQ(replay_dir(&sp, &rp, &old), 2);
     CHECK_EQ(rp.s.n, 2);
     CHECK(strcmp(rp.s.values[0], "{\"begin\":2}") == 0);
     CHECK(strcmp(rp.s.values[1], "{\"a\":1}") == 0);
@@ -403,10 +410,9 @@ static void test_replay_torn_tail(void)
     CHECK_EQ(stat(path, &st), 0);
     CHECK_EQ(truncate(path, st.st_size - 3), 0);
 
-    CHECK_EQ(pgw_spool_init(&sp, g_dir), 0);
-    replayed_t rp = { 0 };
-    pgw_spool_seg_t *old = NULL;
-    CHECK_EQ(pgw_spool_replay(&sp, on_replay, &rp, &old), 2);
+    replayed_t rp;
+    pgw_spool_seg_t *old;
+    CHECK_EQ(replay_dir(&sp, &rp, &old), 2);
     CHECK(strcmp(rp.s.values[0], "{\"a\":1}") == 0);
     CHECK(strcmp(rp.s.values[1], "{\"a\":2}") == 0);
     pgw_spool_seg_release(rp.segs[0], 1);
@@ -489,10 +495,9 @@ static void test_mapped_segment(void)
     /* A replay meanwhile (as after a crash) sends all four events and
      * counts the segments' records, not their zero tails. */
     pgw_spool_t sp2;
-    CHECK_EQ(pgw_spool_init(&sp2, g_dir), 0);
-    replayed_t rp = { 0 };
-    pgw_spool_seg_t *old = NULL;
-    CHECK_EQ(pgw_spool_replay(&sp2, on_replay, &rp, &old), 4);
+    replayed_t rp;
+    pgw_spool_seg_t *old;
+    CHECK_EQ(replay_dir(&sp2, &rp, &old), 4);
     CHECK_EQ(atomic_load(&sp2.bytes), records + PGW_SPOOL_MAGIC_LEN + b.len);
     CHECK_EQ(rp.s.n, 4);
     CHECK(strcmp(rp.s.values[2], "{\"a\":3}") == 0);
@@ -694,11 +699,10 @@ static void test_delta_completion(void)
     CHECK_EQ(count_segments(), 1);
 
     pgw_spool_t sp;
-    CHECK_EQ(pgw_spool_init(&sp, g_dir), 0);
-    replayed_t rp = { 0 };
-    pgw_spool_seg_t *old = NULL;
+    replayed_t rp;
+    pgw_spool_seg_t *old;
     /* Begin 2 unanswered; 1 and 3 completed, 1 rebuilt from its DELTA. */
-    CHECK_EQ(pgw_spool_replay(&sp, on_replay, &rp, &old), 3);
+    CHECK_EQ(replay_dir(&sp, &rp, &old), 3);
     CHECK_EQ(rp.s.n, 3);
     CHECK(strcmp(rp.s.values[0], begin2) == 0);
     CHECK_EQ(rp.s.types[0], PGW_SPOOL_BEGIN);
@@ -729,10 +733,9 @@ static void test_delta_without_its_begin(void)
     if (f)
         fclose(f);
     pgw_spool_t sp;
-    CHECK_EQ(pgw_spool_init(&sp, g_dir), 0);
-    replayed_t rp = { 0 };
-    pgw_spool_seg_t *old = NULL;
-    CHECK_EQ(pgw_spool_replay(&sp, on_replay, &rp, &old), 1);
+    replayed_t rp;
+    pgw_spool_seg_t *old;
+    CHECK_EQ(replay_dir(&sp, &rp, &old), 1);
     CHECK_EQ(rp.s.n, 1);
     CHECK(strcmp(rp.s.values[0], "{\"bdone\":4}") == 0);
     release_replayed(&sp, &rp, old);
