@@ -117,19 +117,8 @@ class RunAs:
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
 
-_used_ports = set()
-
-
-def free_port():
-    for _ in range(100):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        if port not in _used_ports:
-            _used_ports.add(port)
-            return port
-    raise RuntimeError("no free port")
+sys.path.insert(0, os.path.join(REPO_DIR, "tests", "integration"))
+from ports import free_port  # noqa: E402,F401  (shared with the tests)
 
 
 def wait_port(port, proc, timeout=15.0):

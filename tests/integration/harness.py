@@ -25,6 +25,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ports import free_port  # noqa: F401  (re-exported to the tests)
+
 REPO = Path(__file__).resolve().parents[2]
 PG_BIN = Path(os.environ.get("PGW_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PGW_BINARY = Path(os.environ.get("PGW_BINARY", REPO / "build" / "pgwarden")).absolute()
@@ -35,12 +37,6 @@ SUPERUSER = "postgres"
 
 
 # ---------------------------------------------------------------- helpers
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def client_env(**extra):
     """The environment for client programs: none of the caller's PG* settings

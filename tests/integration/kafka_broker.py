@@ -11,7 +11,6 @@ Environment: PGW_JAVA (default: java on PATH), PGW_MVN (default: mvn).
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,14 +18,10 @@ import time
 import uuid
 from pathlib import Path
 
+from ports import free_port
+
 HERE = Path(__file__).resolve().parent
 POM = HERE / "kafka" / "pom.xml"
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def classpath():
@@ -56,8 +51,8 @@ class KafkaBroker:
     def __init__(self, base=None, port=None):
         self.base = Path(base or tempfile.mkdtemp(prefix="pgwarden-kafka-"))
         self.base.mkdir(parents=True, exist_ok=True)
-        self.port = port or _free_port()
-        self.controller_port = _free_port()
+        self.port = port or free_port()
+        self.controller_port = free_port()
         self.logdir = self.base / "data"
         self.config = self.base / "server.properties"
         self.log_path = self.base / "broker.log"
