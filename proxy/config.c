@@ -54,9 +54,6 @@ static const char usage[] =
 "                           (default 65536; at most an eighth of the sink's largest event)\n"
 "  --metrics-listen HOST:PORT  serve /metrics (Prometheus), /healthz and /readyz over HTTP\n"
 "  --threads N              event-loop threads (default: online CPUs)\n"
-"  --cpu-scheduling P       batch (default): pgwarden's threads run under SCHED_BATCH, so\n"
-"                           their wake-ups do not preempt the server's backends; inherit:\n"
-"                           keep the policy pgwarden was started with\n"
 "  --drain-timeout SECONDS  on SIGTERM/SIGINT, how long sessions may finish (default 30)\n"
 "  --max-message-size BYTES largest accepted protocol message (default 1073741824)\n"
 "  --startup-timeout SECONDS  a client must complete its startup and authentication\n"
@@ -96,7 +93,6 @@ static const char usage[] =
 "  --help                   this text\n"
 "  --version                the version\n";
 
-static const char *const cpu_policies[] = { "inherit", "batch", NULL };
 static const char *const client_cert_modes[] = { "none", "optional", "require", NULL };
 static const char *const sslmodes[] = { "disable", "require", "verify-ca", "verify-full", NULL };
 static const char *const tls_versions[] = { "TLSv1.2", "TLSv1.3", NULL };
@@ -286,12 +282,11 @@ enum { O_LISTEN = 256, O_UPSTREAM, O_THREADS, O_DRAIN, O_MAXMSG, O_LOGLEVEL, O_H
        O_KAFKA_BROKERS, O_KAFKA_TOPIC, O_KAFKA_PROP, O_SPOOL_DIR, O_SPOOL_MAX, O_SPOOL_POLICY,
        O_TLS_CERT, O_TLS_KEY, O_TLS_CLIENT_CA, O_TLS_CLIENT_CERT, O_TLS_MIN, O_TLS_CIPHERS,
        O_TLS_GROUPS, O_TLS_REQUIRE, O_TLS_REQUIRE_ON, O_TLS_IDENT_MAP, O_TLS_MATCH_CN, O_POLICY, O_UP_SSLMODE,
-       O_UP_CA, O_UP_CERT, O_UP_KEY, O_AUDIT_MAX, O_AUDIT_KEEP, O_AUDIT_FSYNC, O_CPU_SCHED, O_LAST };
+       O_UP_CA, O_UP_CERT, O_UP_KEY, O_AUDIT_MAX, O_AUDIT_KEEP, O_AUDIT_FSYNC, O_LAST };
 static const struct option opts[] = {
     { "listen", required_argument, NULL, O_LISTEN },
     { "upstream", required_argument, NULL, O_UPSTREAM },
     { "threads", required_argument, NULL, O_THREADS },
-    { "cpu-scheduling", required_argument, NULL, O_CPU_SCHED },
     { "drain-timeout", required_argument, NULL, O_DRAIN },
     { "max-message-size", required_argument, NULL, O_MAXMSG },
     { "log-level", required_argument, NULL, O_LOGLEVEL },
@@ -566,7 +561,6 @@ static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origi
     memset(cfg, 0, sizeof *cfg);
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     cfg->threads = ncpu > 0 ? (int)ncpu : 1;
-    cfg->cpu_batch = 1;
     cfg->drain_timeout = 30;
     cfg->max_message_size = 1u << 30;
     cfg->log_level = PGW_LOG_INFO;
@@ -598,10 +592,6 @@ static int parse_argv(pgw_config_t *cfg, int argc, char **argv, const int *origi
             if (parse_number("--threads", optarg, 1, 256, &v))
                 goto bad;
             cfg->threads = (int)v;
-            break;
-        case O_CPU_SCHED:
-            if (parse_choice("--cpu-scheduling", optarg, cpu_policies, &cfg->cpu_batch))
-                goto bad;
             break;
         case O_DRAIN:
             if (parse_number("--drain-timeout", optarg, 0, 86400, &v))

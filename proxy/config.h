@@ -41,7 +41,6 @@ typedef struct pgw_config {
     int nlisten;
     pgw_endpoint_t upstream;
     int threads;                    /* loop threads */
-    int cpu_batch;                  /* 1: threads run SCHED_BATCH (--cpu-scheduling batch) */
     double drain_timeout;           /* seconds to let sessions finish on SIGTERM */
     uint32_t max_message_size;      /* length-word cap for regular messages */
     int log_level;

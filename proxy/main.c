@@ -2,7 +2,6 @@
  * small loop of its own for signals and the drain timer; the loop threads
  * (worker.c) do all the forwarding. */
 #include <errno.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
@@ -110,7 +109,6 @@ static void reload_config(proxy_t *p)
                     memcmp(next.listen, cur->listen, sizeof next.listen[0] * (size_t)next.nlisten) != 0 },
         { "upstream", strcmp(next.upstream.text, cur->upstream.text) != 0 },
         { "threads", next.threads != cur->threads },
-        { "cpu-scheduling", next.cpu_batch != cur->cpu_batch },
         { "audit-file", (next.audit_file == NULL) != (cur->audit_file == NULL) ||
                         (next.audit_file && strcmp(next.audit_file, cur->audit_file) != 0) },
         { "audit-file-max-bytes", next.audit_max_bytes != cur->audit_max_bytes },
@@ -373,30 +371,6 @@ static void on_worker_done(uv_async_t *a)
         pgw_metrics_stop(p->metrics);
 }
 
-/* Under load every CPU here is shared with the server's backends and its
- * clients, and each message pgwarden forwards wakes one of them. Under
- * SCHED_BATCH a woken pgwarden thread waits for the running task's slice
- * instead of preempting it, so the backend it just fed gets on with the
- * query, and pgwarden finds more ready sockets per wake-up. An idle CPU
- * still runs it at once: latency at low load is unchanged. Set before any
- * thread starts (loop threads, sink writers, librdkafka's): they inherit
- * it. A policy chosen by whoever started pgwarden (chrt, systemd's
- * CPUSchedulingPolicy) is kept. */
-static void set_cpu_scheduling(int batch)
-{
-    int cur = sched_getscheduler(0);
-    if (!batch || cur < 0)
-        return;
-    if (cur != SCHED_OTHER) {
-        pgw_info("CPU scheduling: keeping the policy pgwarden was started with (%d)", cur);
-        return;
-    }
-    struct sched_param sp = { .sched_priority = 0 };
-    if (sched_setscheduler(0, SCHED_BATCH, &sp) != 0)
-        pgw_warn("CPU scheduling: cannot set SCHED_BATCH (%s); threads run under the default policy",
-                 strerror(errno));
-}
-
 int main(int argc, char **argv)
 {
     static proxy_t p;
@@ -411,7 +385,6 @@ int main(int argc, char **argv)
     p.argv = argv;
     pgw_limits_configure(&p.cfg);
     signal(SIGPIPE, SIG_IGN);
-    set_cpu_scheduling(p.cfg.cpu_batch);
 
     /* The access policy: a rules file with an error stops the start. */
     if (p.cfg.policy_file) {

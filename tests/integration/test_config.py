@@ -5,9 +5,6 @@ proxy; flags override it; errors name the file, the line and the option;
 
 import re
 import subprocess
-from pathlib import Path
-
-import pytest
 
 from harness import PGW_BINARY, REPO, Proxy, free_port
 
@@ -41,7 +38,7 @@ def test_every_documented_option_passes_check_config(tmp_path, pg):
     --check-config; so does each option given as a flag."""
     values = {
         "listen": "127.0.0.1:%d" % free_port(), "upstream": "127.0.0.1:%d" % pg.port,
-        "threads": "2", "cpu-scheduling": "inherit", "drain-timeout": "5", "max-message-size": "65536", "log-level": "warn",
+        "threads": "2", "drain-timeout": "5", "max-message-size": "65536", "log-level": "warn",
         "audit-file": str(tmp_path / "audit.jsonl"), "log-parameters": "true",
         "parameter-max-bytes": "64", "statement-max-bytes": "4096",
         "metrics-listen": "127.0.0.1:%d" % free_port(),
@@ -160,37 +157,6 @@ def test_file_runs_a_proxy_and_flags_override_it(tmp_path, pg):
             assert conn.execute("SELECT 8").fetchone() == (8,)
     finally:
         p2.stop(timeout=10)
-
-
-def _policies(pid):
-    """{thread name: scheduling policy} of a process's threads (field 41 of
-    /proc/PID/task/TID/stat: 0 SCHED_OTHER, 3 SCHED_BATCH, 5 SCHED_IDLE)."""
-    out = {}
-    for task in Path("/proc/%d/task" % pid).iterdir():
-        stat = (task / "stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
-        out.setdefault(stat[stat.index("(") + 1:stat.rindex(")")], set()).add(int(fields[38]))
-    return out
-
-
-@pytest.mark.parametrize("prefix, flag, expected", [
-    ([], [], 3),                                        # the default: SCHED_BATCH
-    ([], ["--cpu-scheduling", "inherit"], 0),           # left as started: SCHED_OTHER
-    (["chrt", "--idle", "0"], [], 5),                   # a policy chosen by the caller is kept
-])
-def test_cpu_scheduling_of_every_thread(tmp_path, pg, prefix, flag, expected):
-    p = Proxy(["127.0.0.1:%d" % free_port()], "127.0.0.1:%d" % pg.port, tmp_path / "s",
-              extra_args=["--audit-file", str(tmp_path / "audit.jsonl")] + flag)
-    p.args = prefix + p.args
-    p.start()
-    try:
-        with p.connect() as conn:                       # the loop threads and the writer are up
-            assert conn.execute("SELECT 1").fetchone() == (1,)
-        policies = _policies(p.proc.pid)
-    finally:
-        p.stop(timeout=10)
-    assert {"pgwarden", "pgw-audit-file"} <= policies.keys(), policies
-    assert all(v == {expected} for v in policies.values()), policies
 
 
 def test_json_log_lines(tmp_path, pg):
