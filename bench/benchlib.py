@@ -117,6 +117,7 @@ class RunAs:
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
 
+# The tests' helpers: the port picker here, the Kafka broker in start_kafka.
 sys.path.insert(0, os.path.join(REPO_DIR, "tests", "integration"))
 from ports import free_port  # noqa: E402,F401  (shared with the tests)
 
@@ -520,7 +521,6 @@ KAFKA_TOPIC = "pgwarden-bench"
 
 def start_kafka(tmp):
     """The broker of the Kafka target, with its topic. (broker, None) or (None, why)."""
-    sys.path.insert(0, os.path.join(REPO_DIR, "tests", "integration"))
     try:
         import confluent_kafka  # noqa: F401  (the broker's readiness probe and the topic)
         from kafka_broker import KafkaBroker
